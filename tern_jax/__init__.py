@@ -1,0 +1,1 @@
+"""tern_jax: ternary-weight networks in JAX/Flax."""
