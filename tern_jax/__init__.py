@@ -1,1 +1,47 @@
-"""tern_jax: ternary-weight networks in JAX/Flax."""
+"""tern_jax: ternary-weight networks in JAX/Flax.
+
+Implements He, Gong & Fan, "Optimize Deep Convolutional Neural Network with Ternarized
+Weights and High Accuracy" (WACV 2019): statistical weight scaling, whole-network
+ternarization and residual expansion, as pure functions over arrays and parameter pytrees.
+
+Layers of the package, each importing only downward:
+``core`` (arrays) <- ``packing`` <- ``rules`` (pytrees) <- ``summary``, ``checkpoint``
+<- ``models``, ``data`` <- ``train`` <- ``cli``.
+"""
+
+from tern_jax.checkpoint import CheckpointError, load_ternary, save_ternary
+from tern_jax.core import (
+    METHODS,
+    dequantize,
+    expand,
+    expanded_apply,
+    expansion_codes,
+    fold,
+    ternarize,
+    ternary_codes,
+)
+from tern_jax.rules import DEFAULT_RULES, Rule, UnusedRuleWarning, match_params, quantize_params
+from tern_jax.summary import Summary, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_RULES",
+    "CheckpointError",
+    "Rule",
+    "Summary",
+    "UnusedRuleWarning",
+    "dequantize",
+    "expand",
+    "expanded_apply",
+    "expansion_codes",
+    "fold",
+    "load_ternary",
+    "match_params",
+    "quantize_params",
+    "save_ternary",
+    "summary",
+    "ternarize",
+    "ternary_codes",
+]

@@ -1,0 +1,104 @@
+"""Data layer: in-memory datasets (CIFAR-10, digits), on-device augmentation, ImageNet streams.
+
+``load_dataset(name)`` returns an :class:`ArrayDataset` for the small datasets that fit in
+memory; ImageNet is streamed with :func:`imagenet_batches` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tern_jax.data.arrays import ArrayDataset, subset
+from tern_jax.data.augment import (
+    apply_crop_flip,
+    augment_and_normalize,
+    crop_flip_params,
+    epoch_permutation,
+    normalize,
+    random_crop_flip,
+)
+from tern_jax.data.cifar10 import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DataNotFoundError,
+    download_cifar10,
+    load_cifar10,
+    read_cifar_folder,
+    write_cifar_batches,
+)
+from tern_jax.data.digits import load_digits
+from tern_jax.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_NUM_CLASSES,
+    IMAGENET_STD,
+    eval_transform,
+    imagenet_batches,
+    prefetch_to_device,
+    train_transform,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_NUM_CLASSES",
+    "IMAGENET_STD",
+    "ArrayDataset",
+    "DataNotFoundError",
+    "apply_crop_flip",
+    "augment_and_normalize",
+    "crop_flip_params",
+    "download_cifar10",
+    "epoch_permutation",
+    "eval_transform",
+    "imagenet_batches",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "normalize",
+    "prefetch_to_device",
+    "random_crop_flip",
+    "read_cifar_folder",
+    "subset",
+    "train_transform",
+    "write_cifar_batches",
+]
+
+#: Names accepted by :func:`load_dataset`.
+DATASETS: tuple[str, ...] = ("cifar10", "digits")
+
+_ALIASES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10", "digits": "digits"}
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, **kw: Any
+) -> ArrayDataset:
+    """Load an in-memory dataset by name.
+
+    Args:
+        name: ``"cifar10"`` (see :func:`load_cifar10`; ``kw`` may hold ``source``) or
+            ``"digits"`` (see :func:`load_digits`; ``kw`` may hold ``test_fraction``,
+            ``seed``; ``data_dir`` is ignored, the data ships with scikit-learn).
+        data_dir: where to look for the data.
+        **kw: passed on to the loader.
+
+    Returns:
+        The :class:`ArrayDataset`.
+
+    Raises:
+        ValueError: unknown name (ImageNet is streamed: use :func:`imagenet_batches`).
+    """
+    key = _ALIASES.get(name.lower())
+    if key == "cifar10":
+        return load_cifar10(data_dir, **kw)
+    if key == "digits":
+        return load_digits(**kw)
+    if name.lower().startswith("imagenet"):
+        raise ValueError(
+            "ImageNet does not fit in memory; stream it with tern_jax.data.imagenet_batches()"
+        )
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,291 @@
+"""Training-step cost of ternarization and residual expansion on CIFAR ResNet-20.
+
+Part 1 times one jitted training step (forward + backward + SGD-momentum update, BatchNorm in
+train mode, softmax cross entropy) of CIFAR ResNet-20 at ``--batch`` images for
+
+* full precision,
+* ternarized, ``t_ex = 1`` (every kernel, first and last layers included: the paper),
+* ``t_ex = 2`` and ``t_ex = 4``, each in two forms: *folded*, ``y = op(x, Σ_k Ŵ_k)`` (what
+  ``tern_jax.quantize_params`` returns), and *vmapped*, ``y = Σ_k op(x, Ŵ_k)`` (stacked kernels
+  run under ``tern_jax.layers.vmapped_branches``: one ternary op per branch),
+
+and prints each one's ratio to full precision, all measured in this run. Repetitions are
+interleaved (round r times every variant before round r+1 starts), so drift in machine load
+hits all variants alike; a variant's time is the minimum over ``--rounds`` rounds of the
+median of ``--steps`` steps.
+
+Part 2 trains N copies of the network in one program (``jax.vmap`` over a leading model axis
+of params, batch_stats, optimizer state and the batch) and compares its images/s with N times
+the single-model throughput (the plain, un-vmapped step of the same variant, timed in the same
+rounds): ``efficiency = images/s(N models) / (N · images/s(1 model)) = t_1 / t_N``; 1.0 means
+the N models cost no more time per step than one.
+
+Targets (GPU): ternarized / full precision <= 1.05 and t_ex=4 folded / full precision <= 1.15.
+
+Steps are timed one jitted call at a time from Python, not inside ``lax.scan``: on CPU, XLA
+runs convolutions inside loops about 15x slower than outside.
+
+    PYTHONPATH=. python benchmarks/train_step.py [--batch 128] [--steps N] [--rounds 3]
+                                                 [--models 1,2,4] [--multi-variant fp]
+
+On CPU the defaults are 2 steps and --models 1,2 (a few minutes on an idle 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: Ratio-to-full-precision targets on GPU, by variant key.
+TARGETS = {"tern": 1.05, "t4-folded": 1.15}
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    t_ex: int | None  # None: full precision
+    stacked: bool = False
+
+
+VARIANTS = (
+    Variant("fp", "full precision", None),
+    Variant("tern", "ternarized t_ex=1", 1),
+    Variant("t2-folded", "t_ex=2 folded", 2),
+    Variant("t2-vmapped", "t_ex=2 vmapped", 2, stacked=True),
+    Variant("t4-folded", "t_ex=4 folded", 4),
+    Variant("t4-vmapped", "t_ex=4 vmapped", 4, stacked=True),
+)
+
+
+def _parse_models(text: str) -> list[int]:
+    try:
+        models = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--models takes integers like 1,2,4; got {text!r}"
+        ) from None
+    if models and models[0] < 1:
+        raise argparse.ArgumentTypeError(f"--models takes positive integers; got {text!r}")
+    return models
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--batch", type=int, default=128, help="images per model and step")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per round (default: 2 on CPU, 50 else)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (min taken)")
+    parser.add_argument(
+        "--models",
+        type=_parse_models,
+        default=None,
+        help="numbers of models vmapped in one program (default: 1,2,4; 1,2 on CPU; '' skips)",
+    )
+    parser.add_argument(
+        "--multi-variant",
+        default="fp",
+        choices=[v.key for v in VARIANTS],
+        help="which variant the N vmapped models train (default: full precision)",
+    )
+    return parser.parse_args(argv)
+
+
+def build_train_step(model: Any, tx: Any, variant: Variant) -> Callable:
+    """``step(state, x, y) -> (state, loss)`` with ``state = (params, batch_stats, opt_state)``.
+
+    ``loss = mean_i CE(softmax(f(x_i; Q(W))), y_i)``, where ``Q`` is the identity (full
+    precision) or ``tern_jax.quantize_params`` with ``Rule(".*/kernel", t_ex)``; the gradient
+    reaches the latent ``W`` through the straight-through estimator.
+    """
+    import jax
+    import optax
+
+    import tern_jax
+    from tern_jax.layers import vmapped_branches
+
+    rules = None if variant.t_ex is None else [tern_jax.Rule(r".*/kernel", t_ex=variant.t_ex)]
+
+    def step(state, x, y):
+        params, batch_stats, opt_state = state
+
+        def loss_fn(p):
+            q = p if rules is None else tern_jax.quantize_params(p, rules, stacked=variant.stacked)
+            # Active while jit traces: stacked kernels run one op per branch.
+            ctx = vmapped_branches() if variant.stacked else contextlib.nullcontext()
+            with ctx:
+                logits, updates = model.apply(
+                    {"params": q, "batch_stats": batch_stats},
+                    x,
+                    train=True,
+                    mutable=["batch_stats"],
+                )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, batch_stats, opt_state), loss
+
+    return step
+
+
+class Timed:
+    """A jitted step and its carried state; :meth:`run` returns the median step time."""
+
+    def __init__(self, name: str, step: Callable, state: Any, x: Any, y: Any, images: int):
+        import jax
+
+        self.name, self.x, self.y, self.images = name, x, y, images
+        self.fn = jax.jit(step, donate_argnums=0)
+        self.state = state
+        self.times: list[float] = []  # one median per round
+
+    def compile(self) -> float:
+        import jax
+
+        start = time.perf_counter()
+        self.state, loss = self.fn(self.state, self.x, self.y)  # compile + first step
+        jax.block_until_ready((self.state, loss))
+        return time.perf_counter() - start
+
+    def run(self, steps: int) -> None:
+        import jax
+
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.state, loss = self.fn(self.state, self.x, self.y)
+            jax.block_until_ready((self.state, loss))
+            times.append(time.perf_counter() - start)
+        self.times.append(statistics.median(times))
+
+    @property
+    def seconds(self) -> float:
+        return min(self.times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from tern_jax.models import get_model
+
+    backend = jax.default_backend()
+    # CPU defaults keep a run to a few minutes: a batch-128 ResNet-20 step takes about a second
+    # there, and XLA:CPU runs the N-model (grouped) convolutions slowly.
+    steps = args.steps if args.steps is not None else (2 if backend == "cpu" else 50)
+    if args.models is None:
+        args.models = [1, 2] if backend == "cpu" else [1, 2, 4]
+    device = jax.devices()[0]
+    print(
+        f"device: {device.device_kind} ({backend}, {jax.device_count()} device(s)); "
+        f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}; "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        f"CIFAR ResNet-20, batch {args.batch}, {steps} timed steps x {args.rounds} rounds "
+        "(min over rounds of the median step)"
+    )
+
+    model = get_model("resnet20", 10)
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+    n_max = max([1, *args.models])
+    rng = jax.random.key(0)
+    k_init, k_x, k_y = jax.random.split(rng, 3)
+
+    @jax.jit
+    def init_states(keys):  # N independent initializations in one compiled program
+        def one(key):
+            v = model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+            return (v["params"], v["batch_stats"], tx.init(v["params"]))
+
+        return jax.vmap(one)(keys)
+
+    states = init_states(jax.random.split(k_init, n_max))
+    xs = jax.random.normal(k_x, (n_max, args.batch, 32, 32, 3), jnp.float32)
+    ys = jax.random.randint(k_y, (n_max, args.batch), 0, 10)
+    take = lambda n: jax.tree_util.tree_map(lambda a: a[:n], states)  # noqa: E731
+    first = lambda: jax.tree_util.tree_map(lambda a: a[0], states)  # noqa: E731
+
+    timed: dict[str, Timed] = {}
+    for v in VARIANTS:
+        timed[v.key] = Timed(
+            v.label, build_train_step(model, tx, v), first(), xs[0], ys[0], args.batch
+        )
+    multi = next(v for v in VARIANTS if v.key == args.multi_variant)
+    for n in args.models:
+        timed[f"x{n}"] = Timed(
+            f"{n} x {multi.label}, vmapped",
+            jax.vmap(build_train_step(model, tx, multi)),
+            take(n),
+            xs[:n],
+            ys[:n],
+            n * args.batch,
+        )
+
+    for t in timed.values():
+        print(f"  compiled + first step {t.name:<32} {t.compile():7.1f} s", flush=True)
+    for r in range(args.rounds):
+        start = time.perf_counter()
+        for t in timed.values():
+            t.run(steps)
+        print(f"  round {r + 1}/{args.rounds}: {time.perf_counter() - start:.1f} s", flush=True)
+
+    fp = timed["fp"].seconds
+    on_gpu = backend == "gpu"
+    print()
+    print(f"Training step, batch {args.batch} ({device.device_kind})")
+    print(f"{'variant':<22}{'ms/step':>10}{'images/s':>11}{'x full prec.':>14}  target (GPU)")
+    for v in VARIANTS:
+        t = timed[v.key]
+        ratio = t.seconds / fp
+        target = ""
+        if v.key in TARGETS:
+            verdict = ("met" if ratio <= TARGETS[v.key] else "MISSED") if on_gpu else "n/a here"
+            target = f"<= {TARGETS[v.key]:.2f} ({verdict})"
+        print(
+            f"{v.label:<22}{t.seconds * 1e3:10.2f}{t.images / t.seconds:11.0f}"
+            f"{ratio:14.3f}  {target}"
+        )
+    for t_ex in (2, 4):
+        ratio = timed[f"t{t_ex}-vmapped"].seconds / timed[f"t{t_ex}-folded"].seconds
+        print(f"  t_ex={t_ex}: vmapped / folded = {ratio:.3f}")
+
+    if args.models:
+        single = timed[multi.key]
+        single_ips = single.images / single.seconds
+        print()
+        print(f"N models vmapped in one program ({multi.label}, batch {args.batch} per model)")
+        print(
+            f"{'N':>3}{'ms/step':>10}{'images/s':>11}{'N x single':>12}{'efficiency':>12}"
+            f"{'speedup vs N runs':>19}"
+        )
+        print(f"{'1*':>3}{single.seconds * 1e3:10.2f}{single_ips:11.0f}{single_ips:12.0f}")
+        for n in args.models:
+            t = timed[f"x{n}"]
+            ips = t.images / t.seconds
+            print(
+                f"{n:>3}{t.seconds * 1e3:10.2f}{ips:11.0f}{n * single_ips:12.0f}"
+                f"{ips / (n * single_ips):12.3f}{n * single.seconds / t.seconds:19.2f}"
+            )
+        print("  1*: the plain (un-vmapped) single-model step")
+        print("  efficiency = images/s / (N x single); speedup vs N runs = N * t_single / t_N")
+
+
+if __name__ == "__main__":
+    main()

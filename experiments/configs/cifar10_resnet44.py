@@ -1,0 +1,7 @@
+"""CIFAR-10 ResNet-44, the paper's recipe: full precision and ternarized (t_ex=1), 2 seeds."""
+
+from tern_jax.train.recipes import cifar10_paper
+
+
+def get_config():
+    return cifar10_paper("resnet44", variants=("fp", "tern"), seeds=(0, 1))

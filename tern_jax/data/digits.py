@@ -1,0 +1,52 @@
+"""scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images) as an ArrayDataset.
+
+Tiny and always available offline: handy for smoke tests and quick experiments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tern_jax.data.arrays import ArrayDataset
+
+__all__ = ["load_digits"]
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
+    """Load the UCI/scikit-learn digits with a fixed, seeded, stratified train/test split.
+
+    Pixel values ``0..16`` are scaled to uint8 ``0..255``; images are ``(N, 8, 8, 1)``.
+    The mean and std are computed from the training split, in ``[0, 1]`` units.
+
+    Args:
+        test_fraction: fraction of the 1,797 images held out for testing, in ``(0, 1)``.
+        seed: seed of the split; the same seed always gives the same split.
+
+    Returns:
+        An :class:`ArrayDataset` named ``"digits"`` with 10 classes.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = _sk_load_digits()
+    images = np.rint(np.asarray(bunch.images, np.float64) * (255.0 / 16.0))
+    images = np.clip(images, 0, 255).astype(np.uint8)[..., None]
+    labels = np.asarray(bunch.target, np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    pixels = x_tr.astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in pixels.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in pixels.std(axis=(0, 1, 2)))
+    return ArrayDataset(
+        train_images=np.ascontiguousarray(x_tr),
+        train_labels=np.ascontiguousarray(y_tr),
+        test_images=np.ascontiguousarray(x_te),
+        test_labels=np.ascontiguousarray(y_te),
+        num_classes=10,
+        mean=mean,
+        std=std,
+        name="digits",
+    )

@@ -1,0 +1,281 @@
+"""Which parameters to ternarize, and how: regex rules over parameter paths.
+
+A model is never rewritten. Its parameter pytree (a linen ``params`` dict, an ``nnx.State``,
+or any JAX pytree) is walked, each leaf's path is joined with ``/`` (``"stage1_block0/conv1/
+kernel"``; for ``nnx.State`` the variable's path, without the trailing ``value``), and the
+first :class:`Rule` whose ``pattern`` fully matches that path decides what happens to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from tern_jax import core
+
+__all__ = [
+    "Rule",
+    "DEFAULT_RULES",
+    "UnusedRuleWarning",
+    "path_to_str",
+    "match_params",
+    "quantize_params",
+    "Match",
+]
+
+Unused = Literal["error", "warn", "ignore"]
+
+
+class UnusedRuleWarning(UserWarning):
+    """A rule matched no parameter (likely a typo in its pattern)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What to do with the parameters whose path fully matches ``pattern``.
+
+    Attributes:
+      pattern: a regular expression that must match the whole ``/``-joined path, e.g.
+        ``r".*/kernel"``, ``r"head/kernel"``, ``r"stage\\d_block\\d/conv\\d/kernel"``.
+      method: ``"paper"`` (statistical scaling, the default), ``"twn"``, ``"absmean"``, or
+        ``None`` to keep the matched weights in full precision (put such exemptions, e.g.
+        ``Rule(r"head/kernel", None)``, before the catch-all rule: the first match wins).
+      threshold: the base factor ``δ``; branch ``k`` of an expansion uses ``k·δ``.
+        ``None``: the method's default (paper 0.05, TWN 0.7).
+      t_ex: number of residual-expansion branches (paper: 1, 2 or 4).
+      thresholds: explicit per-branch thresholds, overriding ``threshold``; strictly
+        increasing, each in (0, 1); its length sets ``t_ex``.
+      axis: ``None`` for one scale per tensor (the paper), or the output-channel axis for one
+        per channel (``-1`` for Flax kernels).
+      strict: if ``True`` a matched leaf that is not a float array of rank >= 2 is an error;
+        if ``False`` such leaves are passed over (what the default rule does).
+    """
+
+    pattern: str
+    method: str | None = "paper"
+    threshold: float | None = None
+    t_ex: int = 1
+    thresholds: tuple[float, ...] | None = None
+    axis: int | None = None
+    strict: bool = True
+
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"Rule pattern {self.pattern!r} is not a valid regex: {e}") from e
+        if self.method is None:
+            return
+        if self.method not in core.METHODS:
+            raise ValueError(
+                f"Rule({self.pattern!r}): unknown method {self.method!r}; use one of "
+                f"{core.METHODS}, or None to keep the weights in full precision"
+            )
+        try:
+            resolved = self._resolve_thresholds()
+        except ValueError as e:
+            raise ValueError(f"Rule({self.pattern!r}): {e}") from None
+        if resolved is not None:
+            object.__setattr__(self, "thresholds", resolved)
+            object.__setattr__(self, "t_ex", len(resolved))
+
+    def _resolve_thresholds(self) -> tuple[float, ...] | None:
+        if not isinstance(self.t_ex, int) or isinstance(self.t_ex, bool) or self.t_ex < 1:
+            raise ValueError(f"t_ex must be a positive integer, got {self.t_ex!r}")
+        if self.method == "absmean":
+            if self.threshold is not None or self.thresholds is not None:
+                raise ValueError("method 'absmean' takes no threshold; leave it None")
+            if self.t_ex != 1:
+                raise ValueError("method 'absmean' supports t_ex=1 only; use method='paper'")
+            return None
+        if self.thresholds is not None:
+            resolved = core.validate_thresholds(self.thresholds, self.method)
+            if self.t_ex not in (1, len(resolved)):
+                raise ValueError(
+                    f"t_ex={self.t_ex} disagrees with {len(resolved)} thresholds; give one of them"
+                )
+            if self.threshold is not None:
+                derived = tuple(round(self.threshold * k, 12) for k in range(1, len(resolved) + 1))
+                if derived != resolved:  # consistent pairs arise from dataclasses.replace
+                    raise ValueError("give threshold or thresholds, not both")
+            return resolved
+        if self.threshold is not None:
+            core.validate_thresholds(self.threshold, self.method)
+            resolved = tuple(round(self.threshold * k, 12) for k in range(1, self.t_ex + 1))
+            return core.validate_thresholds(resolved, self.method)
+        return core.default_thresholds(self.method, self.t_ex)
+
+    @property
+    def levels(self) -> int:
+        """Distinct values a weight takes under this rule: ``2·t_ex + 1``."""
+        return 2 * self.t_ex + 1
+
+    def matches(self, path: str) -> bool:
+        return re.fullmatch(self.pattern, path) is not None
+
+    def apply(self, w: jax.Array) -> jax.Array:
+        """The ternarized (folded, for ``t_ex > 1``) weight, with the STE gradient."""
+        if self.method is None:
+            return w
+        if self.t_ex == 1:
+            threshold = None if self.thresholds is None else self.thresholds[0]
+            return core.ternarize(w, threshold=threshold, axis=self.axis, method=self.method)
+        return core.fold(self.expand(w))
+
+    def expand(self, w: jax.Array) -> jax.Array:
+        """The stacked branch kernels, shape ``(t_ex, *w.shape)``."""
+        return core.expand(w, thresholds=self.thresholds, axis=self.axis, method=self.method)
+
+    def codes(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(levels, scales)`` with scales shaped ``(t_ex, *broadcast)``: the stored form."""
+        return core._levels_and_scales(
+            core._check_weight(w), self.thresholds, self.axis, self.method
+        )
+
+
+#: The paper's "whole network": every float ``kernel`` of rank >= 2, first and last included.
+DEFAULT_RULES: tuple[Rule, ...] = (Rule(r"(.*/)?kernel", strict=False),)
+
+
+def _key_str(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_to_str(path: Sequence[Any]) -> str:
+    """Joins a ``jax.tree_util`` key path with ``/``, dropping an nnx ``.value`` suffix."""
+    keys = list(path)
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    return "/".join(_key_str(k) for k in keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """One leaf of a parameter pytree and the rule that governs it (``None``: no rule)."""
+
+    path: str
+    leaf: Any
+    rule: Rule | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.rule is not None and self.rule.method is not None
+
+
+def _eligible(leaf) -> bool:
+    return (
+        hasattr(leaf, "dtype")
+        and hasattr(leaf, "ndim")
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
+        and leaf.ndim >= 2
+    )
+
+
+def _normalize_rules(rules) -> tuple[Rule, ...]:
+    if rules is None:
+        return DEFAULT_RULES
+    if isinstance(rules, Rule):
+        return (rules,)
+    rules = tuple(rules)
+    for r in rules:
+        if not isinstance(r, Rule):
+            raise TypeError(f"rules must be tern_jax.Rule objects, got {type(r).__name__}: {r!r}")
+    return rules
+
+
+def match_params(params, rules=None, *, unused: Unused = "warn"):
+    """Pairs every leaf of ``params`` with its governing rule, checking everything first.
+
+    Returns ``(matches, treedef)``: a list of :class:`Match` in leaf order and the treedef to
+    rebuild the pytree. Raises ``ValueError`` naming the path when a strict rule matches a
+    non-float or rank-0/1 leaf; reports rules that matched nothing as ``unused`` says
+    (``"error"``, ``"warn"`` with :class:`UnusedRuleWarning`, or ``"ignore"``).
+    """
+    if unused not in ("error", "warn", "ignore"):
+        raise ValueError(f"unused must be 'error', 'warn' or 'ignore', got {unused!r}")
+    rules = _normalize_rules(rules)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    used = [False] * len(rules)
+    matches = []
+    for key_path, leaf in leaves:
+        path = path_to_str(key_path)
+        chosen = None
+        for i, rule in enumerate(rules):
+            if not rule.matches(path):
+                continue
+            if rule.method is not None and not _eligible(leaf):
+                if rule.strict:
+                    what = (
+                        f"dtype {getattr(leaf, 'dtype', type(leaf).__name__)}, "
+                        f"rank {getattr(leaf, 'ndim', '?')}"
+                    )
+                    raise ValueError(
+                        f"Rule({rule.pattern!r}) matches parameter {path!r} ({what}), but only "
+                        "float arrays of rank >= 2 (conv/dense kernels) can be ternarized; "
+                        "narrow the pattern (e.g. end it in '/kernel') or add "
+                        f"Rule({path!r}, None) before it"
+                    )
+                continue  # a non-strict rule passes over it; later rules may still match
+            chosen = rule
+            used[i] = True
+            break
+        matches.append(Match(path, leaf, chosen))
+    missing = [r.pattern for r, u in zip(rules, used) if not u]
+    if missing and unused != "ignore":
+        message = (
+            f"rules matched no parameter: {missing}; check the patterns against the paths "
+            "(tern_jax.summary lists them), or pass unused='ignore'"
+        )
+        if unused == "error":
+            raise ValueError(message)
+        warnings.warn(message, UnusedRuleWarning, stacklevel=3)
+    return matches, treedef
+
+
+def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: bool = False):
+    """The same pytree with every rule-matched weight ternarized (STE gradient to the latent).
+
+    ``rules=None`` uses :data:`DEFAULT_RULES` (every float kernel of rank >= 2, first and last
+    layers included). Works under ``jit``, ``grad``, ``vmap`` and sharding; call it inside the
+    loss so gradients reach the latent weights::
+
+        loss = lambda p: loss_fn(model.apply({"params": tern_jax.quantize_params(p, rules)}, x))
+
+    A rule with ``t_ex > 1`` expands the latent ``W`` into branch kernels
+    ``Ŵ_k = α_k·sign(W)·[|W| ≥ Δ_k]``, ``k = 1..t_ex``. What comes back for such a leaf depends
+    on ``stacked``:
+
+    * ``stacked=False`` (default): the folded kernel ``Σ_k Ŵ_k``, shape ``W.shape``, which any
+      unmodified layer consumes. Since a conv/dense op is linear in its kernel,
+      ``op(x, Σ_k Ŵ_k) = Σ_k op(x, Ŵ_k)``.
+    * ``stacked=True``: the branch kernels ``(Ŵ_1, ..., Ŵ_t_ex)`` stacked on a new leading
+      axis, shape ``(t_ex, *W.shape)`` (:meth:`Rule.expand`). Run the model under
+      :func:`tern_jax.layers.vmapped_branches` to compute ``Σ_k op(x, Ŵ_k)`` with one
+      multiplication-free op per branch::
+
+          q = tern_jax.quantize_params(params, rules, stacked=True)
+          with tern_jax.layers.vmapped_branches():
+              y = model.apply({"params": q}, x)
+
+    Either way the gradient reaching ``W`` is ``Σ_k ∂L/∂Ŵ_k · [|W| < 1]``. Leaves whose rule has
+    ``t_ex = 1``, rules with ``method=None`` and unmatched leaves are the same for both values.
+    """
+    matches, treedef = match_params(params, rules, unused=unused)
+    out = []
+    for m in matches:
+        if not m.quantized:
+            out.append(m.leaf)
+        elif stacked and m.rule.t_ex > 1:
+            out.append(m.rule.expand(m.leaf))
+        else:
+            out.append(m.rule.apply(m.leaf))
+    return jax.tree_util.tree_unflatten(treedef, out)

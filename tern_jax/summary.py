@@ -1,0 +1,191 @@
+"""Size, sparsity and operation counts of a ternarized parameter pytree."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from tern_jax import packing
+from tern_jax.rules import match_params
+
+__all__ = ["LayerSummary", "Summary", "summary"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """Figures for one parameter tensor.
+
+    ``adds_per_position`` is the multiply-free work of a ternary layer: each nonzero code of
+    each branch costs one addition or subtraction per output position (per example for a dense
+    layer, per output pixel for a conv); ``muls_per_position`` is what remains of the
+    multiplications, one per output channel and branch (the scale ``α_k`` applied after the
+    accumulation; per-channel scales cost the same). ``macs_per_position`` is the full-precision
+    layer's multiply-accumulates for comparison.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    method: str | None
+    t_ex: int
+    zero_fraction: tuple[float, ...]
+    scales: tuple[float, ...]
+    bits_per_weight: float
+    bytes_fp32: int
+    bytes_packed: int
+    adds_per_position: int
+    muls_per_position: int
+    macs_per_position: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.method is not None
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_fp32 / self.bytes_packed if self.bytes_packed else float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Per-tensor rows and totals; ``str()`` renders the table."""
+
+    layers: tuple[LayerSummary, ...]
+
+    @property
+    def ternary(self) -> tuple[LayerSummary, ...]:
+        return tuple(r for r in self.layers if r.quantized)
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.count for r in self.layers)
+
+    @property
+    def ternary_params(self) -> int:
+        return sum(r.count for r in self.ternary)
+
+    @property
+    def bytes_fp32(self) -> int:
+        return sum(r.bytes_fp32 for r in self.layers)
+
+    @property
+    def bytes_packed(self) -> int:
+        return sum(r.bytes_packed for r in self.layers)
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_fp32 / self.bytes_packed if self.bytes_packed else float("inf")
+
+    @property
+    def ternary_compression(self) -> float:
+        """Compression of the ternarized tensors alone (codes plus their scales)."""
+        packed = sum(r.bytes_packed for r in self.ternary)
+        return sum(r.bytes_fp32 for r in self.ternary) / packed if packed else float("inf")
+
+    @property
+    def zero_fraction(self) -> float:
+        """Fraction of zero codes over all branches of all ternary tensors."""
+        zeros = sum(sum(r.zero_fraction) * r.count for r in self.ternary)
+        total = sum(r.t_ex * r.count for r in self.ternary)
+        return zeros / total if total else 0.0
+
+    @property
+    def adds_per_position(self) -> int:
+        return sum(r.adds_per_position for r in self.ternary)
+
+    @property
+    def macs_per_position(self) -> int:
+        return sum(r.macs_per_position for r in self.ternary)
+
+    def as_dict(self) -> dict:
+        return {
+            "layers": [dataclasses.asdict(r) | {"compression": r.compression} for r in self.layers],
+            "total_params": self.total_params,
+            "ternary_params": self.ternary_params,
+            "bytes_fp32": self.bytes_fp32,
+            "bytes_packed": self.bytes_packed,
+            "compression": self.compression,
+            "ternary_compression": self.ternary_compression,
+            "zero_fraction": self.zero_fraction,
+        }
+
+    def __str__(self) -> str:
+        head = ("path", "shape", "method", "t_ex", "zeros", "scale", "bits", "fp32 B",
+                "packed B", "ratio", "adds/pos")
+        rows = []
+        for r in self.layers:
+            rows.append((
+                r.path,
+                "x".join(map(str, r.shape)) or "()",
+                r.method or "fp",
+                str(r.t_ex) if r.quantized else "-",
+                "/".join(f"{z:.2f}" for z in r.zero_fraction) if r.quantized else "-",
+                "/".join(f"{s:.3g}" for s in r.scales) if r.quantized else "-",
+                f"{r.bits_per_weight:.2f}",
+                str(r.bytes_fp32),
+                str(r.bytes_packed),
+                f"{r.compression:.1f}x",
+                str(r.adds_per_position) if r.quantized else "-",
+            ))
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+                  for i, h in enumerate(head)]
+        line = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+        out = [line(head), line(["-" * w for w in widths])]
+        out += [line(row) for row in rows]
+        out.append(
+            f"{len(self.ternary)} of {len(self.layers)} tensors ternarized, "
+            f"{self.ternary_params:,} of {self.total_params:,} parameters; "
+            f"{self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B packed "
+            f"({self.compression:.1f}x overall, {self.ternary_compression:.1f}x on ternary "
+            f"tensors); zeros {self.zero_fraction:.1%}; "
+            f"{self.adds_per_position:,} adds vs {self.macs_per_position:,} MACs per position"
+        )
+        return "\n".join(out)
+
+
+def _layer(path, leaf, rule) -> LayerSummary:
+    shape = tuple(int(d) for d in np.shape(leaf))
+    count = int(np.prod(shape)) if shape else 1
+    dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
+    if rule is None or rule.method is None:
+        itemsize = np.dtype(leaf.dtype).itemsize if hasattr(leaf, "dtype") else 4
+        return LayerSummary(path, shape, dtype, count, None, 0, (), (), 8.0 * itemsize,
+                            4 * count, itemsize * count, 0, 0, 0)
+    levels, scales = rule.codes(leaf)
+    levels = np.asarray(levels)
+    scales = np.asarray(scales, np.float32)
+    t = rule.t_ex
+    magnitude = np.abs(levels)
+    zero_fraction = tuple(float(np.mean(magnitude < k)) for k in range(1, t + 1))
+    nonzero = [int(np.sum(magnitude >= k)) for k in range(1, t + 1)]
+    per_branch_scales = tuple(float(np.mean(scales[k])) for k in range(t))
+    bytes_packed = packing.packed_nbytes(count, rule.levels) + 4 * scales.size
+    out_channels = shape[-1] if rule.axis is None else shape[rule.axis]
+    return LayerSummary(
+        path=path, shape=shape, dtype=dtype, count=count, method=rule.method, t_ex=t,
+        zero_fraction=zero_fraction, scales=per_branch_scales,
+        bits_per_weight=packing.bits_per_weight(rule.levels), bytes_fp32=4 * count,
+        bytes_packed=bytes_packed, adds_per_position=sum(nonzero),
+        muls_per_position=t * out_channels, macs_per_position=count,
+    )
+
+
+def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = print,
+            unused="warn") -> Summary:
+    """Per tensor and in total: shape, method, ``t_ex``, zeros per branch, scales, storage.
+
+    Every leaf is listed; leaves no rule ternarizes count at their own dtype's size. Bytes
+    "packed" are what :func:`tern_jax.save_ternary` stores: the codes at
+    :func:`tern_jax.packing.bits_per_weight` plus the float32 scales. The table is printed with
+    ``print_fn`` (``None`` to stay quiet) and the figures are returned as a :class:`Summary`.
+    """
+    matches, _ = match_params(params, rules, unused=unused)
+    result = Summary(tuple(_layer(m.path, m.leaf, m.rule) for m in matches))
+    if print_fn is not None:
+        print_fn(str(result))
+    return result

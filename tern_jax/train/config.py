@@ -1,0 +1,219 @@
+"""Experiment configs: one frozen dataclass names a run completely (with its seeds).
+
+Experiments live as Python files exposing ``get_config() -> Config`` (``experiments/configs``);
+the command line loads one by path or by built-in name and overrides fields with
+``--set field=value``. Model *variants* are named rule presets (:data:`PRESETS`): several
+variants and seeds of one architecture train together in one program, vmapped over a leading
+model axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import typing
+from pathlib import Path
+
+from tern_jax.rules import Rule
+
+__all__ = ["Config", "PRESETS", "variant_rules", "load_config", "override", "quickstart_config"]
+
+# First conv and classifier of every model in tern_jax.models (CIFAR/digits: stem_conv, head;
+# torchvision ResNets: conv1, fc; AlexNet: conv1, head). Full paths only: a block's inner
+# "stage1_block0/conv1" is not the first layer.
+_FIRST_LAST = r"(stem_conv|conv1|head|fc)/kernel"
+
+#: Named rule sets a variant can use. ``None`` trains in full precision.
+PRESETS: dict[str, tuple[Rule, ...] | None] = {
+    "fp": None,
+    # the paper: every conv and dense kernel, first and last included, per-tensor, t_ex=1
+    "tern": (Rule(r".*/kernel"),),
+    "tern_t2": (Rule(r".*/kernel", t_ex=2),),
+    "tern_t4": (Rule(r".*/kernel", t_ex=4),),
+    # first and last layers kept in full precision (the paper's AlexNet variant)
+    "tern_fl": (Rule(_FIRST_LAST, None), Rule(r".*/kernel")),
+    # beyond the paper: one Δ/α per output channel
+    "tern_pc": (Rule(r".*/kernel", axis=-1),),
+    "tern_pc_t2": (Rule(r".*/kernel", axis=-1, t_ex=2),),
+    "twn": (Rule(r".*/kernel", method="twn"),),
+    "absmean": (Rule(r".*/kernel", method="absmean"),),
+}
+
+
+def variant_rules(name: str) -> tuple[Rule, ...] | None:
+    """The rules of a preset variant; a clear error for an unknown name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a training run. Defaults: the offline digits quickstart."""
+
+    name: str = "quickstart_digits"
+    # data
+    dataset: str = "digits"  # "cifar10" | "digits" | "imagenet"
+    data_dir: str | None = None
+    train_subset: int | None = None  # use only this many training images (cheap proxies)
+    test_subset: int | None = None
+    augment: bool = True  # pad-4 random crop + flip (CIFAR recipe); on device
+    stream: bool = False  # feed batches from the host (ImageNet path) instead of device memory
+    # model
+    model: str = "small_cnn"
+    compute_dtype: str = "float32"  # "bfloat16" for mixed precision on GPU/TPU
+    variants: tuple[str, ...] = ("fp", "tern")
+    # how the model axis is computed: "vmap", "unroll" (a loop inside the one program), or
+    # "auto" = vmap on GPU/TPU, unroll on CPU
+    model_axis: str = "auto"
+    seeds: tuple[int, ...] = (0,)
+    # optimization (the paper's CIFAR recipe, METHOD.md section 3)
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) | "adam"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-4  # L2 added to the gradient, all parameters
+    schedule: str = "multistep"  # "multistep" | "cosine" | "constant"
+    milestones: tuple[tuple[int, float], ...] = ((6, 0.1), (9, 0.1))
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    # fine-tuning: start every model from the final params of another run's model ...
+    init_from: str | None = None
+    # ... or from a torchvision ResNet state_dict (.pth), as the paper's ImageNet recipe does
+    pretrained: str | None = None
+    init_variant: str = "fp"
+    # distillation from the full-precision model trained alongside (weight on the KL term)
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
+    # bookkeeping
+    eval_batch_size: int = 500
+    checkpoint_every: int = 5  # epochs; 0 = only at the end
+    keep_checkpoints: int = 2
+    scan_steps: int = 0  # steps per compiled call; 0 = a whole epoch as one lax.scan
+    progress: bool = True
+
+    def __post_init__(self):
+        for v in self.variants:
+            variant_rules(v)
+        if not self.variants or not self.seeds:
+            raise ValueError("a run needs at least one variant and one seed")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("multistep", "cosine", "constant"):
+            raise ValueError(
+                f"schedule must be 'multistep', 'cosine' or 'constant', got {self.schedule!r}"
+            )
+        if self.model_axis not in ("auto", "vmap", "unroll"):
+            raise ValueError(f"model_axis must be auto, vmap or unroll, got {self.model_axis!r}")
+        if self.distill_weight and "fp" not in self.variants:
+            raise ValueError("distill_weight > 0 needs an 'fp' variant in the run as the teacher")
+
+    @property
+    def model_names(self) -> list[str]:
+        """One label per trained model, variant-major: ``tern/seed1``."""
+        return [f"{v}/seed{s}" for v in self.variants for s in self.seeds]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def quickstart_config() -> Config:
+    """Digits (scikit-learn's bundled 8x8 scans), full precision vs ternarized, 2 CPU cores.
+
+    No crop/flip augmentation: shifting an 8x8 digit by up to 4 pixels or mirroring it
+    destroys it. Cosine decay over 15 epochs of SGD with Nesterov momentum.
+    """
+    return Config(name="quickstart_digits", dataset="digits", model="small_cnn", augment=False,
+                  epochs=15, batch_size=64, learning_rate=0.05, schedule="cosine",
+                  weight_decay=5e-4, checkpoint_every=5)
+
+
+def _parse(value: str, annotation):
+    """Parses a ``--set`` value for a field of the given type annotation."""
+    text = value.strip()
+    if text.lower() in ("none", "null") and "None" in str(annotation):
+        return None
+    if "tuple[tuple" in str(annotation):
+        pairs = [p for p in text.replace(" ", "").split(",") if p]
+        out = []
+        for p in pairs:
+            epoch, factor = p.split(":")
+            out.append((int(epoch), float(factor)))
+        return tuple(out)
+    if "tuple[int" in str(annotation):
+        return tuple(int(t) for t in text.split(",") if t)
+    if "tuple[str" in str(annotation):
+        return tuple(t for t in text.split(",") if t)
+    if "bool" in str(annotation):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if "int" in str(annotation) and "float" not in str(annotation):
+        return int(text)
+    if "float" in str(annotation):
+        return float(text)
+    return text
+
+
+def override(config: Config, assignments: list[str] | tuple[str, ...]) -> Config:
+    """Applies ``field=value`` strings (``seeds=0,1``, ``milestones=80:0.1,120:0.1``)."""
+    hints = typing.get_type_hints(Config)
+    changes = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form field=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in hints:
+            raise ValueError(
+                f"unknown config field {key!r}; fields: {', '.join(sorted(hints))}"
+            )
+        try:
+            changes[key] = _parse(value, hints[key])
+        except ValueError as e:
+            raise ValueError(f"bad value for {key}: {value!r} ({e})") from None
+    return dataclasses.replace(config, **changes)
+
+
+def load_config(name_or_path: str | None) -> Config:
+    """A config from a Python file with ``get_config()``, or ``"quickstart"``/``None``."""
+    if name_or_path in (None, "", "quickstart"):
+        return quickstart_config()
+    path = Path(name_or_path)
+    if not path.exists() and not path.suffix:
+        # a bare name: look in ./experiments/configs
+        candidate = Path("experiments") / "configs" / f"{name_or_path}.py"
+        if candidate.exists():
+            path = candidate
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config {name_or_path!r} not found; give a path to a Python file with get_config() "
+            "(e.g. experiments/configs/cifar10_resnet20.py) or 'quickstart'"
+        )
+    spec = importlib.util.spec_from_file_location(f"tern_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise TypeError(f"{path}: get_config() must return tern_jax.train.Config")
+    return config
+
+
+def from_json(text: str) -> Config:
+    data = json.loads(text)
+    hints = typing.get_type_hints(Config)
+    for key, value in list(data.items()):
+        if key not in hints:
+            data.pop(key)
+        elif isinstance(value, list):
+            data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return Config(**data)

@@ -1,0 +1,26 @@
+"""Shared test set-up: CPU only, quiet logs, deterministic hypothesis profile."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the session and its subprocesses: the trainer tests
+# build the same programs several times (train, resume, eval, export), and compiling dominates
+# their run time on CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _CACHE = tempfile.mkdtemp(prefix="tern_jax_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+
+    def pytest_sessionfinish(session, exitstatus):
+        import shutil
+
+        shutil.rmtree(_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+settings.load_profile("ci")

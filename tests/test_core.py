@@ -1,0 +1,177 @@
+"""Specification of tern_jax.core: the quantizer, its gradient, residual expansion."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from reference import ternarize_np
+
+import tern_jax
+from tern_jax import core
+
+SHAPES = [(7,), (16, 10), (3, 3, 8, 16), (5, 5, 3, 4)]
+
+
+def _weights(shape, seed=0, scale=0.2, dtype=jnp.float32):
+    return (jax.random.normal(jax.random.key(seed), shape) * scale).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method,threshold", [("paper", 0.05), ("paper", 0.3), ("twn", 0.7),
+                                              ("absmean", None)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_codes_and_scales_match_numpy_reference(shape, method, threshold, per_channel):
+    w = _weights(shape, seed=len(shape))
+    axis = -1 if per_channel else None
+    codes, scale = tern_jax.ternary_codes(w, threshold=threshold, axis=axis, method=method)
+    ref_codes, ref_alpha = ternarize_np(np.asarray(w), threshold, axis, method)
+    np.testing.assert_array_equal(np.asarray(codes), ref_codes)
+    assert codes.dtype == jnp.int8
+    np.testing.assert_allclose(np.asarray(scale).reshape(-1), np.reshape(ref_alpha, -1), rtol=1e-5)
+    out = tern_jax.ternarize(w, threshold=threshold, axis=axis, method=method)
+    expected = ref_codes * np.reshape(ref_alpha, (1,) * (len(shape) - 1) + (-1,))
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_bfloat16_matches_reference_on_the_rounded_weights(shape, per_channel):
+    w = _weights(shape, dtype=jnp.bfloat16)
+    axis = -1 if per_channel else None
+    out = tern_jax.ternarize(w, axis=axis)
+    assert out.dtype == jnp.bfloat16
+    ref_codes, ref_alpha = ternarize_np(np.asarray(w, np.float32), 0.05, axis)
+    expected = ref_codes * np.reshape(ref_alpha, (1,) * (len(shape) - 1) + (-1,))
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=1e-2)
+    np.testing.assert_array_equal(np.sign(np.asarray(out, np.float32)), ref_codes)
+
+
+def test_output_takes_exactly_three_values_per_tensor():
+    out = np.asarray(tern_jax.ternarize(_weights((64, 32))))
+    values = np.unique(out)
+    assert len(values) == 3 and values[1] == 0 and values[0] == -values[2]
+
+
+def test_threshold_is_a_fraction_of_the_largest_magnitude():
+    w = jnp.array([[1.0, -0.5, 0.04, -0.06], [0.049, 0.05, 0.2, 0.0]])
+    codes, alpha = tern_jax.ternary_codes(w, threshold=0.05)  # Δ = 0.05
+    np.testing.assert_array_equal(np.asarray(codes), [[1, -1, 0, -1], [0, 1, 1, 0]])
+    np.testing.assert_allclose(float(alpha), np.mean([1.0, 0.5, 0.06, 0.05, 0.2]), rtol=1e-6)
+
+
+def test_all_zero_tensor_gives_zeros_not_nan():
+    for method in core.METHODS:
+        out = tern_jax.ternarize(jnp.zeros((4, 5)), method=method)
+        np.testing.assert_array_equal(np.asarray(out), 0.0)
+        out = tern_jax.ternarize(jnp.zeros((3, 4)), axis=-1, method=method)
+        np.testing.assert_array_equal(np.asarray(out), 0.0)
+    g = jax.grad(lambda w: jnp.sum(tern_jax.ternarize(w)))(jnp.zeros((3, 3)))
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_zero_channel_gives_zero_channel_per_channel():
+    w = _weights((4, 3)).at[:, 1].set(0.0)
+    out = np.asarray(tern_jax.ternarize(w, axis=-1))
+    np.testing.assert_array_equal(out[:, 1], 0.0)
+    assert np.all(np.abs(out[:, 0]) > 0) or np.any(out[:, 0] != 0)
+
+
+def test_non_finite_weights_poison_the_tensor_or_channel():
+    w = _weights((4, 3)).at[0, 2].set(jnp.inf)
+    assert np.all(np.isnan(np.asarray(tern_jax.ternarize(w))))
+    per_channel = np.asarray(tern_jax.ternarize(w.at[0, 2].set(jnp.nan), axis=-1))
+    assert np.all(np.isnan(per_channel[:, 2])) and np.all(np.isfinite(per_channel[:, :2]))
+
+
+@pytest.mark.parametrize("method", core.METHODS)
+def test_gradient_is_the_straight_through_mask(method):
+    w = _weights((6, 5), scale=1.0)
+    upstream = jax.random.normal(jax.random.key(3), w.shape)
+    g = jax.grad(lambda w: jnp.sum(tern_jax.ternarize(w, method=method) * upstream))(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(upstream * (jnp.abs(w) < 1)), rtol=1e-6)
+    assert 0 < np.mean(np.abs(np.asarray(w)) >= 1) < 1  # the mask really cuts something
+
+
+def test_expansion_gradient_sums_the_branch_estimates():
+    w = _weights((6, 5), scale=1.0)
+    upstream = jax.random.normal(jax.random.key(3), (3, 6, 5))
+    g = jax.grad(lambda w: jnp.sum(tern_jax.expand(w, thresholds=(0.05, 0.1, 0.2)) * upstream))(w)
+    expected = upstream.sum(0) * (jnp.abs(w) < 1)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(expected), rtol=1e-6)
+    g_fold = jax.grad(lambda w: jnp.sum(tern_jax.fold(tern_jax.expand(w)) * upstream[0]))(w)
+    np.testing.assert_allclose(np.asarray(g_fold), np.asarray(2 * upstream[0] * (jnp.abs(w) < 1)))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_expansion_branches_are_the_paper_quantizer_at_each_threshold(per_channel):
+    w = _weights((3, 3, 4, 8))
+    axis = -1 if per_channel else None
+    thresholds = (0.05, 0.1, 0.15, 0.2)
+    stack = np.asarray(tern_jax.expand(w, thresholds=thresholds, axis=axis))
+    assert stack.shape == (4, 3, 3, 4, 8)
+    for k, t in enumerate(thresholds):
+        np.testing.assert_array_equal(stack[k], np.asarray(tern_jax.ternarize(w, threshold=t,
+                                                                              axis=axis)))
+    folded = np.asarray(tern_jax.fold(tern_jax.expand(w, thresholds=thresholds, axis=axis)))
+    assert len(np.unique(folded)) <= 2 * 4 + 1 or per_channel
+
+
+def test_expansion_codes_rebuild_the_stack_exactly():
+    w = _weights((5, 7))
+    levels, scales = tern_jax.expansion_codes(w, thresholds=(0.05, 0.1))
+    assert levels.dtype == jnp.int8 and scales.shape == (2,)
+    assert set(np.unique(np.asarray(levels))) <= {-2, -1, 0, 1, 2}
+    stack = tern_jax.expand(w, thresholds=(0.05, 0.1))
+    np.testing.assert_array_equal(np.asarray(tern_jax.dequantize(levels, scales, fold=False)),
+                                  np.asarray(stack))
+    np.testing.assert_array_equal(np.asarray(tern_jax.dequantize(levels, scales)),
+                                  np.asarray(tern_jax.fold(stack)))
+
+
+def _conv(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("op,x_shape,w_shape", [
+    (_conv, (2, 8, 8, 4), (3, 3, 4, 6)),
+    (lambda x, k: x @ k, (5, 12), (12, 7)),
+])
+def test_vmapped_and_folded_expansion_agree(op, x_shape, w_shape):
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    kernels = tern_jax.expand(_weights(w_shape), thresholds=(0.05, 0.1, 0.15, 0.2))
+    per_branch = tern_jax.expanded_apply(op, x, kernels)
+    folded = tern_jax.expanded_apply(op, x, kernels, folded=True)
+    loop = sum(op(x, kernels[k]) for k in range(4))
+    np.testing.assert_allclose(np.asarray(per_branch), np.asarray(loop), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(per_branch), np.asarray(folded), rtol=1e-5, atol=1e-5)
+
+
+def test_works_under_jit_vmap_and_grad():
+    ws = _weights((3, 8, 4))
+    batched = jax.jit(jax.vmap(tern_jax.ternarize))(ws)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(tern_jax.ternarize(ws[i])))
+    g = jax.jit(jax.grad(lambda w: jnp.sum(jax.vmap(tern_jax.ternarize)(w) ** 2)))(ws)
+    assert g.shape == ws.shape and np.all(np.isfinite(np.asarray(g)))
+
+
+@pytest.mark.parametrize("thresholds,message", [
+    (0.0, "outside \\(0, 1\\)"), (1.0, "outside \\(0, 1\\)"), (-0.1, "outside"),
+    ((0.1, 0.05), "strictly increasing"), ((0.05, 0.05), "strictly increasing"), ((), "empty"),
+])
+def test_bad_thresholds_are_rejected(thresholds, message):
+    with pytest.raises(ValueError, match=message):
+        tern_jax.expand(_weights((4, 4)), thresholds=thresholds)
+
+
+def test_bad_method_axis_and_dtype_are_rejected():
+    with pytest.raises(ValueError, match="unknown ternarization method 'ttq'"):
+        tern_jax.ternarize(_weights((4, 4)), method="ttq")
+    with pytest.raises(ValueError, match="axis=2 is out of range"):
+        tern_jax.ternarize(_weights((4, 4)), axis=2)
+    with pytest.raises(TypeError, match="floating-point"):
+        tern_jax.ternarize(jnp.ones((4, 4), jnp.int32))
+    with pytest.raises(ValueError, match="absmean' takes no threshold"):
+        tern_jax.ternarize(_weights((4, 4)), method="absmean", threshold=0.1)
