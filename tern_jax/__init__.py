@@ -9,6 +9,7 @@ Layers of the package, each importing only downward:
 <- ``models``, ``data`` <- ``train`` <- ``cli``.
 """
 
+from tern_jax import layers
 from tern_jax.checkpoint import CheckpointError, load_ternary, save_ternary
 from tern_jax.core import (
     METHODS,
@@ -37,6 +38,7 @@ __all__ = [
     "expanded_apply",
     "expansion_codes",
     "fold",
+    "layers",
     "load_ternary",
     "match_params",
     "quantize_params",

@@ -38,16 +38,17 @@ Dropout is active only with ``train=True`` and then needs a ``"dropout"`` RNG:
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
-Dtype = Any
-
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-dense_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-head_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from tern_jax.models.common import (
+    Dtype,
+    batch_norm,
+    classifier,
+    conv,
+    he_normal_fan_in,
+    torch_linear_kernel_init,
+)
 
 
 def adaptive_avg_pool(x: jnp.ndarray, output_size: tuple[int, int]) -> jnp.ndarray:
@@ -90,35 +91,20 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         def bn(name: str) -> nn.BatchNorm:
-            return nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name=name,
-            )
+            return batch_norm(train, dtype=self.dtype, name=name)
 
-        def conv(features: int, kernel: int, stride: int, pad: int, name: str) -> nn.Conv:
-            return nn.Conv(
-                features,
-                (kernel, kernel),
-                strides=(stride, stride),
-                padding=((pad, pad), (pad, pad)),
-                use_bias=False,
-                kernel_init=conv_kernel_init,
-                dtype=self.dtype,
-                name=name,
-            )
+        def cv(features: int, kernel: int, stride: int, pad: int, name: str) -> nn.Conv:
+            return conv(features, kernel, stride, pad, dtype=self.dtype, name=name)
 
         def pool(y: jnp.ndarray) -> jnp.ndarray:
             return nn.max_pool(y, (3, 3), strides=(2, 2), padding="VALID")
 
         x = jnp.asarray(x, self.dtype)
-        x = pool(nn.relu(bn("bn1")(conv(96, 11, 4, 2, "conv1")(x))))
-        x = pool(nn.relu(bn("bn2")(conv(256, 5, 1, 2, "conv2")(x))))
-        x = nn.relu(bn("bn3")(conv(384, 3, 1, 1, "conv3")(x)))
-        x = nn.relu(bn("bn4")(conv(384, 3, 1, 1, "conv4")(x)))
-        x = pool(nn.relu(bn("bn5")(conv(256, 3, 1, 1, "conv5")(x))))
+        x = pool(nn.relu(bn("bn1")(cv(96, 11, 4, 2, "conv1")(x))))
+        x = pool(nn.relu(bn("bn2")(cv(256, 5, 1, 2, "conv2")(x))))
+        x = nn.relu(bn("bn3")(cv(384, 3, 1, 1, "conv3")(x)))
+        x = nn.relu(bn("bn4")(cv(384, 3, 1, 1, "conv4")(x)))
+        x = pool(nn.relu(bn("bn5")(cv(256, 3, 1, 1, "conv5")(x))))
         if x.shape[1] < 1 or x.shape[2] < 1:
             raise ValueError("AlexNet input is too small; use at least 63x63 (224x224 standard)")
         x = adaptive_avg_pool(x, (6, 6))
@@ -128,15 +114,11 @@ class AlexNet(nn.Module):
             x = nn.Dense(
                 4096,
                 use_bias=False,
-                kernel_init=dense_kernel_init,
+                kernel_init=he_normal_fan_in,
                 dtype=self.dtype,
                 name=f"fc{idx}",
             )(x)
             x = nn.relu(bn(f"bn{idx}")(x))
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=head_kernel_init,
-            bias_init=nn.initializers.zeros,
-            dtype=self.dtype,
-            name="head",
+        return classifier(
+            self.num_classes, dtype=self.dtype, name="head", kernel_init=torch_linear_kernel_init
         )(x)

@@ -37,17 +37,10 @@ tree from outside.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
-Dtype = Any
-
-#: He-normal, fan-out: ``N(0, sqrt(2 / (k * k * out_channels)))`` for an HWIO kernel.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-#: He-normal, fan-in, for the classifier kernel.
-head_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from tern_jax.models.common import Dtype, batch_norm, classifier, conv, he_normal_fan_in
 
 CIFAR_STAGE_WIDTHS: tuple[int, int, int] = (16, 32, 64)
 
@@ -63,16 +56,6 @@ def blocks_per_stage(depth: int) -> int:
             f"CIFAR ResNet depth must be 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110); got {depth!r}"
         )
     return (depth - 2) // 6
-
-
-def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        name=name,
-    )
 
 
 def option_a_shortcut(x: jnp.ndarray, out_channels: int, stride: int) -> jnp.ndarray:
@@ -110,28 +93,10 @@ class CifarBasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         s = self.stride
-        y = nn.Conv(
-            self.features,
-            (3, 3),
-            strides=(s, s),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-            name="conv1",
-        )(x)
-        y = _batch_norm(train, self.dtype, "bn1")(y)
-        y = nn.relu(y)
-        y = nn.Conv(
-            self.features,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-            name="conv2",
-        )(y)
-        y = _batch_norm(train, self.dtype, "bn2")(y)
+        y = conv(self.features, 3, s, 1, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+        y = batch_norm(train, dtype=self.dtype, name="bn2")(y)
         shortcut = option_a_shortcut(x, self.features, s)
         return nn.relu(y + shortcut.astype(y.dtype))
 
@@ -162,17 +127,8 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         n = blocks_per_stage(self.depth)
         x = jnp.asarray(x, self.dtype)
-        x = nn.Conv(
-            CIFAR_STAGE_WIDTHS[0],
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-            name="stem_conv",
-        )(x)
-        x = _batch_norm(train, self.dtype, "stem_bn")(x)
-        x = nn.relu(x)
+        x = conv(CIFAR_STAGE_WIDTHS[0], 3, 1, 1, dtype=self.dtype, name="stem_conv")(x)
+        x = nn.relu(batch_norm(train, dtype=self.dtype, name="stem_bn")(x))
         for i, width in enumerate(CIFAR_STAGE_WIDTHS, start=1):
             for j in range(n):
                 stride = 2 if (i > 1 and j == 0) else 1
@@ -180,10 +136,6 @@ class CifarResNet(nn.Module):
                     width, stride=stride, dtype=self.dtype, name=f"stage{i}_block{j}"
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=head_kernel_init,
-            bias_init=nn.initializers.zeros,
-            dtype=self.dtype,
-            name="head",
+        return classifier(
+            self.num_classes, dtype=self.dtype, name="head", kernel_init=he_normal_fan_in
         )(x)

@@ -44,20 +44,19 @@ scale 1 / bias 0 (optionally scale 0 for the last BN of each block,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-Dtype = Any
-
-#: torchvision: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-#: PyTorch ``nn.Linear`` default kernel init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
-linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from tern_jax.models.common import (
+    Dtype,
+    batch_norm,
+    classifier,
+    conv,
+    torch_linear_bias_init,
+    torch_linear_kernel_init,
+)
 
 #: depth -> (block type, blocks per layer)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -83,46 +82,26 @@ def resnet_spec(depth: int) -> tuple[str, tuple[int, int, int, int]]:
     return RESNET_SPECS[depth]
 
 
-def _linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-    """PyTorch ``nn.Linear`` default bias init ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-    bound = 1.0 / math.sqrt(fan_in)
+def _shortcut(x: jnp.ndarray, out_ch: int, stride: int, train: bool, dtype: Dtype) -> jnp.ndarray:
+    """Identity, or ``downsample_conv`` (1x1, ``stride``) + ``downsample_bn`` if the shape changes.
 
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def _conv(features: int, kernel: int, stride: int, pad: int, dtype: Dtype, name: str) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=conv_kernel_init,
-        dtype=dtype,
-        name=name,
-    )
+    Must be called from a block's ``nn.compact`` method (the layers become its children).
+    """
+    if stride == 1 and x.shape[-1] == out_ch:
+        return x
+    x = conv(out_ch, 1, stride, 0, dtype=dtype, name="downsample_conv")(x)
+    return batch_norm(train, dtype=dtype, name="downsample_bn")(x)
 
 
-def _batch_norm(train: bool, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-        dtype=dtype,
-        name=name,
-    )
+class _ResidualBlock(nn.Module):
+    """Fields shared by :class:`BasicBlock` and :class:`Bottleneck`.
 
-
-class BasicBlock(nn.Module):
-    """torchvision ``BasicBlock``: 3x3 conv-BN-ReLU, 3x3 conv-BN, add, ReLU.
-
-    ``(N, H, W, C_in) -> (N, H', W', features)`` with ``H' = floor((H - 1) / stride) + 1``.
-    A ``downsample`` (1x1 conv with the block's stride + BN) projects the shortcut
-    when the stride is not 1 or ``C_in != features``.
+    Attributes:
+        features: width of the block's 3x3 convolution; the output has
+            ``features * expansion`` channels.
+        stride: stride of the block (on its 3x3 convolution and the ``downsample``).
+        zero_init_residual: initialise the scale of the block's last BN to zero.
+        dtype: computation dtype (parameters stay float32).
     """
 
     features: int
@@ -132,48 +111,46 @@ class BasicBlock(nn.Module):
 
     expansion: ClassVar[int] = 1
 
+
+class BasicBlock(_ResidualBlock):
+    """torchvision ``BasicBlock``: 3x3 conv-BN-ReLU, 3x3 conv-BN, add, ReLU.
+
+    ``(N, H, W, C_in) -> (N, H', W', features)`` with ``H' = floor((H - 1) / stride) + 1``.
+    A ``downsample`` (1x1 conv with the block's stride + BN) projects the shortcut
+    when the stride is not 1 or ``C_in != features``.
+    """
+
+    expansion: ClassVar[int] = 1
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         out_ch = self.features * self.expansion
-        y = _conv(self.features, 3, self.stride, 1, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
-        y = _batch_norm(train, self.dtype, "bn2", self.zero_init_residual)(y)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != out_ch:
-            shortcut = _conv(out_ch, 1, self.stride, 0, self.dtype, "downsample_conv")(x)
-            shortcut = _batch_norm(train, self.dtype, "downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+        y = conv(self.features, 3, self.stride, 1, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+        y = batch_norm(train, dtype=self.dtype, name="bn2", zero_scale=self.zero_init_residual)(y)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, train, self.dtype))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """torchvision ``Bottleneck`` (v1.5): 1x1 -> 3x3 (stride) -> 1x1 (x4), each with BN.
 
     ``(N, H, W, C_in) -> (N, H', W', 4 * features)``; the shortcut is projected by a
     1x1 conv + BN (``downsample_conv``, ``downsample_bn``) when the shape changes.
     """
 
-    features: int
-    stride: int = 1
-    zero_init_residual: bool = False
-    dtype: Dtype = jnp.float32
-
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         out_ch = self.features * self.expansion
-        y = _conv(self.features, 1, 1, 0, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, self.stride, 1, self.dtype, "conv2")(y)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
-        y = _conv(out_ch, 1, 1, 0, self.dtype, "conv3")(y)
-        y = _batch_norm(train, self.dtype, "bn3", self.zero_init_residual)(y)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != out_ch:
-            shortcut = _conv(out_ch, 1, self.stride, 0, self.dtype, "downsample_conv")(x)
-            shortcut = _batch_norm(train, self.dtype, "downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+        y = conv(self.features, 1, 1, 0, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, self.stride, 1, dtype=self.dtype, name="conv2")(y)
+        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
+        y = conv(out_ch, 1, 1, 0, dtype=self.dtype, name="conv3")(y)
+        y = batch_norm(train, dtype=self.dtype, name="bn3", zero_scale=self.zero_init_residual)(y)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, train, self.dtype))
 
 
 class ImageNetResNet(nn.Module):
@@ -204,8 +181,8 @@ class ImageNetResNet(nn.Module):
         kind, layers = resnet_spec(self.depth)
         block_cls = BasicBlock if kind == "basic" else Bottleneck
         x = jnp.asarray(x, self.dtype)
-        x = _conv(64, 7, 2, 3, self.dtype, "conv1")(x)
-        x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+        x = conv(64, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+        x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, (width, n_blocks) in enumerate(zip(LAYER_WIDTHS, layers, strict=True), start=1):
             for j in range(n_blocks):
@@ -218,10 +195,10 @@ class ImageNetResNet(nn.Module):
                     name=f"layer{i}_{j}",
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(
+        return classifier(
             self.num_classes,
-            kernel_init=linear_kernel_init,
-            bias_init=_linear_bias_init(x.shape[-1]),
             dtype=self.dtype,
             name="fc",
+            kernel_init=torch_linear_kernel_init,
+            bias_init=torch_linear_bias_init(x.shape[-1]),
         )(x)

@@ -18,15 +18,10 @@ zero bias. BatchNorm: ``epsilon=1e-5``, flax ``momentum=0.9``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 from flax import linen as nn
 
-Dtype = Any
-
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-head_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from tern_jax.models.common import Dtype, batch_norm, classifier, conv, he_normal_fan_in
 
 
 class SmallCNN(nn.Module):
@@ -47,35 +42,15 @@ class SmallCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        def conv_bn_relu(y: jnp.ndarray, features: int, stride: int, conv: str, bn: str):
-            y = nn.Conv(
-                features,
-                (3, 3),
-                strides=(stride, stride),
-                padding=((1, 1), (1, 1)),
-                use_bias=False,
-                kernel_init=conv_kernel_init,
-                dtype=self.dtype,
-                name=conv,
-            )(y)
-            y = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name=bn,
-            )(y)
-            return nn.relu(y)
+        def conv_bn_relu(y: jnp.ndarray, features: int, stride: int, conv_name: str, bn: str):
+            y = conv(features, 3, stride, 1, dtype=self.dtype, name=conv_name)(y)
+            return nn.relu(batch_norm(train, dtype=self.dtype, name=bn)(y))
 
         x = jnp.asarray(x, self.dtype)
         x = conv_bn_relu(x, self.width, 1, "stem_conv", "stem_bn")
         x = conv_bn_relu(x, 2 * self.width, 2, "conv2", "bn2")
         x = conv_bn_relu(x, 2 * self.width, 1, "conv3", "bn3")
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=head_kernel_init,
-            bias_init=nn.initializers.zeros,
-            dtype=self.dtype,
-            name="head",
+        return classifier(
+            self.num_classes, dtype=self.dtype, name="head", kernel_init=he_normal_fan_in
         )(x)

@@ -90,6 +90,7 @@ class Config:
     distill_temperature: float = 4.0
     # bookkeeping
     eval_batch_size: int = 500
+    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 5  # epochs; 0 = only at the end
     keep_checkpoints: int = 2
     scan_steps: int = 0  # steps per compiled call; 0 = a whole epoch as one lax.scan

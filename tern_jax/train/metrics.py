@@ -12,6 +12,12 @@ __all__ = ["append", "truncate", "read", "epoch_record", "epoch_line", "final_re
            "results_table", "plot_runs"]
 
 
+def _number(x):
+    """float, or None for NaN (an epoch without evaluation); JSON has no NaN."""
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
 def epoch_record(epoch, lr, seconds, names, train_loss, train_acc, evaluation) -> dict:
     models = []
     for i, name in enumerate(names):
@@ -19,9 +25,9 @@ def epoch_record(epoch, lr, seconds, names, train_loss, train_acc, evaluation) -
         models.append({
             "name": name, "variant": variant, "seed": int(seed),
             "train_loss": float(train_loss[i]), "train_acc": float(train_acc[i]),
-            "test_loss": float(evaluation["test_loss"][i]),
-            "test_acc": float(evaluation["test_acc"][i]),
-            "zero_fraction": float(evaluation["zero_fraction"][i]),
+            "test_loss": _number(evaluation["test_loss"][i]),
+            "test_acc": _number(evaluation["test_acc"][i]),
+            "zero_fraction": _number(evaluation["zero_fraction"][i]),
         })
     return {"epoch": int(epoch), "lr": float(lr), "seconds": float(seconds), "models": models}
 
@@ -66,8 +72,10 @@ def epoch_line(record: dict) -> str:
         by_variant.setdefault(m["variant"], []).append(m)
     parts = [f"epoch {record['epoch']:3d} lr {record['lr']:.2e} {record['seconds']:6.1f}s"]
     for variant, models in by_variant.items():
+        accs = [m["test_acc"] for m in models if m["test_acc"] is not None]
+        test = f"{100 * np.mean(accs):.2f}%" if accs else "-"
         parts.append(f"{variant}: loss {np.mean([m['train_loss'] for m in models]):.3f} "
-                     f"test {100 * np.mean([m['test_acc'] for m in models]):.2f}%")
+                     f"test {test}")
     return " | ".join(parts)
 
 
@@ -120,10 +128,12 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
         names = [m["name"] for m in records[0]["models"]]
         epochs = [r["epoch"] for r in records]
         for i, name in enumerate(names):
-            acc = [100 * r["models"][i]["test_acc"] for r in records]
+            acc = [np.nan if r["models"][i]["test_acc"] is None
+                   else 100 * r["models"][i]["test_acc"] for r in records]
             loss = [r["models"][i]["train_loss"] for r in records]
             style = "-" if records[0]["models"][i]["variant"] == "fp" else "--"
-            ax_acc.plot(epochs, acc, style, label=f"{label_prefix}:{name}", linewidth=1.2)
+            evaluated = [(e, a) for e, a in zip(epochs, acc) if not np.isnan(a)]
+            ax_acc.plot(*zip(*evaluated), style, label=f"{label_prefix}:{name}", linewidth=1.2)
             ax_loss.plot(epochs, loss, style, label=f"{label_prefix}:{name}", linewidth=1.2)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss", yscale="log")

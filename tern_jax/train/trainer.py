@@ -645,7 +645,12 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
         for epoch in range(start_epoch, config.epochs):
             start = time.perf_counter()
             state, train_loss, train_acc = trainer.train_epoch(state, epoch, progress)
-            evaluation = trainer.evaluate(state)
+            last = epoch + 1 == config.epochs
+            if last or (epoch + 1) % max(config.eval_every, 1) == 0:
+                evaluation = trainer.evaluate(state)
+            else:
+                nan = np.full(trainer.num_models, np.nan)
+                evaluation = {"test_loss": nan, "test_acc": nan, "zero_fraction": nan}
             seconds = time.perf_counter() - start
             record = metrics_lib.epoch_record(
                 epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
@@ -653,7 +658,6 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
             metrics_lib.append(metrics_file, record)
             if progress is not None:
                 progress.write(metrics_lib.epoch_line(record))
-            last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 _save(manager, epoch + 1, state)
     finally:
