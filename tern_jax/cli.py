@@ -175,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
+    from tern_jax.train.trainer import TrainingDiverged
+
     try:
         return args.fn(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(e, TrainingDiverged) else 2
 
 
 if __name__ == "__main__":
