@@ -61,6 +61,10 @@ def _key_entry(key):
 def _to_plain(params):
     """nnx.State -> nested dict of arrays; anything else is returned as is."""
     if hasattr(params, "to_pure_dict"):
+        from flax import nnx
+
+        if hasattr(nnx, "to_pure_dict"):  # flax >= 0.12: the method is deprecated
+            return nnx.to_pure_dict(params)
         return params.to_pure_dict()
     return params
 

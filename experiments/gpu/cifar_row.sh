@@ -21,6 +21,11 @@ if [ ! -d "$DATA/cifar-10-batches-py" ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo cpu; } \
   | tee "$OUT/device.txt"
+# a finished run to fine-tune from: carry its run.tar as experiments/gpu/carry/init.tar and
+# pass --set init_from=/tmp/tern_jax_init
+if [ -f experiments/gpu/carry/init.tar ]; then
+  mkdir -p /tmp/tern_jax_init && tar xf experiments/gpu/carry/init.tar -C /tmp/tern_jax_init
+fi
 WORK=${WORK:-/tmp/tern_jax_run}
 RESUME=()
 if [ -f experiments/gpu/carry/run.tar ]; then
