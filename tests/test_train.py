@@ -54,6 +54,15 @@ def test_quickstart_trains_both_variants_and_writes_run_files(tmp_path):
     assert latest_checkpoint(tmp_path) == 3
 
 
+def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # orbax needs absolute paths; the trainer must resolve them
+    train_and_evaluate(_small(epochs=1), "runs/relative", log=lambda *_: None)
+    assert latest_checkpoint("runs/relative") == 1
+    results = train_and_evaluate(_small(epochs=2), "runs/relative", resume=True,
+                                 log=lambda *_: None)
+    assert results["epochs"] == 2
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
     before = (tmp_path / "metrics.jsonl").read_text()

@@ -512,7 +512,7 @@ def _restore(manager, epoch: int, template: TrainState) -> TrainState:
 
 def latest_checkpoint(workdir) -> int | None:
     """The newest completed checkpoint's epoch in ``workdir`` (``None`` if there is none)."""
-    directory = Path(workdir) / "checkpoints"
+    directory = Path(workdir).absolute() / "checkpoints"
     if not directory.is_dir():
         return None
     epochs = [int(p.name) for p in directory.iterdir() if p.name.isdigit()
@@ -522,7 +522,7 @@ def latest_checkpoint(workdir) -> int | None:
 
 def restore_run(workdir, epoch: int | None = None):
     """``(config, trainer, state)`` of a finished or interrupted run, for eval and export."""
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no config.json); pass a train workdir")
@@ -590,7 +590,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     ``results.json``. With ``resume=True`` a killed run continues from its last checkpoint and
     reproduces the uninterrupted run's metrics (same seeds, same batches).
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # orbax requires absolute paths
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "config.json"
     start_epoch = 0
