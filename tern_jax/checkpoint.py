@@ -110,7 +110,7 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
         entry = {"path": m.path, "keys": [_key_entry(k) for k in key_path], "name": name}
         if m.quantized:
             rule = m.rule
-            levels, scales = jax.jit(rule.codes)(m.leaf)
+            levels, scales = rule.codes(m.leaf)  # compiled once per shape in core
             levels = np.asarray(levels).astype(np.int16)
             scales = np.asarray(scales, np.float32)
             words = packing.pack(levels + rule.t_ex, rule.levels)

@@ -52,8 +52,6 @@ def _quickstart(args) -> int:
 
 
 def _eval(args) -> int:
-    import numpy as np
-
     from tern_jax.train import restore_run
 
     config, trainer, state = restore_run(args.workdir, args.epoch)
@@ -63,7 +61,6 @@ def _eval(args) -> int:
     for i, name in enumerate(trainer.names):
         print(f"  {name:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
               f"loss {result['test_loss'][i]:.4f}  zeros {100 * result['zero_fraction'][i]:.1f}%")
-    del np
     return 0
 
 
