@@ -4,8 +4,9 @@ Markdown table row per variant (final-epoch test accuracy, mean ± std over seed
     python experiments/collect.py RUN_DIR [RUN_DIR ...] --out experiments/results/SET
            [--plot]            also write curves.png of the runs
 
-Copies config.json, metrics.jsonl and results.json of each run (no checkpoints) and prints
-the Markdown table it appends to OUT/table.md.
+Copies config.json, metrics.jsonl and results.json of each run, and of the pretrain/ and
+finetune/ stages of a two-stage run (no checkpoints), and prints the Markdown table it
+appends to OUT/table.md. A two-stage run's epochs read "fp+finetune", e.g. 200+80.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import json
 import shutil
 from pathlib import Path
 
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json")
+
 
 def row(results: dict, variant: str, stats: dict, card: str) -> str:
     per_seed = ", ".join(f"{100 * a:.2f}" for a in stats["test_acc"])
-    return (f"| {results['name']} | {results['model']} | {variant} | {results['epochs']} | "
+    epochs = results["epochs"]
+    if "stages" in results:
+        pre, fine = results["stages"]["pretrain"], results["stages"]["finetune"]
+        epochs = pre if variant == "fp" else f"{pre}+{fine}"
+    return (f"| {results['name']} | {results['model']} | {variant} | {epochs} | "
             f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} | {per_seed} | "
             f"{100 * stats['zero_fraction']:.1f} | {results['train_seconds'] / 60:.1f} | {card} |")
 
@@ -44,8 +51,13 @@ def main(argv=None):
         results = json.loads(results_file.read_text())
         target = out / run.name
         target.mkdir(exist_ok=True)
-        for name in ("config.json", "metrics.jsonl", "results.json"):
-            shutil.copy(run / name, target / name)
+        for name in RUN_FILES:
+            if (run / name).exists():  # a two-stage run keeps its metrics in the stages
+                shutil.copy(run / name, target / name)
+        for stage in results.get("stages", {}):
+            (target / stage).mkdir(exist_ok=True)
+            for name in RUN_FILES:
+                shutil.copy(run / stage / name, target / stage / name)
         for variant, stats in results["variants"].items():
             lines.append(row(results, variant, stats, args.device))
     table = out / "table.md"

@@ -159,11 +159,16 @@ def _check_weight(w: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _levels_and_scales(
-    w: jax.Array, thresholds: tuple[float, ...] | None, axis: int | None, method: str
+    w: jax.Array,
+    thresholds: tuple[float, ...] | None,
+    axis: int | None,
+    method: str,
+    threshold_scale: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Signed levels in ``[-t, t]`` (int8) and scales of shape ``(t, *broadcast)`` (float32).
 
-    The statistics are computed in float32 whatever the weight's dtype.
+    The statistics are computed in float32 whatever the weight's dtype. ``threshold_scale``
+    (a traced scalar, or ``None`` for 1) multiplies every ``Δ_k``; ``absmean`` ignores it.
     """
     a = jnp.abs(w.astype(jnp.float32))
     axes = _reduction_axes(w.ndim, axis)
@@ -184,6 +189,8 @@ def _levels_and_scales(
         scales = []
         for delta in thresholds:
             cut = delta * reference
+            if threshold_scale is not None:
+                cut = cut * jnp.asarray(threshold_scale, jnp.float32)
             # The paper keeps |W| >= Δ; TWN keeps |W| > Δ. Requiring |W| > 0 as well makes an
             # all-zero tensor (Δ = 0) give zeros instead of a 0/0 scale.
             keep = (a > cut) if method == "twn" else (a >= cut)
@@ -315,31 +322,62 @@ def ste_mask(w: jax.Array) -> jax.Array:
     return (jnp.abs(w) < 1).astype(w.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _ternary_stack(w, thresholds, axis, method, fold):
-    levels, scales = _levels_and_scales(w, thresholds, axis, method)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _ternary_stack(w, threshold_scale, thresholds, axis, method, fold):
+    levels, scales = _levels_and_scales(w, thresholds, axis, method, threshold_scale)
     return _dequantize_stacked(levels, scales, w.dtype, fold)
 
 
-def _ternary_stack_fwd(w, thresholds, axis, method, fold):
-    return _ternary_stack(w, thresholds, axis, method, fold), w
+def _ternary_stack_fwd(w, threshold_scale, thresholds, axis, method, fold):
+    out = _ternary_stack(w, threshold_scale, thresholds, axis, method, fold)
+    return out, (w, threshold_scale)
 
 
-def _ternary_stack_bwd(thresholds, axis, method, fold, w, g):
+def _ternary_stack_bwd(thresholds, axis, method, fold, residuals, g):
     # Each branch is its own straight-through estimate of the same latent W, so the branch
-    # gradients add up (the folded sum Σ_k Ŵ_k has the same total gradient).
+    # gradients add up (the folded sum Σ_k Ŵ_k has the same total gradient). No gradient
+    # reaches the threshold scale, as none reaches Δ.
+    w, threshold_scale = residuals
     t = 1 if thresholds is None else len(thresholds)
     g_total = g * t if fold else jnp.sum(g, axis=0)
-    return (g_total.astype(w.dtype) * ste_mask(w),)
+    g_scale = None if threshold_scale is None else jnp.zeros_like(threshold_scale)
+    return g_total.astype(w.dtype) * ste_mask(w), g_scale
 
 
 _ternary_stack.defvjp(_ternary_stack_fwd, _ternary_stack_bwd)
 # One compiled computation per (shape, dtype, settings) in eager use; inlined under an outer jit.
-_ternary_stack = jax.jit(_ternary_stack, static_argnums=(1, 2, 3, 4))
+_ternary_stack = jax.jit(_ternary_stack, static_argnums=(2, 3, 4, 5))
+
+
+def _check_threshold_scale(threshold_scale):
+    """``None``, or a float scalar (Python number or a 0-d array, possibly traced)."""
+    if threshold_scale is None:
+        return None
+    if isinstance(threshold_scale, bool):
+        raise TypeError("threshold_scale must be a number in [0, 1] or None, got a bool")
+    if isinstance(threshold_scale, (int, float)):
+        if not 0.0 <= threshold_scale <= 1.0:
+            raise ValueError(
+                f"threshold_scale={threshold_scale} is outside [0, 1]; it multiplies every "
+                "threshold during a warm-up (0: keep every nonzero weight, 1: the full Δ)"
+            )
+        return jnp.asarray(threshold_scale, jnp.float32)
+    scale = jnp.asarray(threshold_scale)
+    if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.floating):
+        raise ValueError(
+            f"threshold_scale must be a float scalar, got shape {scale.shape} dtype "
+            f"{scale.dtype}; pass e.g. jnp.float32(0.5)"
+        )
+    return scale.astype(jnp.float32)
 
 
 def ternarize(
-    w: jax.Array, *, threshold: float | None = None, axis: int | None = None, method: str = "paper"
+    w: jax.Array,
+    *,
+    threshold: float | None = None,
+    axis: int | None = None,
+    method: str = "paper",
+    threshold_scale: jax.Array | float | None = None,
 ) -> jax.Array:
     """The ternarized weight ``Ŵ ∈ {-α, 0, +α}`` with the straight-through gradient.
 
@@ -352,12 +390,16 @@ def ternarize(
       threshold: ``δ`` in (0, 1); ``None`` for the method's default.
       axis: ``None`` per tensor (the paper) or the output-channel axis for per-channel ``Δ``/``α``.
       method: ``"paper"``, ``"twn"`` or ``"absmean"``.
+      threshold_scale: multiplies ``Δ`` (a float scalar in [0, 1], may be traced, so a
+        training step can warm the threshold up from 0 without recompiling); ``None`` is 1.
+        ``absmean`` has no threshold and ignores it.
     """
     w = _check_weight(w)
     thresholds = _resolve(method, threshold)
     if axis is not None:
         _reduction_axes(w.ndim, axis)
-    return _ternary_stack(w, thresholds, axis, method, True)
+    scale = _check_threshold_scale(threshold_scale)
+    return _ternary_stack(w, scale, thresholds, axis, method, True)
 
 
 def expand(
@@ -366,6 +408,7 @@ def expand(
     thresholds: Sequence[float] | None = (0.05, 0.1),
     axis: int | None = None,
     method: str = "paper",
+    threshold_scale: jax.Array | float | None = None,
 ) -> jax.Array:
     """Residual expansion: ``t_ex`` stacked ternary kernels, shape ``(t_ex, *w.shape)``.
 
@@ -373,12 +416,14 @@ def expand(
     thresholds must increase strictly (paper: ``0.05·k``). The gradient of any function of the
     stack reaches ``w`` as ``Σ_k ∂L/∂Ŵ_k · [|W| < 1]``. Use :func:`expanded_apply` to run a
     layer on the stack (one op per branch, vmapped) or on its fold (one op).
+    ``threshold_scale`` multiplies every ``Δ_k`` as in :func:`ternarize`.
     """
     w = _check_weight(w)
     thresholds = _resolve(method, thresholds)
     if axis is not None:
         _reduction_axes(w.ndim, axis)
-    return _ternary_stack(w, thresholds, axis, method, False)
+    scale = _check_threshold_scale(threshold_scale)
+    return _ternary_stack(w, scale, thresholds, axis, method, False)
 
 
 def fold(kernels: jax.Array) -> jax.Array:

@@ -119,18 +119,24 @@ class Rule:
     def matches(self, path: str) -> bool:
         return re.fullmatch(self.pattern, path) is not None
 
-    def apply(self, w: jax.Array) -> jax.Array:
-        """The ternarized (folded, for ``t_ex > 1``) weight, with the STE gradient."""
+    def apply(self, w: jax.Array, threshold_scale=None) -> jax.Array:
+        """The ternarized (folded, for ``t_ex > 1``) weight, with the STE gradient.
+
+        ``threshold_scale`` (a float scalar in [0, 1], may be traced) multiplies every
+        threshold: the hook for a threshold warm-up; ``None`` means 1.
+        """
         if self.method is None:
             return w
         if self.t_ex == 1:
             threshold = None if self.thresholds is None else self.thresholds[0]
-            return core.ternarize(w, threshold=threshold, axis=self.axis, method=self.method)
-        return core.fold(self.expand(w))
+            return core.ternarize(w, threshold=threshold, axis=self.axis, method=self.method,
+                                  threshold_scale=threshold_scale)
+        return core.fold(self.expand(w, threshold_scale))
 
-    def expand(self, w: jax.Array) -> jax.Array:
+    def expand(self, w: jax.Array, threshold_scale=None) -> jax.Array:
         """The stacked branch kernels, shape ``(t_ex, *w.shape)``."""
-        return core.expand(w, thresholds=self.thresholds, axis=self.axis, method=self.method)
+        return core.expand(w, thresholds=self.thresholds, axis=self.axis, method=self.method,
+                           threshold_scale=threshold_scale)
 
     def codes(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(levels, scales)`` with scales shaped ``(t_ex, *broadcast)``: the stored form."""
@@ -241,7 +247,8 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
     return matches, treedef
 
 
-def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: bool = False):
+def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: bool = False,
+                    threshold_scale=None):
     """The same pytree with every rule-matched weight ternarized (STE gradient to the latent).
 
     ``rules=None`` uses :data:`DEFAULT_RULES` (every float kernel of rank >= 2, first and last
@@ -268,6 +275,10 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
 
     Either way the gradient reaching ``W`` is ``Σ_k ∂L/∂Ŵ_k · [|W| < 1]``. Leaves whose rule has
     ``t_ex = 1``, rules with ``method=None`` and unmatched leaves are the same for both values.
+
+    ``threshold_scale`` multiplies every rule's thresholds (a float scalar in [0, 1]; it may be
+    traced, so a jitted train step can ramp it from 0 to 1 as a threshold warm-up without
+    recompiling). ``None`` (the default) is the rules' own thresholds.
     """
     matches, treedef = match_params(params, rules, unused=unused)
     out = []
@@ -275,7 +286,7 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
         if not m.quantized:
             out.append(m.leaf)
         elif stacked and m.rule.t_ex > 1:
-            out.append(m.rule.expand(m.leaf))
+            out.append(m.rule.expand(m.leaf, threshold_scale))
         else:
-            out.append(m.rule.apply(m.leaf))
+            out.append(m.rule.apply(m.leaf, threshold_scale))
     return jax.tree_util.tree_unflatten(treedef, out)

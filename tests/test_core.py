@@ -175,3 +175,50 @@ def test_bad_method_axis_and_dtype_are_rejected():
         tern_jax.ternarize(jnp.ones((4, 4), jnp.int32))
     with pytest.raises(ValueError, match="absmean' takes no threshold"):
         tern_jax.ternarize(_weights((4, 4)), method="absmean", threshold=0.1)
+
+
+def test_threshold_scale_one_is_the_plain_quantizer_bit_for_bit():
+    w = _weights((3, 3, 8, 16))
+    for axis in (None, -1):
+        np.testing.assert_array_equal(
+            np.asarray(tern_jax.ternarize(w, axis=axis, threshold_scale=1.0)),
+            np.asarray(tern_jax.ternarize(w, axis=axis)))
+        np.testing.assert_array_equal(
+            np.asarray(tern_jax.expand(w, axis=axis, threshold_scale=1.0)),
+            np.asarray(tern_jax.expand(w, axis=axis)))
+
+
+def test_threshold_scale_multiplies_delta_and_zero_keeps_every_nonzero_weight():
+    w = _weights((16, 10)).at[0, 0].set(0.0)
+    half = tern_jax.ternarize(w, threshold=0.3, threshold_scale=0.5)
+    ref_codes, ref_alpha = ternarize_np(np.asarray(w), 0.15, None, "paper")
+    np.testing.assert_allclose(np.asarray(half), ref_codes * ref_alpha, rtol=1e-6)
+    zero = np.asarray(tern_jax.ternarize(w, threshold_scale=0.0))
+    a = np.abs(np.asarray(w))
+    np.testing.assert_allclose(zero, np.sign(np.asarray(w)) * a[a > 0].mean(), rtol=1e-6)
+    assert zero[0, 0] == 0 and np.count_nonzero(zero) == w.size - 1
+
+
+def test_threshold_scale_is_traced_and_gets_no_gradient():
+    w = _weights((8, 6))
+    f = jax.jit(lambda w, s: tern_jax.expand(w, thresholds=(0.2, 0.4), threshold_scale=s))
+    for s in (0.25, 1.0):
+        np.testing.assert_array_equal(
+            np.asarray(f(w, jnp.float32(s))),
+            np.asarray(tern_jax.expand(w, thresholds=(0.2, 0.4), threshold_scale=s)))
+    assert f._cache_size() == 1  # one compilation for every scale
+    gw, gs = jax.grad(lambda w, s: jnp.sum(tern_jax.ternarize(w, threshold_scale=s) ** 3),
+                      argnums=(0, 1))(w, jnp.float32(0.5))
+    assert float(gs) == 0.0
+    q = tern_jax.ternarize(w, threshold_scale=0.5)
+    np.testing.assert_allclose(np.asarray(gw), 3 * np.asarray(q) ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale,error,message", [
+    (1.5, ValueError, "outside \\[0, 1\\]"), (-0.1, ValueError, "outside \\[0, 1\\]"),
+    (True, TypeError, "bool"), (jnp.ones(3), ValueError, "float scalar"),
+    (jnp.int32(1), ValueError, "float scalar"),
+])
+def test_bad_threshold_scale_is_rejected(scale, error, message):
+    with pytest.raises(error, match=message):
+        tern_jax.ternarize(_weights((4, 4)), threshold_scale=scale)

@@ -145,14 +145,23 @@ def test_cifar_folder_run_trains_evaluates_checkpoints_resumes_and_exports(tmp_p
     images[..., 0] = (labels[:, None, None] * 25).astype(np.uint8)  # a learnable signal
     write_cifar_batches(tmp_path / "cifar-10-batches-py", images, labels, per_batch=16)
     workdir = tmp_path / "run"
+    # the documented default recipe: fp first, then ternary fine-tuning from it
     common = ["--config", str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"),
               "--workdir", str(workdir), "--set", f"data_dir={tmp_path}", "--set", "batch_size=16",
               "--set", "seeds=0", "--set", "progress=false", "--set", "checkpoint_every=1",
-              "--set", "eval_batch_size=20", "--set", "model_axis=vmap"]
-    assert cli.main(["train", *common, "--set", "epochs=1"]) == 0
-    assert latest_checkpoint(workdir) == 1
-    assert cli.main(["train", *common, "--set", "epochs=2", "--resume"]) == 0
-    assert [r["epoch"] for r in read(workdir)] == [1, 2]
+              "--set", "eval_batch_size=20", "--set", "model_axis=vmap", "--set", "epochs=1"]
+    assert cli.main(["train", *common, "--set", "finetune_epochs=1"]) == 0
+    assert latest_checkpoint(workdir / "pretrain") == 1
+    assert latest_checkpoint(workdir / "finetune") == 1
+    assert cli.main(["train", *common, "--set", "finetune_epochs=2", "--resume"]) == 0
+    assert [r["epoch"] for r in read(workdir / "pretrain")] == [1]
+    assert [r["epoch"] for r in read(workdir / "finetune")] == [1, 2]
+    assert json.loads((workdir / "results.json").read_text())["stages"] == {
+        "pretrain": 1, "finetune": 2}
+    # stage 2 started from the fp model of epoch 1: lengthening stage 1 now is refused
+    assert cli.main(["train", *common[:-2], "--set", "epochs=2", "--set", "finetune_epochs=2",
+                     "--resume"]) == 2
+    assert "already fine-tuned" in capsys.readouterr().err
     assert cli.main(["eval", "--workdir", str(workdir)]) == 0
     assert cli.main(["export", "--workdir", str(workdir), "--model", "tern/seed0",
                      "--out", str(tmp_path / "packed")]) == 0
@@ -189,3 +198,66 @@ def test_every_experiment_config_loads():
 def test_cli_reports_bad_config_path_clearly(capsys):
     assert cli.main(["train", "--config", "nope.py", "--workdir", "/tmp/x"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
+    from tern_jax.train.trainer import Trainer, load_data
+
+    def first_losses(step, **changes):
+        config = _small(seeds=(0,), **changes)
+        trainer = Trainer(config, load_data(config))
+        trainer.put_data()
+        idx, keys = trainer._epoch_plan(0)
+        _, (loss, _) = trainer._step_at(trainer.init_state(), trainer.train_images,
+                                        trainer.train_labels, idx[0], keys[0], np.int32(step))
+        return np.asarray(loss), trainer.steps_per_epoch
+
+    plain, steps_per_epoch = first_losses(0)
+    start = first_losses(0, threshold_warmup=1.0)[0]          # scale 0: Δ = 0
+    done = first_losses(steps_per_epoch, threshold_warmup=1.0)[0]  # scale 1: the plain Δ
+    assert start[0] == plain[0]  # fp: untouched by the warm-up
+    assert start[1] != plain[1]  # ternary: a different forward while warming up
+    np.testing.assert_allclose(done, plain, rtol=1e-6)
+    with pytest.raises(ValueError, match="threshold_warmup_start in \\[0, 1\\]"):
+        _small(threshold_warmup=2.0, threshold_warmup_start=1.5)
+
+
+def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(tmp_path, capsys):
+    from tern_jax.train import restore_run
+    from tern_jax.train.metrics import plot_runs
+
+    config = _small(epochs=2, finetune_epochs=1, finetune_learning_rate=0.01)
+    results = train_and_evaluate(config, tmp_path, log=lambda *_: None)
+    assert results["stages"] == {"pretrain": 2, "finetune": 1} and results["epochs"] == 3
+    pre, fine = read(tmp_path / "pretrain"), read(tmp_path / "finetune")
+    assert [m["name"] for m in pre[0]["models"]] == ["fp/seed0"]
+    assert [m["name"] for m in fine[0]["models"]] == ["tern/seed0"]
+    assert results["variants"]["fp"]["test_acc"] == [pre[-1]["models"][0]["test_acc"]]
+    assert results["variants"]["tern"]["test_acc"] == [fine[-1]["models"][0]["test_acc"]]
+    # the ternary model starts from the trained fp model, not from a fresh init
+    assert fine[0]["models"][0]["train_loss"] < pre[0]["models"][0]["train_loss"]
+    assert fine[0]["lr"] < 0.01  # its own cosine schedule, not stage 1's lr 0.05
+    # resuming a finished run trains nothing and gives the same results
+    again = train_and_evaluate(config, tmp_path, resume=True, log=lambda *_: None)
+    assert again["variants"] == results["variants"]
+    assert len(read(tmp_path / "finetune")) == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_and_evaluate(config, tmp_path, log=lambda *_: None)
+    _, trainer, _ = restore_run(tmp_path)  # the ternary stage, for eval and export
+    assert trainer.names == ["tern/seed0"]
+    assert plot_runs([tmp_path], tmp_path / "curves.png").stat().st_size > 1000
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("collect", REPO / "experiments" / "collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    collect.main([str(tmp_path), "--out", str(tmp_path / "collected")])
+    kept = tmp_path / "collected" / tmp_path.name
+    assert (kept / "finetune" / "metrics.jsonl").exists() and (kept / "results.json").exists()
+    assert not list(kept.rglob("checkpoints"))
+    table = (tmp_path / "collected" / "table.md").read_text()
+    assert "| fp | 2 |" in table and "| tern | 2+1 |" in table
+    with pytest.raises(ValueError, match="needs a ternary variant"):
+        _small(variants=("fp",), finetune_epochs=2)
+    with pytest.raises(ValueError, match="finetune_schedule"):
+        _small(finetune_epochs=2, finetune_schedule="multistep")

@@ -8,7 +8,7 @@
 set -euo pipefail
 DATA=${1:?path to a folder holding cifar-10-batches-py}
 OUT=${2:-runs/cpu_proxy}
-CONFIG=experiments/configs/cifar10_resnet20.py
+CONFIG=experiments/configs/cifar10_resnet20_paper.py
 COMMON=(--config "$CONFIG" --set model=resnet8 --set train_subset=5000 --set epochs=15
         --set milestones=6:0.1,9:0.1,12:0.5 --set seeds=0 --set eval_every=5
         --set checkpoint_every=5 --set data_dir="$DATA" --set progress=false)

@@ -85,9 +85,20 @@ class Config:
     # ... or from a torchvision ResNet state_dict (.pth), as the paper's ImageNet recipe does
     pretrained: str | None = None
     init_variant: str = "fp"
+    # two-stage recipe: with finetune_epochs > 0 the fp model trains `epochs` epochs first (the
+    # run's pretrain/ folder), then every other variant starts from the fp model of its seed
+    # and trains finetune_epochs more with its own learning rate and schedule (finetune/)
+    finetune_epochs: int = 0
+    finetune_learning_rate: float = 0.01
+    finetune_schedule: str = "cosine"  # "cosine" | "constant"
     # distillation from the full-precision model trained alongside (weight on the KL term)
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
+    # threshold warm-up: every threshold Δ is scaled by a factor that ramps linearly from
+    # threshold_warmup_start to 1 over the first threshold_warmup epochs (0 = off). Scale 0
+    # keeps every nonzero weight (a binary-like start); test evaluation always uses the full Δ.
+    threshold_warmup: float = 0.0
+    threshold_warmup_start: float = 0.0
     # bookkeeping
     eval_batch_size: int = 500
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
@@ -111,6 +122,25 @@ class Config:
             )
         if self.model_axis not in ("auto", "vmap", "unroll"):
             raise ValueError(f"model_axis must be auto, vmap or unroll, got {self.model_axis!r}")
+        if self.threshold_warmup < 0 or not 0.0 <= self.threshold_warmup_start <= 1.0:
+            raise ValueError(
+                "threshold_warmup must be >= 0 epochs and threshold_warmup_start in [0, 1], got "
+                f"{self.threshold_warmup} and {self.threshold_warmup_start}"
+            )
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_epochs:
+            if self.finetune_schedule not in ("cosine", "constant"):
+                raise ValueError(
+                    f"finetune_schedule must be 'cosine' or 'constant', got "
+                    f"{self.finetune_schedule!r} (milestones belong to the first stage)"
+                )
+            if all(v == "fp" for v in self.variants):
+                raise ValueError("finetune_epochs > 0 needs a ternary variant to fine-tune, "
+                                 "e.g. variants=fp,tern")
+            if self.init_from or self.pretrained:
+                raise ValueError("finetune_epochs > 0 trains its own full-precision start; "
+                                 "drop init_from/pretrained, or set finetune_epochs=0")
         if self.distill_weight and "fp" not in self.variants:
             raise ValueError("distill_weight > 0 needs an 'fp' variant in the run as the teacher")
 

@@ -112,8 +112,35 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_parts(run) -> list[Path]:
+    """The metric folders of a run: itself, or the stages of a two-stage run in order."""
+    run = Path(run)
+    stages = [run / "pretrain", run / "finetune"]
+    if not (run / "metrics.jsonl").exists() and all((s / "metrics.jsonl").exists()
+                                                     for s in stages):
+        return stages
+    return [run]
+
+
+def _plot_records(ax_acc, ax_loss, records, label_prefix, offset):
+    names = [m["name"] for m in records[0]["models"]]
+    epochs = [offset + r["epoch"] for r in records]
+    for i, name in enumerate(names):
+        acc = [np.nan if r["models"][i]["test_acc"] is None
+               else 100 * r["models"][i]["test_acc"] for r in records]
+        loss = [r["models"][i]["train_loss"] for r in records]
+        style = "-" if records[0]["models"][i]["variant"] == "fp" else "--"
+        evaluated = [(e, a) for e, a in zip(epochs, acc) if not np.isnan(a)]
+        ax_acc.plot(*zip(*evaluated), style, label=f"{label_prefix}:{name}", linewidth=1.2)
+        ax_loss.plot(epochs, loss, style, label=f"{label_prefix}:{name}", linewidth=1.2)
+
+
 def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
-    """Test accuracy and train loss per epoch of every model of one or more runs, to PNG."""
+    """Test accuracy and train loss per epoch of every model of one or more runs, to PNG.
+
+    A two-stage run (``pretrain/`` then ``finetune/``) is drawn as one timeline: the
+    fine-tuning epochs continue after the full-precision ones.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,20 +148,14 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for run in run_dirs:
-        records = read(run)
-        if not records:
-            raise ValueError(f"{run} has no metrics.jsonl records to plot")
         label_prefix = Path(run).name
-        names = [m["name"] for m in records[0]["models"]]
-        epochs = [r["epoch"] for r in records]
-        for i, name in enumerate(names):
-            acc = [np.nan if r["models"][i]["test_acc"] is None
-                   else 100 * r["models"][i]["test_acc"] for r in records]
-            loss = [r["models"][i]["train_loss"] for r in records]
-            style = "-" if records[0]["models"][i]["variant"] == "fp" else "--"
-            evaluated = [(e, a) for e, a in zip(epochs, acc) if not np.isnan(a)]
-            ax_acc.plot(*zip(*evaluated), style, label=f"{label_prefix}:{name}", linewidth=1.2)
-            ax_loss.plot(epochs, loss, style, label=f"{label_prefix}:{name}", linewidth=1.2)
+        offset = 0
+        for part in _run_parts(run):
+            records = read(part)
+            if not records:
+                raise ValueError(f"{part} has no metrics.jsonl records to plot")
+            _plot_records(ax_acc, ax_loss, records, label_prefix, offset)
+            offset += records[-1]["epoch"]
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss", yscale="log")
     for ax in (ax_acc, ax_loss):

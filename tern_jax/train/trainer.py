@@ -227,9 +227,10 @@ class Trainer:
 
         return unrolled
 
-    def quantize(self, params, variant):
+    def quantize(self, params, variant, threshold_scale=None):
         """Params as the forward pass sees them: latent (``fp``) or ternarized per variant."""
-        fns = [functools.partial(_apply_rules, rules=r) for r in self.rule_sets]
+        fns = [functools.partial(_apply_rules, rules=r, threshold_scale=threshold_scale)
+               for r in self.rule_sets]
         if len(fns) == 1:
             return fns[0](params)
         return jax.lax.switch(variant, fns, params)
@@ -262,14 +263,25 @@ class Trainer:
         num_classes = self.data.num_classes
         multi_device = self.mesh.size > 1
 
-        def forward_train(params, batch_stats, x, variant):
-            q = self.quantize(params, variant)
+        warmup_steps = config.threshold_warmup * self.steps_per_epoch
+
+        def threshold_scale(step):
+            """The threshold warm-up factor at a global step; ``None`` (no warm-up) keeps the
+            compiled step identical to one without the feature."""
+            if warmup_steps <= 0:
+                return None
+            start = config.threshold_warmup_start
+            ramp = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.0)
+            return start + (1.0 - start) * ramp
+
+        def forward_train(params, batch_stats, x, variant, tscale):
+            q = self.quantize(params, variant, tscale)
             logits, updates = model.apply({"params": q, "batch_stats": batch_stats}, x,
                                           train=True, mutable=["batch_stats"])
             return logits.astype(jnp.float32), updates["batch_stats"]
 
-        def train_step(state: TrainState, x, y):
-            """x: (M, B, ...) uint8 or float, y: (M, B) int."""
+        def train_step(state: TrainState, x, y, step):
+            """x: (M, B, ...) uint8 or float, y: (M, B) int, step: the global step (int)."""
             if multi_device:
                 x = jax.lax.with_sharding_constraint(x, self.batch_sharded)
                 y = jax.lax.with_sharding_constraint(y, self.batch_sharded)
@@ -278,7 +290,8 @@ class Trainer:
                                           config.label_smoothing)
 
             def loss_all(params):
-                logits, new_stats = self.over_models(forward_train)(
+                logits, new_stats = self.over_models(
+                    functools.partial(forward_train, tscale=threshold_scale(step)))(
                     params, state.batch_stats, x, variant_index)
                 ce = jnp.mean(optax.softmax_cross_entropy(logits, targets), axis=-1)
                 loss = ce
@@ -303,17 +316,17 @@ class Trainer:
                 return images
             return jax.vmap(random_crop_flip)(keys, images)
 
-        def step_at(state, images, labels, step_idx, step_keys):
+        def step_at(state, images, labels, step_idx, step_keys, step):
             """One step on the batches ``images[step_idx]`` (M, B) with per-model keys (M,)."""
             x = augment(step_keys, images[step_idx])
-            return train_step(state, x, labels[step_idx])
+            return train_step(state, x, labels[step_idx], step)
 
-        def run_chunk(state, images, labels, idx, keys):
-            """Scans ``idx.shape[0]`` steps; idx (K, M, B), keys (K, M)."""
+        def run_chunk(state, images, labels, idx, keys, steps):
+            """Scans ``idx.shape[0]`` steps; idx (K, M, B), keys (K, M), steps (K,)."""
             def body(state, inputs):
                 return step_at(state, images, labels, *inputs)
 
-            return jax.lax.scan(body, state, (idx, keys))
+            return jax.lax.scan(body, state, (idx, keys, steps))
 
         self._run_chunk = jax.jit(run_chunk, donate_argnums=0)
         self._step_at = jax.jit(step_at, donate_argnums=0)
@@ -445,7 +458,8 @@ class Trainer:
                 break
             x = jnp.broadcast_to(x, (self.num_models,) + x.shape)
             y = jnp.broadcast_to(y, (self.num_models,) + y.shape)
-            state, (loss, acc) = self._train_step(state, x, y)
+            global_step = jnp.int32(epoch * self.steps_per_epoch + step)
+            state, (loss, acc) = self._train_step(state, x, y, global_step)
             loss = np.asarray(loss)[None]
             self._check_finite(loss, epoch, step)
             losses.append(loss)
@@ -460,15 +474,18 @@ class Trainer:
         if self.data.streamed:
             return self.train_epoch_stream(state, epoch, progress)
         idx, keys = self._epoch_plan(epoch)
+        first = epoch * self.steps_per_epoch
         losses, accs = [], []
         for start, stop in self.chunks():
             if stop - start == 1:
                 state, (loss, acc) = self._step_at(state, self.train_images, self.train_labels,
-                                                   idx[start], keys[start])
+                                                   idx[start], keys[start],
+                                                   jnp.int32(first + start))
                 loss, acc = np.asarray(loss)[None], np.asarray(acc)[None]
             else:
+                steps = jnp.arange(first + start, first + stop, dtype=jnp.int32)
                 state, (loss, acc) = self._run_chunk(state, self.train_images, self.train_labels,
-                                                     idx[start:stop], keys[start:stop])
+                                                     idx[start:stop], keys[start:stop], steps)
             loss = np.asarray(loss)
             self._check_finite(loss, epoch, start)
             losses.append(loss)
@@ -477,8 +494,10 @@ class Trainer:
         return state, np.concatenate(losses).mean(0), np.concatenate(accs).mean(0)
 
 
-def _apply_rules(params, rules):
-    return params if rules is None else quantize_params(params, rules, unused="ignore")
+def _apply_rules(params, rules, threshold_scale=None):
+    if rules is None:
+        return params
+    return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale)
 
 
 # -- checkpoints ------------------------------------------------------------------------
@@ -521,7 +540,11 @@ def latest_checkpoint(workdir) -> int | None:
 
 
 def restore_run(workdir, epoch: int | None = None):
-    """``(config, trainer, state)`` of a finished or interrupted run, for eval and export."""
+    """``(config, trainer, state)`` of a finished or interrupted run, for eval and export.
+
+    A two-stage run (``finetune_epochs > 0``) resolves to its ``finetune/`` stage, which holds
+    the ternary models; pass ``WORKDIR/pretrain`` for its full-precision models.
+    """
     workdir = Path(workdir).absolute()
     config_file = workdir / "config.json"
     if not config_file.is_file():
@@ -529,6 +552,8 @@ def restore_run(workdir, epoch: int | None = None):
     from tern_jax.train.config import from_json
 
     config = from_json(config_file.read_text())
+    if config.finetune_epochs:
+        return restore_run(workdir / STAGES[1], epoch)
     epoch = latest_checkpoint(workdir) if epoch is None else epoch
     if epoch is None:
         raise FileNotFoundError(f"{workdir} has no completed checkpoint yet")
@@ -581,6 +606,79 @@ def _init_pretrained(trainer: Trainer, state: TrainState, path: str) -> TrainSta
 
 
 # -- the run ----------------------------------------------------------------------------
+#: Sub-folders of a two-stage run: the full-precision start, then the ternary fine-tuning.
+STAGES = ("pretrain", "finetune")
+
+
+def stage_configs(config: Config, workdir) -> tuple[Config, Config]:
+    """The two runs of a two-stage config (``finetune_epochs > 0``).
+
+    Stage 1 trains the ``fp`` variant for ``epochs`` epochs with the config's schedule. Stage 2
+    starts every other variant from the stage-1 model of its seed and trains
+    ``finetune_epochs`` epochs at ``finetune_learning_rate`` with ``finetune_schedule``; with
+    ``distill_weight > 0`` the fp model continues alongside as the teacher.
+    """
+    workdir = Path(workdir).absolute()
+    ternary = tuple(v for v in config.variants if v != "fp")
+    pretrain = dataclasses.replace(
+        config, name=f"{config.name}/{STAGES[0]}", variants=("fp",), finetune_epochs=0,
+        distill_weight=0.0, threshold_warmup=0.0)
+    finetune = dataclasses.replace(
+        config, name=f"{config.name}/{STAGES[1]}",
+        variants=(("fp",) + ternary) if config.distill_weight else ternary,
+        epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate,
+        schedule=config.finetune_schedule, warmup_epochs=0, finetune_epochs=0,
+        init_from=str(workdir / STAGES[0]), init_variant="fp")
+    return pretrain, finetune
+
+
+def _train_two_stage(config: Config, workdir: Path, *, resume, devices, log) -> dict:
+    """Runs both stages in sub-folders of ``workdir``; a finished stage is not rerun on resume.
+
+    ``workdir/results.json`` merges them: ``fp`` from stage 1 (the parent of the ternary
+    models), every other variant from stage 2.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "config.json"
+    if config_file.exists() and not resume:
+        raise FileExistsError(
+            f"{workdir} already holds a run; pass --resume to continue it or choose another "
+            "--workdir")
+    if config_file.exists():
+        from tern_jax.train.config import from_json
+
+        saved = from_json(config_file.read_text())
+        started = latest_checkpoint(workdir / STAGES[1])
+        if saved.epochs != config.epochs and started is not None:
+            raise ValueError(
+                f"{workdir}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
+                f"{saved.epochs}-epoch full-precision models; resume with epochs="
+                f"{saved.epochs} (finetune_epochs may grow) or start a new --workdir")
+    tmp = config_file.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, config_file)
+    pretrain, finetune = stage_configs(config, workdir)
+    log(f"{config.name}: two stages, {config.epochs} epochs full precision, then "
+        f"{config.finetune_epochs} epochs fine-tuning {', '.join(finetune.variants)} from it")
+    first = train_and_evaluate(pretrain, workdir / STAGES[0], resume=resume, devices=devices,
+                               log=log)
+    second = train_and_evaluate(finetune, workdir / STAGES[1], resume=resume, devices=devices,
+                                log=log)
+    variants = {"fp": first["variants"]["fp"]} if "fp" in config.variants else {}
+    variants.update({v: r for v, r in second["variants"].items() if v != "fp"})
+    results = {"name": config.name, "model": config.model, "dataset": config.dataset,
+               "epochs": first["epochs"] + second["epochs"],
+               "stages": {STAGES[0]: first["epochs"], STAGES[1]: second["epochs"]},
+               "seeds": list(config.seeds),
+               "train_seconds": first["train_seconds"] + second["train_seconds"],
+               "variants": variants}
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, workdir / "results.json")
+    log(metrics_lib.results_table(results))
+    return results
+
+
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices=None,
                        log=print) -> dict:
     """Trains every model of ``config`` and evaluates each epoch; returns the final results.
@@ -591,6 +689,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     reproduces the uninterrupted run's metrics (same seeds, same batches).
     """
     workdir = Path(workdir).absolute()  # orbax requires absolute paths
+    if config.finetune_epochs:
+        return _train_two_stage(config, workdir, resume=resume, devices=devices, log=log)
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "config.json"
     start_epoch = 0

@@ -25,7 +25,7 @@ def losses(devices, steps=4):
     out = []
     for s in range(steps):
         state, (loss, _) = trainer._step_at(state, trainer.train_images, trainer.train_labels,
-                                            idx[s], keys[s])
+                                            idx[s], keys[s], np.int32(s))
         out.append(np.asarray(loss))
     return np.stack(out), trainer.evaluate(state)["test_acc"]
 
