@@ -7,7 +7,8 @@
 #
 # A run that does not finish inside BUDGET seconds (default 540) stops cleanly at its last
 # checkpoint (every 20 epochs in the CIFAR recipe); copy $OUT/run.tar to
-# experiments/gpu/carry/run.tar (git-ignored, pass it with carry) and call again to resume.
+# experiments/gpu/carry/CONFIG_NAME.tar (git-ignored, e.g. carry/cifar10_resnet20.tar; pass
+# the folder with carry) and call again to resume.
 set -uo pipefail
 CONFIG=${1:-experiments/configs/cifar10_resnet20.py}
 shift || true
@@ -27,9 +28,11 @@ if [ -f experiments/gpu/carry/init.tar ]; then
   mkdir -p /tmp/tern_jax_init && tar xf experiments/gpu/carry/init.tar -C /tmp/tern_jax_init
 fi
 WORK=${WORK:-/tmp/tern_jax_run}
+CARRY=${CARRY:-experiments/gpu/carry/$(basename "$CONFIG" .py).tar}
 RESUME=()
-if [ -f experiments/gpu/carry/run.tar ]; then
-  mkdir -p "$WORK" && tar xf experiments/gpu/carry/run.tar -C "$WORK" && RESUME=(--resume)
+if [ -f "$CARRY" ]; then
+  mkdir -p "$WORK" && tar xf "$CARRY" -C "$WORK" && RESUME=(--resume)
+  echo "resuming from $CARRY"
 fi
 start=$(date +%s)
 timeout --signal=INT "$BUDGET" python -m tern_jax train --config "$CONFIG" --workdir "$WORK" \

@@ -20,7 +20,7 @@ def cifar10_paper(model: str = "resnet20", variants=("fp", "tern"), seeds=(0, 1)
     """CIFAR-10 from scratch: SGD Nesterov 0.9, lr 0.1, wd 3e-4 (all parameters), batch 128,
     200 epochs, pad-4 crop + flip, BN momentum 0.1 (PyTorch convention)."""
     fields = dict(
-        name=f"cifar10_{model}", dataset="cifar10", model=model, variants=tuple(variants),
+        name=f"cifar10_{model}_paper", dataset="cifar10", model=model, variants=tuple(variants),
         seeds=tuple(seeds), epochs=200, batch_size=128, optimizer="sgd", learning_rate=0.1,
         momentum=0.9, nesterov=True, weight_decay=3e-4, schedule="multistep",
         milestones=CIFAR_MILESTONES, augment=True, eval_batch_size=1000, checkpoint_every=20,
