@@ -371,6 +371,16 @@ def _check_threshold_scale(threshold_scale):
     return scale.astype(jnp.float32)
 
 
+def _quantize(w, thresholds, axis, method, threshold_scale, *, fold: bool) -> jax.Array:
+    """Checks every argument, then the STE quantizer: folded (ternarize) or stacked (expand)."""
+    w = _check_weight(w)
+    thresholds = _resolve(method, thresholds)
+    if axis is not None:
+        _reduction_axes(w.ndim, axis)
+    scale = _check_threshold_scale(threshold_scale)
+    return _ternary_stack(w, scale, thresholds, axis, method, fold)
+
+
 def ternarize(
     w: jax.Array,
     *,
@@ -394,12 +404,7 @@ def ternarize(
         training step can warm the threshold up from 0 without recompiling); ``None`` is 1.
         ``absmean`` has no threshold and ignores it.
     """
-    w = _check_weight(w)
-    thresholds = _resolve(method, threshold)
-    if axis is not None:
-        _reduction_axes(w.ndim, axis)
-    scale = _check_threshold_scale(threshold_scale)
-    return _ternary_stack(w, scale, thresholds, axis, method, True)
+    return _quantize(w, threshold, axis, method, threshold_scale, fold=True)
 
 
 def expand(
@@ -418,12 +423,7 @@ def expand(
     layer on the stack (one op per branch, vmapped) or on its fold (one op).
     ``threshold_scale`` multiplies every ``Δ_k`` as in :func:`ternarize`.
     """
-    w = _check_weight(w)
-    thresholds = _resolve(method, thresholds)
-    if axis is not None:
-        _reduction_axes(w.ndim, axis)
-    scale = _check_threshold_scale(threshold_scale)
-    return _ternary_stack(w, scale, thresholds, axis, method, False)
+    return _quantize(w, thresholds, axis, method, threshold_scale, fold=False)
 
 
 def fold(kernels: jax.Array) -> jax.Array:

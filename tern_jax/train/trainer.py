@@ -606,6 +606,13 @@ def _init_pretrained(trainer: Trainer, state: TrainState, path: str) -> TrainSta
 
 
 # -- the run ----------------------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` beside ``path`` and renames it into place: never a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 #: Sub-folders of a two-stage run: the full-precision start, then the ternary fine-tuning.
 STAGES = ("pretrain", "finetune")
 
@@ -654,9 +661,7 @@ def _train_two_stage(config: Config, workdir: Path, *, resume, devices, log) -> 
                 f"{workdir}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
                 f"{saved.epochs}-epoch full-precision models; resume with epochs="
                 f"{saved.epochs} (finetune_epochs may grow) or start a new --workdir")
-    tmp = config_file.with_suffix(".json.tmp")
-    tmp.write_text(config.to_json())
-    os.replace(tmp, config_file)
+    _write_atomic(config_file, config.to_json())
     pretrain, finetune = stage_configs(config, workdir)
     log(f"{config.name}: two stages, {config.epochs} epochs full precision, then "
         f"{config.finetune_epochs} epochs fine-tuning {', '.join(finetune.variants)} from it")
@@ -672,9 +677,7 @@ def _train_two_stage(config: Config, workdir: Path, *, resume, devices, log) -> 
                "seeds": list(config.seeds),
                "train_seconds": first["train_seconds"] + second["train_seconds"],
                "variants": variants}
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, workdir / "results.json")
+    _write_atomic(workdir / "results.json", json.dumps(results, indent=2))
     log(metrics_lib.results_table(results))
     return results
 
@@ -723,9 +726,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
         state = _restore(manager, previous, state)
         start_epoch = previous
         log(f"resumed from the checkpoint of epoch {previous} in {workdir}")
-    tmp = config_file.with_suffix(".json.tmp")
-    tmp.write_text(config.to_json())
-    os.replace(tmp, config_file)
+    _write_atomic(config_file, config.to_json())
     metrics_file = workdir / "metrics.jsonl"
     metrics_lib.truncate(metrics_file, start_epoch)
 
@@ -765,6 +766,6 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
             progress.close()
         manager.close()
     results = metrics_lib.final_results(metrics_file, config)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    _write_atomic(workdir / "results.json", json.dumps(results, indent=2))
     log(metrics_lib.results_table(results))
     return results
