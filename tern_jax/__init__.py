@@ -13,7 +13,10 @@ from tern_jax import layers
 from tern_jax.checkpoint import CheckpointError, load_ternary, save_ternary
 from tern_jax.core import (
     METHODS,
+    TernaryCodes,
+    decode,
     dequantize,
+    encode,
     expand,
     expanded_apply,
     expansion_codes,
@@ -32,8 +35,11 @@ __all__ = [
     "CheckpointError",
     "Rule",
     "Summary",
+    "TernaryCodes",
     "UnusedRuleWarning",
+    "decode",
     "dequantize",
+    "encode",
     "expand",
     "expanded_apply",
     "expansion_codes",

@@ -2,9 +2,9 @@
 
 This module is the bottom of the package: plain functions over ``jax.Array``, no Flax,
 no I/O. Everything above it (rules over parameter pytrees, summaries, checkpoints,
-training) calls these functions.
+training) calls these functions. ``docs/method.md`` states the method in full.
 
-Notation (He, Gong & Fan, WACV 2019, section 3; ``../shared/docs/METHOD.md`` sections 1-2):
+Notation (He, Gong & Fan, WACV 2019, section 3):
 
 * ``method="paper"``:  ``Δ = δ·max|W|``, ``α = mean(|W_i| : |W_i| ≥ Δ)``,
   ``Ŵ_i = α·sign(W_i)·[|W_i| ≥ Δ]`` with ``δ = 0.05``.
@@ -19,20 +19,28 @@ Residual expansion (REL) ternarizes the same latent ``W`` ``t_ex`` times with gr
 thresholds ``δ_k`` (paper: ``0.05·k``), each branch with its own ``α_k``. Because the
 thresholds nest, the branch codes are determined by one signed *level*
 ``m_i = sign(W_i)·#{k : |W_i| ≥ Δ_k}`` in ``[-t_ex, t_ex]``: branch ``k`` (1-based) has code
-``sign(m_i)·[|m_i| ≥ k]``. That is what :mod:`tern_jax.packing` stores.
+``sign(m_i)·[|m_i| ≥ k]``. :func:`encode` returns these levels with the scales as one
+:class:`TernaryCodes`; :func:`decode` rebuilds the kernels; :mod:`tern_jax.packing` stores
+the levels.
+
+Scales are per tensor (``axis=None``, the paper) or per channel: ``axis`` names the axis (or
+axes) that keep their own ``Δ``/``α``, e.g. ``-1`` for the output channels of a Flax kernel or
+``(1, 2)`` for one scale per head of an attention kernel ``(d_model, heads, head_dim)``.
 
 Edge cases the paper leaves open, defined here:
 
 * an all-zero tensor (or channel) gives zeros: its codes are 0 and its scale is 0, never NaN;
-* a tensor (or channel, with ``axis``) holding NaN or ±Inf gives NaN everywhere in that
-  tensor (channel) and a NaN scale, so a training loss turns NaN and the trainer's NaN guard
-  stops with a message instead of silently training on garbage.
+* a tensor (or channel) holding NaN or ±Inf gives NaN everywhere in that tensor (channel) and
+  a NaN scale, so a training loss turns NaN and the trainer's NaN guard stops with a message
+  instead of silently training on garbage.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +48,11 @@ import jax.numpy as jnp
 __all__ = [
     "METHODS",
     "DEFAULT_THRESHOLDS",
-    "default_thresholds",
-    "validate_thresholds",
+    "TernaryCodes",
+    "resolve_thresholds",
+    "normalize_axis",
+    "encode",
+    "decode",
     "ternary_codes",
     "expansion_codes",
     "dequantize",
@@ -60,93 +71,180 @@ METHODS = ("paper", "twn", "absmean")
 #: mean|W|). ``absmean`` has no threshold (its cut is 0.5·mean|W| by rounding).
 DEFAULT_THRESHOLDS = {"paper": 0.05, "twn": 0.7, "absmean": None}
 
+Axis = int | tuple[int, ...] | None
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
+
+class TernaryCodes(NamedTuple):
+    """The stored form of a ternarized weight: ``Ŵ = Σ_k scales[k] · code_k(levels)``.
+
+    Attributes:
+      levels: int8 signed levels in ``[-t_ex, t_ex]``, the weight's shape (``t_ex = 1``: the
+        ternary codes themselves, in {-1, 0, 1}).
+      scales: float32 of shape ``(t_ex, *broadcast)``: one ``α_k`` per branch, with
+        ``levels.ndim`` trailing axes of size 1 except the channel axes of a per-channel
+        quantizer. Always this layout, per tensor or per channel, whatever ``t_ex``.
+    """
+
+    levels: jax.Array
+    scales: jax.Array
+
+    @property
+    def t_ex(self) -> int:
+        """Number of expansion branches (``2·t_ex + 1`` levels)."""
+        return int(self.scales.shape[0])
+
+
+def _check_method(method) -> None:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(
             f"unknown ternarization method {method!r}; use one of {METHODS} "
             "(or method=None in a Rule to keep a weight in full precision)"
         )
 
 
-def default_thresholds(method: str = "paper", t_ex: int = 1) -> tuple[float, ...] | None:
-    """The thresholds used when none are given: ``δ_k = δ·k`` for ``k = 1..t_ex``.
-
-    ``paper`` gives ``(0.05,)``, ``(0.05, 0.1)``, ``(0.05, 0.1, 0.15, 0.2)`` for t_ex 1, 2, 4
-    (the authors' scripts). ``twn`` is defined for ``t_ex = 1`` only (``(0.7,)``), ``absmean``
-    has no threshold and returns ``None``.
-    """
-    _check_method(method)
-    if not isinstance(t_ex, int) or isinstance(t_ex, bool) or t_ex < 1:
-        raise ValueError(f"t_ex must be a positive integer, got {t_ex!r}")
-    base = DEFAULT_THRESHOLDS[method]
-    if base is None:
-        if t_ex != 1:
-            raise ValueError(f"method {method!r} supports t_ex=1 only; use method='paper'")
-        return None
-    if method != "paper" and t_ex != 1:
-        raise ValueError(
-            f"residual expansion (t_ex={t_ex}) is defined for method='paper' only; "
-            f"use method='paper' or t_ex=1"
-        )
-    # Round so that 0.05*3 prints as 0.15, not 0.15000000000000002.
-    return tuple(round(base * k, 12) for k in range(1, t_ex + 1))
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def validate_thresholds(thresholds: float | Sequence[float], method: str = "paper") -> tuple:
-    """Checks and normalizes thresholds to a tuple; raises ``ValueError`` naming the fix.
-
-    Every threshold must lie in the open interval (0, 1) and the sequence must be strictly
-    increasing (the nesting that residual expansion relies on). Expansion (more than one
-    threshold) is defined for ``method="paper"`` only.
-    """
-    _check_method(method)
-    if method == "absmean":
-        raise ValueError("method 'absmean' takes no threshold; leave threshold=None")
-    if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+def _check_threshold_values(thresholds, method: str) -> tuple[float, ...]:
+    if isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool):
         thresholds = (float(thresholds),)
+    if isinstance(thresholds, (str, bytes, bool)) or thresholds is None:
+        raise ValueError(f"thresholds must be a float or a sequence of floats, got {thresholds!r}")
     try:
-        thresholds = tuple(float(t) for t in thresholds)
+        values = tuple(thresholds)
     except TypeError as e:
         raise ValueError(
             f"thresholds must be a float or a sequence of floats, got {thresholds!r}"
         ) from e
-    if not thresholds:
+    if any(isinstance(t, bool) or not isinstance(t, numbers.Real) for t in values):
+        raise ValueError(f"thresholds must be a float or a sequence of floats, got {thresholds!r}")
+    values = tuple(float(t) for t in values)
+    if not values:
         raise ValueError("thresholds must not be empty; give at least one value in (0, 1)")
-    for t in thresholds:
+    for t in values:
         if not 0.0 < t < 1.0:
             raise ValueError(
                 f"threshold {t} is outside (0, 1); the threshold is a fraction of "
                 f"{'max' if method == 'paper' else 'mean'}|W| (paper default 0.05)"
             )
-    if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
+    if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(
-            f"thresholds {thresholds} are not strictly increasing; residual expansion needs "
+            f"thresholds {values} are not strictly increasing; residual expansion needs "
             "nested thresholds such as (0.05, 0.1)"
         )
-    if method != "paper" and len(thresholds) > 1:
+    return values
+
+
+def _multiples(base: float, t_ex: int) -> tuple[float, ...]:
+    # Rounded so that 0.05*3 reads 0.15, not 0.15000000000000002.
+    return tuple(round(base * k, 12) for k in range(1, t_ex + 1))
+
+
+def resolve_thresholds(
+    method: str = "paper",
+    threshold: float | None = None,
+    thresholds: Sequence[float] | float | None = None,
+    t_ex: int | None = None,
+) -> tuple[float, ...] | None:
+    """The per-branch thresholds ``(δ_1, ..., δ_t_ex)`` a quantizer uses; ``None`` for absmean.
+
+    The one place that turns the ways of naming thresholds into a checked tuple:
+
+    * ``thresholds`` given: used as they are (strictly increasing, each in (0, 1));
+      ``t_ex``, if given, must equal their number;
+    * else ``threshold`` (the base ``δ``) gives ``δ_k = k·δ`` for ``k = 1..t_ex``;
+    * else the method's default ``δ`` does (paper ``0.05, 0.1, ...``; TWN ``0.7``).
+
+    Residual expansion (``t_ex > 1``) is defined for ``method="paper"`` only; ``absmean`` takes
+    no threshold. Raises ``ValueError`` naming the fix.
+    """
+    _check_method(method)
+    if t_ex is not None and (not _is_int(t_ex) or t_ex < 1):
+        raise ValueError(f"t_ex must be a positive integer, got {t_ex!r}")
+    if method == "absmean":
+        if threshold is not None or thresholds is not None:
+            raise ValueError("method 'absmean' takes no threshold; leave threshold=None")
+        if t_ex not in (None, 1):
+            raise ValueError("method 'absmean' supports t_ex=1 only; use method='paper'")
+        return None
+    if method != "paper" and (t_ex or 1) > 1:
         raise ValueError(
-            f"residual expansion ({len(thresholds)} thresholds) is defined for method='paper' "
+            f"residual expansion (t_ex={t_ex}) is defined for method='paper' only; "
+            "use method='paper' or t_ex=1"
+        )
+    if threshold is not None and (isinstance(threshold, bool)
+                                  or not isinstance(threshold, numbers.Real)):
+        raise ValueError(f"threshold must be one float in (0, 1) (the base δ), got {threshold!r}; "
+                         "pass several per-branch values as thresholds=")
+    if thresholds is not None:
+        resolved = _check_threshold_values(thresholds, method)
+        if t_ex is not None and t_ex not in (1, len(resolved)):
+            raise ValueError(
+                f"t_ex={t_ex} disagrees with {len(resolved)} thresholds; give one of them"
+            )
+        # a consistent pair (as dataclasses.replace of a resolved Rule makes) is accepted
+        if threshold is not None and _multiples(
+                _check_threshold_values(threshold, method)[0], len(resolved)) != resolved:
+            raise ValueError("give threshold or thresholds, not both")
+    else:
+        base = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
+        _check_threshold_values(base, method)
+        resolved = _check_threshold_values(_multiples(base, t_ex or 1), method)
+    if method != "paper" and len(resolved) > 1:
+        raise ValueError(
+            f"residual expansion ({len(resolved)} thresholds) is defined for method='paper' "
             "only; give one threshold or use method='paper'"
         )
-    return thresholds
+    return resolved
 
 
-def _reduction_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
-    """Axes the statistics reduce over: all (per tensor) or all but ``axis`` (per channel)."""
+def normalize_axis(axis, ndim: int | None = None) -> int | tuple[int, ...] | None:
+    """Checks a channel ``axis`` (``None``, an int, or a tuple of distinct ints).
+
+    With ``ndim`` the axes are also range-checked and returned non-negative and sorted (a
+    tuple for several axes, an int for one); without it the value is only type-checked.
+    """
+    if axis is None:
+        return None
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    if isinstance(axis, list):
+        axes = tuple(axis)
+    if not axes or not all(_is_int(a) for a in axes):
+        raise TypeError(
+            f"axis must be None, an int or a tuple of ints, got {axis!r}; pass the "
+            "output-channel axis (-1 for Flax Conv/Dense kernels), a tuple such as (1, 2) for "
+            "one scale per head, or None for one scale per tensor"
+        )
+    if ndim is None:
+        return int(axes[0]) if len(axes) == 1 else tuple(int(a) for a in axes)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"axis={a} is out of range for a weight of rank {ndim}; pass the output-channel "
+                "axis (-1 for Flax Conv/Dense kernels) or None for one scale per tensor"
+            )
+    fixed = tuple(sorted({int(a) % ndim for a in axes}))
+    if len(fixed) != len(axes):
+        raise ValueError(f"axis={axis!r} names the same axis twice; give distinct axes")
+    return fixed[0] if len(fixed) == 1 else fixed
+
+
+def _reduction_axes(ndim: int, axis) -> tuple[int, ...]:
+    """Axes the statistics reduce over: all (per tensor) or all but the channel axes."""
     if axis is None:
         return tuple(range(ndim))
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"axis={axis} is out of range for a weight of rank {ndim}; pass the output-channel "
-            "axis (-1 for Flax Conv/Dense kernels) or None for one scale per tensor"
-        )
-    axis %= ndim
-    return tuple(a for a in range(ndim) if a != axis)
+    kept = axis if isinstance(axis, tuple) else (axis,)
+    return tuple(a for a in range(ndim) if a not in kept)
 
 
-def _check_weight(w: jax.Array) -> jax.Array:
-    w = jnp.asarray(w)
+def _check_weight(w) -> jax.Array:
+    if isinstance(w, (bool, str, bytes)) or w is None:
+        raise TypeError(f"w must be a floating-point array, got {type(w).__name__}: {w!r}")
+    try:
+        w = jnp.asarray(w)
+    except TypeError as e:
+        raise TypeError(f"w must be a floating-point array, got {type(w).__name__}") from e
     if not jnp.issubdtype(w.dtype, jnp.floating):
         raise TypeError(
             f"ternarization needs a floating-point weight, got dtype {w.dtype}; cast it with "
@@ -154,6 +252,9 @@ def _check_weight(w: jax.Array) -> jax.Array:
         )
     if w.ndim == 0:
         raise ValueError("ternarization needs a weight with at least one dimension, got a scalar")
+    if w.size == 0:
+        raise ValueError(f"w has shape {w.shape} with no elements; a weight to ternarize needs "
+                         "at least one value")
     return w
 
 
@@ -161,11 +262,11 @@ def _check_weight(w: jax.Array) -> jax.Array:
 def _levels_and_scales(
     w: jax.Array,
     thresholds: tuple[float, ...] | None,
-    axis: int | None,
+    axis,
     method: str,
     threshold_scale: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Signed levels in ``[-t, t]`` (int8) and scales of shape ``(t, *broadcast)`` (float32).
+) -> TernaryCodes:
+    """The quantizer proper, on checked arguments (``axis`` normalized by ``normalize_axis``).
 
     The statistics are computed in float32 whatever the weight's dtype. ``threshold_scale``
     (a traced scalar, or ``None`` for 1) multiplies every ``Δ_k``; ``absmean`` ignores it.
@@ -203,66 +304,60 @@ def _levels_and_scales(
         scales = jnp.stack(scales)
     scales = jnp.where(finite[None], scales, jnp.nan)
     levels = jnp.where(finite, levels, 0).astype(jnp.int8)
-    return levels, scales
+    return TernaryCodes(levels, scales)
 
 
-def _resolve(method: str, thresholds, t_ex: int = 1) -> tuple[float, ...] | None:
-    _check_method(method)
-    if method == "absmean":
-        if thresholds is not None:
-            raise ValueError("method 'absmean' takes no threshold; leave threshold=None")
+def _check_threshold_scale(threshold_scale):
+    """``None``, or a float scalar (Python number or a 0-d array, possibly traced)."""
+    if threshold_scale is None:
         return None
-    if thresholds is None:
-        return default_thresholds(method, t_ex)
-    return validate_thresholds(thresholds, method)
+    if isinstance(threshold_scale, bool):
+        raise TypeError("threshold_scale must be a number in [0, 1] or None, got a bool")
+    if isinstance(threshold_scale, numbers.Real):
+        if not 0.0 <= threshold_scale <= 1.0:
+            raise ValueError(
+                f"threshold_scale={threshold_scale} is outside [0, 1]; it multiplies every "
+                "threshold during a warm-up (0: keep every nonzero weight, 1: the full Δ)"
+            )
+        return jnp.asarray(threshold_scale, jnp.float32)
+    try:
+        scale = jnp.asarray(threshold_scale)
+    except TypeError as e:
+        raise TypeError(f"threshold_scale must be a float scalar in [0, 1] or None, got "
+                        f"{type(threshold_scale).__name__}") from e
+    if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.floating):
+        raise ValueError(
+            f"threshold_scale must be a float scalar, got shape {scale.shape} dtype "
+            f"{scale.dtype}; pass e.g. jnp.float32(0.5)"
+        )
+    return scale.astype(jnp.float32)
 
 
-def ternary_codes(
-    w: jax.Array, *, threshold: float | None = None, axis: int | None = None, method: str = "paper"
-) -> tuple[jax.Array, jax.Array]:
-    """Integer codes and scale of the ternarized weight: ``Ŵ = scale · codes``.
-
-    Args:
-      w: a floating-point weight (float32, bfloat16, ...), any rank >= 1.
-      threshold: ``δ``; ``None`` means the method's default (paper 0.05, TWN 0.7).
-      axis: ``None`` for one ``Δ``/``α`` per tensor (the paper), or the output-channel axis
-        for one per channel (``-1`` for Flax kernels).
-      method: ``"paper"``, ``"twn"`` or ``"absmean"``.
-
-    Returns:
-      ``(codes, scale)``: ``codes`` int8 in {-1, 0, 1} with ``w``'s shape; ``scale`` float32,
-      a scalar for ``axis=None``, else shaped to broadcast against ``codes`` (size 1 on every
-      axis but ``axis``). ``dequantize(codes, scale, w.dtype)`` equals ``ternarize(w, ...)``
-      bit for bit.
-    """
+def _checked(w, method, threshold, thresholds, t_ex, axis):
+    """The one entry every public quantizer goes through: all arguments checked here."""
     w = _check_weight(w)
-    thresholds = _resolve(method, threshold)
-    levels, scales = _levels_and_scales(w, thresholds, axis, method)
-    scale = scales[0]
-    if axis is None:
-        scale = scale.reshape(())
-    return levels, scale
+    resolved = resolve_thresholds(method, threshold, thresholds, t_ex)
+    return w, resolved, normalize_axis(axis, w.ndim)
 
 
-def expansion_codes(
+def encode(
     w: jax.Array,
     *,
-    thresholds: Sequence[float] | None = (0.05, 0.1),
-    axis: int | None = None,
+    threshold: float | None = None,
+    thresholds: Sequence[float] | None = None,
+    t_ex: int | None = None,
+    axis: Axis = None,
     method: str = "paper",
-) -> tuple[jax.Array, jax.Array]:
-    """Signed levels and per-branch scales of the residual expansion of ``w``.
+) -> TernaryCodes:
+    """The signed levels and per-branch scales of ``w``: what a ternary checkpoint stores.
 
-    Returns ``(levels, scales)``: ``levels`` int8 in ``[-t_ex, t_ex]`` with ``w``'s shape
-    (branch ``k`` has code ``sign(levels)·[|levels| ≥ k]``); ``scales`` float32 of shape
-    ``(t_ex,)`` per tensor, or ``(t_ex, *broadcast)`` per channel.
+    Thresholds are named as in :func:`resolve_thresholds` (default: the method's ``δ``,
+    ``t_ex = 1``). ``decode(encode(w, ...))`` equals ``ternarize(w, ...)`` bit for bit, and
+    ``decode(..., fold=False)`` equals :func:`expand`. No gradient (use :func:`ternarize` in a
+    loss).
     """
-    w = _check_weight(w)
-    thresholds = _resolve(method, thresholds)
-    levels, scales = _levels_and_scales(w, thresholds, axis, method)
-    if axis is None:
-        scales = scales.reshape(scales.shape[0])
-    return levels, scales
+    w, resolved, axis = _checked(w, method, threshold, thresholds, t_ex, axis)
+    return _levels_and_scales(w, resolved, axis, method)
 
 
 def branch_codes(levels: jax.Array, t_ex: int) -> jax.Array:
@@ -272,11 +367,11 @@ def branch_codes(levels: jax.Array, t_ex: int) -> jax.Array:
     return (jnp.sign(levels)[None] * (jnp.abs(levels)[None] >= k)).astype(jnp.int8)
 
 
-def _dequantize_stacked(levels: jax.Array, scales: jax.Array, dtype, fold: bool) -> jax.Array:
-    """``scales`` has shape ``(t, *broadcastable to levels)``; see :func:`dequantize`."""
+def _decode(codes: TernaryCodes, dtype, fold: bool) -> jax.Array:
+    levels, scales = codes
     t = scales.shape[0]
-    codes = branch_codes(levels, t)
-    branches = [scales[k].astype(dtype) * codes[k].astype(dtype) for k in range(t)]
+    per_branch = branch_codes(levels, t)
+    branches = [scales[k].astype(dtype) * per_branch[k].astype(dtype) for k in range(t)]
     if not fold:
         return jnp.stack(branches)
     total = branches[0]
@@ -285,36 +380,72 @@ def _dequantize_stacked(levels: jax.Array, scales: jax.Array, dtype, fold: bool)
     return total
 
 
-def dequantize(levels: jax.Array, scales: jax.Array, dtype=jnp.float32, *, fold: bool = True):
-    """Rebuilds ternary kernels from levels and scales: the one place that does this.
+def decode(codes: TernaryCodes, dtype=jnp.float32, *, fold: bool = True) -> jax.Array:
+    """Rebuilds ternary kernels from :class:`TernaryCodes`: the one place that does this.
 
-    Training (``ternarize``/``expand``) and loading a packed checkpoint both go through here,
-    which is why a loaded model's logits equal the training-time ones bit for bit.
+    Training (:func:`ternarize`, :func:`expand`) and loading a packed checkpoint both go
+    through here, which is why a loaded model's logits equal the training-time ones bit for bit.
 
     Args:
-      levels: int codes in ``[-t, t]`` (``t = 1`` for plain ternary codes).
-      scales: float32 in any layout returned by :func:`ternary_codes` (a scalar, or
-        per-channel with ``levels.ndim`` axes) or :func:`expansion_codes` (``(t,)``, or
-        ``(t, *per-channel)``).
+      codes: ``TernaryCodes(levels, scales)`` with ``scales`` shaped ``(t_ex, *broadcast)``.
       dtype: the output dtype (the latent weight's dtype).
-      fold: return ``Σ_k α_k·c_k`` (``True``) or the stack ``(t, *shape)`` (``False``).
+      fold: ``Σ_k α_k·c_k`` with the levels' shape (``True``), or the stack ``(t_ex, *shape)``.
     """
-    levels = jnp.asarray(levels)
-    scales = jnp.asarray(scales, jnp.float32)
-    if scales.ndim == levels.ndim + 1:  # expansion_codes, per channel
-        pass
-    elif scales.ndim == 0:  # ternary_codes, per tensor
-        scales = scales.reshape((1,) + (1,) * levels.ndim)
-    elif scales.ndim == 1 and levels.ndim > 1:  # expansion_codes, per tensor
-        scales = scales.reshape(scales.shape + (1,) * levels.ndim)
-    elif scales.ndim == levels.ndim and levels.ndim > 1:  # ternary_codes, per channel
-        scales = scales[None]
-    else:
+    if not isinstance(codes, tuple) or len(codes) != 2:
+        raise TypeError(f"codes must be a TernaryCodes(levels, scales), got "
+                        f"{type(codes).__name__}; make one with tern_jax.encode(w)")
+    levels = jnp.asarray(codes[0])
+    scales = jnp.asarray(codes[1], jnp.float32)
+    if not jnp.issubdtype(levels.dtype, jnp.integer):
+        raise TypeError(f"levels must be integers, got dtype {levels.dtype}")
+    if scales.ndim != levels.ndim + 1 or scales.shape[0] < 1:
         raise ValueError(
-            f"ambiguous or mismatched scales of shape {scales.shape} for levels of shape "
-            f"{levels.shape}; pass scales shaped (t_ex, *levels-broadcastable)"
+            f"scales of shape {scales.shape} do not fit levels of shape {levels.shape}; scales "
+            "must be shaped (t_ex, *broadcast) with one axis more than the levels, as "
+            "tern_jax.encode returns them"
         )
-    return _dequantize_stacked(levels, scales, dtype, fold)
+    try:
+        jnp.broadcast_shapes(scales.shape[1:], levels.shape)
+    except ValueError as e:
+        raise ValueError(f"scales {scales.shape[1:]} per branch do not broadcast against "
+                         f"levels {levels.shape}") from e
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}; ternary kernels "
+                        "are rebuilt as floats (e.g. jnp.float32, jnp.bfloat16)")
+    return _decode(TernaryCodes(levels, scales), dtype, fold)
+
+
+def ternary_codes(
+    w: jax.Array, *, threshold: float | None = None, axis: Axis = None, method: str = "paper"
+) -> tuple[jax.Array, jax.Array]:
+    """Integer codes and scale of the ternarized weight (``t_ex = 1``): ``Ŵ = scale · codes``.
+
+    A view of :func:`encode` for one branch with the scale in the weight's own layout: a
+    scalar for ``axis=None``, else shaped to broadcast against ``codes`` (size 1 on every axis
+    but the channel axes), so ``scale * codes == ternarize(w, ...)``.
+    """
+    codes = encode(w, threshold=threshold, axis=axis, method=method)
+    scale = codes.scales[0]
+    if axis is None:
+        scale = scale.reshape(())
+    return codes.levels, scale
+
+
+def expansion_codes(
+    w: jax.Array,
+    *,
+    thresholds: Sequence[float] | None = (0.05, 0.1),
+    axis: Axis = None,
+    method: str = "paper",
+) -> TernaryCodes:
+    """:func:`encode` with the paper's ``t_ex = 2`` thresholds by default."""
+    return encode(w, thresholds=thresholds, axis=axis, method=method)
+
+
+def dequantize(levels: jax.Array, scales: jax.Array, dtype=jnp.float32, *, fold: bool = True):
+    """``decode(TernaryCodes(levels, scales), dtype, fold=fold)``: scales ``(t_ex, *broadcast)``."""
+    return decode(TernaryCodes(levels, scales), dtype, fold=fold)
 
 
 def ste_mask(w: jax.Array) -> jax.Array:
@@ -324,8 +455,8 @@ def ste_mask(w: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _ternary_stack(w, threshold_scale, thresholds, axis, method, fold):
-    levels, scales = _levels_and_scales(w, thresholds, axis, method, threshold_scale)
-    return _dequantize_stacked(levels, scales, w.dtype, fold)
+    codes = _levels_and_scales(w, thresholds, axis, method, threshold_scale)
+    return _decode(codes, w.dtype, fold)
 
 
 def _ternary_stack_fwd(w, threshold_scale, thresholds, axis, method, fold):
@@ -349,43 +480,13 @@ _ternary_stack.defvjp(_ternary_stack_fwd, _ternary_stack_bwd)
 _ternary_stack = jax.jit(_ternary_stack, static_argnums=(2, 3, 4, 5))
 
 
-def _check_threshold_scale(threshold_scale):
-    """``None``, or a float scalar (Python number or a 0-d array, possibly traced)."""
-    if threshold_scale is None:
-        return None
-    if isinstance(threshold_scale, bool):
-        raise TypeError("threshold_scale must be a number in [0, 1] or None, got a bool")
-    if isinstance(threshold_scale, (int, float)):
-        if not 0.0 <= threshold_scale <= 1.0:
-            raise ValueError(
-                f"threshold_scale={threshold_scale} is outside [0, 1]; it multiplies every "
-                "threshold during a warm-up (0: keep every nonzero weight, 1: the full Δ)"
-            )
-        return jnp.asarray(threshold_scale, jnp.float32)
-    scale = jnp.asarray(threshold_scale)
-    if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.floating):
-        raise ValueError(
-            f"threshold_scale must be a float scalar, got shape {scale.shape} dtype "
-            f"{scale.dtype}; pass e.g. jnp.float32(0.5)"
-        )
-    return scale.astype(jnp.float32)
-
-
-def _quantize(w, thresholds, axis, method, threshold_scale, *, fold: bool) -> jax.Array:
-    """Checks every argument, then the STE quantizer: folded (ternarize) or stacked (expand)."""
-    w = _check_weight(w)
-    thresholds = _resolve(method, thresholds)
-    if axis is not None:
-        _reduction_axes(w.ndim, axis)
-    scale = _check_threshold_scale(threshold_scale)
-    return _ternary_stack(w, scale, thresholds, axis, method, fold)
-
-
 def ternarize(
     w: jax.Array,
     *,
     threshold: float | None = None,
-    axis: int | None = None,
+    thresholds: Sequence[float] | None = None,
+    t_ex: int | None = None,
+    axis: Axis = None,
     method: str = "paper",
     threshold_scale: jax.Array | float | None = None,
 ) -> jax.Array:
@@ -395,23 +496,31 @@ def ternarize(
     ``α = mean(|W_i| : |W_i| ≥ Δ)`` (paper, δ = 0.05 by default); see the module docstring for
     ``twn`` and ``absmean``. Gradient: ``∂L/∂W = ∂L/∂Ŵ · [|W| < 1]``.
 
+    With several thresholds (``thresholds=(0.05, 0.1)`` or ``t_ex=2``) the result is the
+    folded residual expansion ``Σ_k Ŵ_k`` (``2·t_ex + 1`` levels), computed in one pass.
+
     Args:
       w: floating-point weight of rank >= 1; the result has its shape and dtype.
-      threshold: ``δ`` in (0, 1); ``None`` for the method's default.
-      axis: ``None`` per tensor (the paper) or the output-channel axis for per-channel ``Δ``/``α``.
+      threshold: the base ``δ`` in (0, 1); ``None`` for the method's default.
+      thresholds: explicit per-branch thresholds (strictly increasing), instead of ``threshold``.
+      t_ex: number of expansion branches when ``thresholds`` is not given (default 1).
+      axis: ``None`` per tensor (the paper), or the channel axis (or axes) that keep their own
+        ``Δ``/``α``.
       method: ``"paper"``, ``"twn"`` or ``"absmean"``.
       threshold_scale: multiplies ``Δ`` (a float scalar in [0, 1], may be traced, so a
         training step can warm the threshold up from 0 without recompiling); ``None`` is 1.
         ``absmean`` has no threshold and ignores it.
     """
-    return _quantize(w, threshold, axis, method, threshold_scale, fold=True)
+    w, resolved, axis = _checked(w, method, threshold, thresholds, t_ex, axis)
+    scale = _check_threshold_scale(threshold_scale)
+    return _ternary_stack(w, scale, resolved, axis, method, True)
 
 
 def expand(
     w: jax.Array,
     *,
     thresholds: Sequence[float] | None = (0.05, 0.1),
-    axis: int | None = None,
+    axis: Axis = None,
     method: str = "paper",
     threshold_scale: jax.Array | float | None = None,
 ) -> jax.Array:
@@ -423,7 +532,9 @@ def expand(
     layer on the stack (one op per branch, vmapped) or on its fold (one op).
     ``threshold_scale`` multiplies every ``Δ_k`` as in :func:`ternarize`.
     """
-    return _quantize(w, thresholds, axis, method, threshold_scale, fold=False)
+    w, resolved, axis = _checked(w, method, None, thresholds, None, axis)
+    scale = _check_threshold_scale(threshold_scale)
+    return _ternary_stack(w, scale, resolved, axis, method, False)
 
 
 def fold(kernels: jax.Array) -> jax.Array:
@@ -432,6 +543,10 @@ def fold(kernels: jax.Array) -> jax.Array:
     Because a convolution or matmul is linear in its kernel, ``op(x, fold(kernels))`` equals
     ``Σ_k op(x, kernels[k])`` up to float rounding: the fast path for training.
     """
+    kernels = jnp.asarray(kernels)
+    if kernels.ndim < 1 or kernels.shape[0] < 1:
+        raise ValueError(f"kernels must have a leading branch axis of length >= 1, got shape "
+                         f"{kernels.shape}")
     total = kernels[0]
     for k in range(1, kernels.shape[0]):
         total = total + kernels[k]
@@ -453,6 +568,8 @@ def expanded_apply(
     with one op, which is faster to train. ``op`` is e.g.
     ``lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)``.
     """
+    if not callable(op):
+        raise TypeError(f"op must be a function op(x, kernel), got {type(op).__name__}")
     if folded:
         return op(x, fold(kernels))
     return jnp.sum(jax.vmap(op, in_axes=(None, 0))(x, kernels), axis=0)

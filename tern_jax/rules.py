@@ -51,8 +51,9 @@ class Rule:
       t_ex: number of residual-expansion branches (paper: 1, 2 or 4).
       thresholds: explicit per-branch thresholds, overriding ``threshold``; strictly
         increasing, each in (0, 1); its length sets ``t_ex``.
-      axis: ``None`` for one scale per tensor (the paper), or the output-channel axis for one
-        per channel (``-1`` for Flax kernels).
+      axis: ``None`` for one scale per tensor (the paper), or the channel axis for one per
+        channel (``-1`` for Flax kernels), or a tuple of axes, e.g. ``(1, 2)`` for one scale per
+        head of an attention kernel ``(d_model, heads, head_dim)``.
       strict: if ``True`` a matched leaf that is not a float array of rank >= 2 is an error;
         if ``False`` such leaves are passed over (what the default rule does).
     """
@@ -62,54 +63,41 @@ class Rule:
     threshold: float | None = None
     t_ex: int = 1
     thresholds: tuple[float, ...] | None = None
-    axis: int | None = None
+    axis: int | tuple[int, ...] | None = None
     strict: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.pattern, str):
+            raise TypeError(
+                f"Rule pattern must be a regular-expression string such as r'.*/kernel', got "
+                f"{type(self.pattern).__name__}: {self.pattern!r}"
+            )
         try:
             re.compile(self.pattern)
         except re.error as e:
             raise ValueError(f"Rule pattern {self.pattern!r} is not a valid regex: {e}") from e
+        if not isinstance(self.strict, bool):
+            raise TypeError(f"Rule({self.pattern!r}): strict must be True or False, got "
+                            f"{self.strict!r}")
+        try:
+            object.__setattr__(self, "axis", core.normalize_axis(self.axis))
+        except TypeError as e:
+            raise TypeError(f"Rule({self.pattern!r}): {e}") from None
         if self.method is None:
             return
-        if self.method not in core.METHODS:
+        if not isinstance(self.method, str) or self.method not in core.METHODS:
             raise ValueError(
                 f"Rule({self.pattern!r}): unknown method {self.method!r}; use one of "
                 f"{core.METHODS}, or None to keep the weights in full precision"
             )
         try:
-            resolved = self._resolve_thresholds()
+            resolved = core.resolve_thresholds(self.method, self.threshold, self.thresholds,
+                                               self.t_ex)
         except ValueError as e:
             raise ValueError(f"Rule({self.pattern!r}): {e}") from None
         if resolved is not None:
             object.__setattr__(self, "thresholds", resolved)
             object.__setattr__(self, "t_ex", len(resolved))
-
-    def _resolve_thresholds(self) -> tuple[float, ...] | None:
-        if not isinstance(self.t_ex, int) or isinstance(self.t_ex, bool) or self.t_ex < 1:
-            raise ValueError(f"t_ex must be a positive integer, got {self.t_ex!r}")
-        if self.method == "absmean":
-            if self.threshold is not None or self.thresholds is not None:
-                raise ValueError("method 'absmean' takes no threshold; leave it None")
-            if self.t_ex != 1:
-                raise ValueError("method 'absmean' supports t_ex=1 only; use method='paper'")
-            return None
-        if self.thresholds is not None:
-            resolved = core.validate_thresholds(self.thresholds, self.method)
-            if self.t_ex not in (1, len(resolved)):
-                raise ValueError(
-                    f"t_ex={self.t_ex} disagrees with {len(resolved)} thresholds; give one of them"
-                )
-            if self.threshold is not None:
-                derived = tuple(round(self.threshold * k, 12) for k in range(1, len(resolved) + 1))
-                if derived != resolved:  # consistent pairs arise from dataclasses.replace
-                    raise ValueError("give threshold or thresholds, not both")
-            return resolved
-        if self.threshold is not None:
-            core.validate_thresholds(self.threshold, self.method)
-            resolved = tuple(round(self.threshold * k, 12) for k in range(1, self.t_ex + 1))
-            return core.validate_thresholds(resolved, self.method)
-        return core.default_thresholds(self.method, self.t_ex)
 
     @property
     def levels(self) -> int:
@@ -127,22 +115,17 @@ class Rule:
         """
         if self.method is None:
             return w
-        if self.t_ex == 1:
-            threshold = None if self.thresholds is None else self.thresholds[0]
-            return core.ternarize(w, threshold=threshold, axis=self.axis, method=self.method,
-                                  threshold_scale=threshold_scale)
-        return core.fold(self.expand(w, threshold_scale))
+        return core.ternarize(w, thresholds=self.thresholds, axis=self.axis, method=self.method,
+                              threshold_scale=threshold_scale)
 
     def expand(self, w: jax.Array, threshold_scale=None) -> jax.Array:
         """The stacked branch kernels, shape ``(t_ex, *w.shape)``."""
         return core.expand(w, thresholds=self.thresholds, axis=self.axis, method=self.method,
                            threshold_scale=threshold_scale)
 
-    def codes(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(levels, scales)`` with scales shaped ``(t_ex, *broadcast)``: the stored form."""
-        return core._levels_and_scales(
-            core._check_weight(w), self.thresholds, self.axis, self.method
-        )
+    def codes(self, w: jax.Array) -> core.TernaryCodes:
+        """The stored form of ``w`` under this rule (:func:`tern_jax.core.encode`)."""
+        return core.encode(w, thresholds=self.thresholds, axis=self.axis, method=self.method)
 
 
 #: The paper's "whole network": every float ``kernel`` of rank >= 2, first and last included.
@@ -191,11 +174,31 @@ def _normalize_rules(rules) -> tuple[Rule, ...]:
         return DEFAULT_RULES
     if isinstance(rules, Rule):
         return (rules,)
+    if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+        raise TypeError(f"rules must be a Rule or a sequence of Rules, got "
+                        f"{type(rules).__name__}: {rules!r}")
     rules = tuple(rules)
     for r in rules:
         if not isinstance(r, Rule):
             raise TypeError(f"rules must be tern_jax.Rule objects, got {type(r).__name__}: {r!r}")
     return rules
+
+
+def _check_tree(params) -> None:
+    """A parameter pytree: a container (dict, nnx.State, list, ...) holding at least one array."""
+    if params is None or isinstance(params, (str, bytes, int, float, complex, bool)) or (
+            hasattr(params, "shape") and hasattr(params, "dtype")):
+        raise TypeError(
+            f"params must be a parameter pytree (a dict such as variables['params'], an "
+            f"nnx.State, ...), got {type(params).__name__}; to ternarize one array call "
+            "tern_jax.ternarize(w)"
+        )
+    leaves = jax.tree_util.tree_leaves(params)
+    if not any(hasattr(leaf, "shape") and hasattr(leaf, "dtype") for leaf in leaves):
+        raise ValueError(
+            f"params holds no arrays ({len(leaves)} leaves); pass the model's parameters, "
+            "e.g. variables['params'] or nnx.state(model, nnx.Param)"
+        )
 
 
 def match_params(params, rules=None, *, unused: Unused = "warn"):
@@ -208,6 +211,7 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
     """
     if unused not in ("error", "warn", "ignore"):
         raise ValueError(f"unused must be 'error', 'warn' or 'ignore', got {unused!r}")
+    _check_tree(params)
     rules = _normalize_rules(rules)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     used = [False] * len(rules)

@@ -165,7 +165,9 @@ def _layer(path, leaf, rule) -> LayerSummary:
     nonzero = [int(np.sum(magnitude >= k)) for k in range(1, t + 1)]
     per_branch_scales = tuple(float(np.mean(scales[k])) for k in range(t))
     bytes_packed = packing.packed_nbytes(count, rule.levels) + 4 * scales.size
-    out_channels = shape[-1] if rule.axis is None else shape[rule.axis]
+    channel_axes = () if rule.axis is None else np.atleast_1d(rule.axis)
+    out_channels = int(np.prod([shape[a] for a in channel_axes])) if rule.axis is not None \
+        else shape[-1]
     return LayerSummary(
         path=path, shape=shape, dtype=dtype, count=count, method=rule.method, t_ex=t,
         zero_fraction=zero_fraction, scales=per_branch_scales,
