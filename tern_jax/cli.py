@@ -20,14 +20,14 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from tern_jax.train import load_config, override, train_and_evaluate
+    from tern_jax.train import load_config, override, run
 
     config = override(load_config(args.config), args.set or [])
     if args.distributed:
         import jax
 
         jax.distributed.initialize()
-    train_and_evaluate(config, args.workdir, resume=args.resume)
+    run(config, args.workdir, resume=args.resume)
     if args.plot:
         from tern_jax.train.metrics import plot_runs
 
@@ -37,8 +37,7 @@ def _train(args) -> int:
 
 
 def _quickstart(args) -> int:
-    from tern_jax.train import quickstart_config, train_and_evaluate
-    from tern_jax.train.trainer import latest_checkpoint
+    from tern_jax.train import latest_checkpoint, quickstart_config, train_and_evaluate
 
     workdir = Path(args.workdir)
     resume = latest_checkpoint(workdir) is not None
@@ -52,12 +51,12 @@ def _quickstart(args) -> int:
 
 
 def _eval(args) -> int:
-    from tern_jax.train import restore_run
+    from tern_jax.train import Trainer, restore_run
 
-    config, trainer, state = restore_run(args.workdir, args.epoch)
-    trainer.put_data()
-    result = trainer.evaluate(state)
-    print(f"{config.name}: {len(trainer.data.test_labels)} test images")
+    restored = restore_run(args.workdir, args.epoch)
+    trainer = Trainer(restored.config)
+    result = trainer.evaluate(trainer.place(restored.state))
+    print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test images")
     for i, name in enumerate(trainer.names):
         print(f"  {name:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
               f"loss {result['test_loss'][i]:.4f}  zeros {100 * result['zero_fraction'][i]:.1f}%")
@@ -68,18 +67,22 @@ def _export(args) -> int:
     import jax
 
     import tern_jax
-    from tern_jax.train import restore_run
+    from tern_jax.train import Slot, restore_run
     from tern_jax.train.config import variant_rules
 
-    config, trainer, state = restore_run(args.workdir, args.epoch)
-    if args.model not in trainer.names:
-        raise SystemExit(f"error: no model {args.model!r} in {args.workdir}; "
-                         f"choose one of {trainer.names}")
-    i = trainer.names.index(args.model)
-    variant = args.model.split("/seed")[0]
-    rules = variant_rules(variant) or ()
-    params = jax.tree.map(lambda a: a[i], state.params)
-    stats = jax.tree.map(lambda a: a[i], state.batch_stats)
+    restored = restore_run(args.workdir, args.epoch)
+    slots = restored.config.slots
+    names = [s.name for s in slots]
+    try:
+        slot = Slot.parse(args.model)
+    except ValueError as e:
+        raise ValueError(f"{e}; choose one of {names}") from None
+    if slot not in slots:
+        raise ValueError(f"no model {args.model!r} in {args.workdir}; choose one of {names}")
+    i = slots.index(slot)
+    rules = variant_rules(slot.variant) or ()
+    params = jax.tree.map(lambda a: a[i], restored.state.params)
+    stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
     path = tern_jax.save_ternary(args.out, tree, scoped, overwrite=args.overwrite,
@@ -87,7 +90,7 @@ def _export(args) -> int:
     summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     print(summary)
-    print(f"exported {args.model} ({config.model}) to {path}: {size:,} bytes on disk")
+    print(f"exported {slot} ({restored.config.model}) to {path}: {size:,} bytes on disk")
     return 0
 
 
@@ -172,11 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
-    from tern_jax.train.trainer import TrainingDiverged
+    from tern_jax.train import CheckpointDamaged, TrainingDiverged
 
     try:
         return args.fn(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged,
+            CheckpointDamaged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingDiverged) else 2
 

@@ -5,26 +5,29 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from helpers.runs import command
 
 from tern_jax import cli
 from tern_jax.train import (
     Config,
+    Trainer,
     TrainingDiverged,
     latest_checkpoint,
     load_config,
     override,
     quickstart_config,
+    restore_run,
+    run,
     train_and_evaluate,
 )
 from tern_jax.train.metrics import read
 
-HELPERS = Path(__file__).parent / "helpers"
 REPO = Path(__file__).parent.parent
 
 
@@ -86,18 +89,18 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([sys.executable, str(HELPERS / "killable_run.py"), str(reference)],
-                   check=True, env=_env(), capture_output=True, timeout=600)
-    proc = subprocess.Popen([sys.executable, str(HELPERS / "killable_run.py"), str(killed)],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command(f"killable_run({str(reference)!r})"), check=True, env=_env(),
+                   capture_output=True, timeout=600)
+    proc = subprocess.Popen(command(f"killable_run({str(killed)!r})"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and (latest_checkpoint(killed) or 0) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 2 <= (latest_checkpoint(killed) or 0) < 5, "the run was not killed mid-way"
-    subprocess.run([sys.executable, str(HELPERS / "killable_run.py"), str(killed), "--resume"],
-                   check=True, env=_env(), capture_output=True, timeout=600)
+    subprocess.run(command(f"killable_run({str(killed)!r}, resume=True)"), check=True,
+                   env=_env(), capture_output=True, timeout=600)
     ref, got = read(reference), read(killed)
     assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
     for a, b in zip(ref, got):
@@ -118,9 +121,14 @@ def test_interrupted_save_leaves_the_previous_checkpoint_usable(tmp_path):
 
 
 def test_eight_device_data_parallel_matches_one_device():
-    out = subprocess.run([sys.executable, str(HELPERS / "data_parallel.py")], env=_env(),
-                         capture_output=True, text=True, timeout=600)
-    assert "DATA_PARALLEL_OK" in out.stdout, out.stdout + out.stderr[-3000:]
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run(command("compare_data_parallel()"), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["devices"] == 8
+    np.testing.assert_allclose(figures["sharded"], figures["single"], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(figures["acc8"], figures["acc1"], atol=1 / 64 + 1e-6)
 
 
 def test_streaming_path_trains(tmp_path):
@@ -129,30 +137,51 @@ def test_streaming_path_trains(tmp_path):
     assert results["variants"]["fp"]["mean"] > 0.3
 
 
-def test_distillation_and_per_channel_variants_train(tmp_path):
-    config = _small(variants=("fp", "tern_pc"), distill_weight=1.0, epochs=2)
-    results = train_and_evaluate(config, tmp_path, log=lambda *_: None)
-    assert np.isfinite(results["variants"]["tern_pc"]["mean"])
-    assert results["variants"]["tern_pc"]["zero_fraction"] > 0
+def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_path):
+    base = _small(variants=("fp", "tern_pc"), epochs=1, checkpoint_every=0)
+    plain = train_and_evaluate(base, tmp_path / "plain", log=lambda *_: None)
+    distilled = train_and_evaluate(dataclasses.replace(base, distill_weight=1.0),
+                                   tmp_path / "distilled", log=lambda *_: None)
+    a, b = read(tmp_path / "plain")[-1]["models"], read(tmp_path / "distilled")[-1]["models"]
+    # the teacher's own loss and updates ignore the KL term; the student's do not
+    assert a[0]["train_loss"] == b[0]["train_loss"] and a[0]["test_acc"] == b[0]["test_acc"]
+    assert a[1]["train_loss"] != b[1]["train_loss"]
+    for results in (plain, distilled):
+        assert 0.0 < results["variants"]["tern_pc"]["zero_fraction"] < 0.6
+        assert results["variants"]["tern_pc"]["mean"] > 0.15  # above chance after one epoch
 
 
-def test_cifar_folder_run_trains_evaluates_checkpoints_resumes_and_exports(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """The documented default CIFAR recipe (fp, then ternary fine-tuning) on a tiny folder."""
     from tern_jax.data.cifar10 import write_cifar_batches
 
+    root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 120)
     images = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8)
     images[..., 0] = (labels[:, None, None] * 25).astype(np.uint8)  # a learnable signal
-    write_cifar_batches(tmp_path / "cifar-10-batches-py", images, labels, per_batch=16)
-    workdir = tmp_path / "run"
-    # the documented default recipe: fp first, then ternary fine-tuning from it
+    write_cifar_batches(root / "cifar-10-batches-py", images, labels, per_batch=16)
+    workdir = root / "run"
     common = ["--config", str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"),
-              "--workdir", str(workdir), "--set", f"data_dir={tmp_path}", "--set", "batch_size=16",
+              "--workdir", str(workdir), "--set", f"data_dir={root}", "--set", "batch_size=16",
               "--set", "seeds=0", "--set", "progress=false", "--set", "checkpoint_every=1",
               "--set", "eval_batch_size=20", "--set", "model_axis=vmap", "--set", "epochs=1"]
     assert cli.main(["train", *common, "--set", "finetune_epochs=1"]) == 0
+    return root, workdir, common
+
+
+def test_cifar_two_stage_run_writes_both_stages(cifar_run):
+    _, workdir, _ = cifar_run
     assert latest_checkpoint(workdir / "pretrain") == 1
     assert latest_checkpoint(workdir / "finetune") == 1
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["stages"] == {"pretrain": 1, "finetune": 1}
+    assert set(results["variants"]) == {"fp", "tern"}
+
+
+def test_cifar_two_stage_resume_grows_only_the_second_stage(cifar_run, capsys):
+    _, workdir, common = cifar_run
     assert cli.main(["train", *common, "--set", "finetune_epochs=2", "--resume"]) == 0
     assert [r["epoch"] for r in read(workdir / "pretrain")] == [1]
     assert [r["epoch"] for r in read(workdir / "finetune")] == [1, 2]
@@ -162,17 +191,34 @@ def test_cifar_folder_run_trains_evaluates_checkpoints_resumes_and_exports(tmp_p
     assert cli.main(["train", *common[:-2], "--set", "epochs=2", "--set", "finetune_epochs=2",
                      "--resume"]) == 2
     assert "already fine-tuned" in capsys.readouterr().err
+
+
+def test_cifar_eval_reports_the_ternary_stage(cifar_run, capsys):
+    _, workdir, _ = cifar_run
     assert cli.main(["eval", "--workdir", str(workdir)]) == 0
-    assert cli.main(["export", "--workdir", str(workdir), "--model", "tern/seed0",
-                     "--out", str(tmp_path / "packed")]) == 0
-    assert cli.main(["plot", str(workdir), "--out", str(tmp_path / "curves.png")]) == 0
     out = capsys.readouterr().out
-    assert "tern/seed0" in out and "exported" in out
-    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert "tern/seed0" in out and "fp/seed0" not in out and "test acc" in out
+
+
+def test_cifar_export_writes_a_loadable_packed_model(cifar_run, capsys):
     import tern_jax
 
-    packed = tern_jax.load_ternary(tmp_path / "packed")
+    root, workdir, _ = cifar_run
+    assert cli.main(["export", "--workdir", str(workdir), "--model", "tern/seed0",
+                     "--out", str(root / "packed")]) == 0
+    assert "exported tern/seed0" in capsys.readouterr().out
+    packed = tern_jax.load_ternary(root / "packed")
     assert packed["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 16)
+    assert len(np.unique(np.asarray(packed["params"]["stem_conv"]["kernel"]))) <= 3
+    assert cli.main(["export", "--workdir", str(workdir), "--model", "tern/seed7",
+                     "--out", str(root / "nope")]) == 2
+    assert "no model 'tern/seed7'" in capsys.readouterr().err and not (root / "nope").exists()
+
+
+def test_cifar_plot_draws_both_stages(cifar_run, capsys):
+    root, workdir, _ = cifar_run
+    assert cli.main(["plot", str(workdir), "--out", str(root / "curves.png")]) == 0
+    assert (root / "curves.png").stat().st_size > 1000
 
 
 def test_config_overrides_parse_types_and_reject_unknown_fields():
@@ -187,12 +233,16 @@ def test_config_overrides_parse_types_and_reject_unknown_fields():
         override(Config(), ["variants=tern9"])
 
 
-def test_every_experiment_config_loads():
+def test_every_experiment_config_loads_with_a_distinct_name():
     configs = sorted((REPO / "experiments" / "configs").glob("*.py"))
-    assert len(configs) >= 8
-    for path in configs:
-        config = load_config(str(path))
-        assert isinstance(config, Config) and config.name
+    names = {p.stem for p in configs}
+    for depth in (20, 32, 44, 56):  # the paper's CIFAR table, both recipes
+        assert {f"cifar10_resnet{depth}", f"cifar10_resnet{depth}_paper"} <= names
+    loaded = [load_config(str(path)) for path in configs]
+    assert all(isinstance(c, Config) for c in loaded)
+    assert len({c.name for c in loaded}) == len(loaded)
+    best = load_config(str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"))
+    assert best.finetune_epochs == 80 and best.epochs == 200
 
 
 def test_cli_reports_bad_config_path_clearly(capsys):
@@ -201,16 +251,12 @@ def test_cli_reports_bad_config_path_clearly(capsys):
 
 
 def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
-    from tern_jax.train.trainer import Trainer, load_data
-
     def first_losses(step, **changes):
-        config = _small(seeds=(0,), **changes)
-        trainer = Trainer(config, load_data(config))
-        trainer.put_data()
-        idx, keys = trainer._epoch_plan(0)
-        _, (loss, _) = trainer._step_at(trainer.init_state(), trainer.train_images,
-                                        trainer.train_labels, idx[0], keys[0], np.int32(step))
-        return np.asarray(loss), trainer.steps_per_epoch
+        trainer = Trainer(_small(seeds=(0,), **changes))
+        idx, keys = trainer.inputs.epoch_plan(0)
+        _, metrics = trainer.step_at(trainer.init_state(), trainer.inputs.arrays, idx[0],
+                                     keys[0], np.int32(step))
+        return np.asarray(metrics["loss"]), trainer.steps_per_epoch
 
     plain, steps_per_epoch = first_losses(0)
     start = first_losses(0, threshold_warmup=1.0)[0]          # scale 0: Δ = 0
@@ -222,14 +268,17 @@ def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
         _small(threshold_warmup=2.0, threshold_warmup_start=1.5)
 
 
-def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(tmp_path, capsys):
-    from tern_jax.train import restore_run
-    from tern_jax.train.metrics import plot_runs
-
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two_stage")
     config = _small(epochs=2, finetune_epochs=1, finetune_learning_rate=0.01)
-    results = train_and_evaluate(config, tmp_path, log=lambda *_: None)
+    return config, workdir, run(config, workdir, log=lambda *_: None)
+
+
+def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(two_stage):
+    config, workdir, results = two_stage
     assert results["stages"] == {"pretrain": 2, "finetune": 1} and results["epochs"] == 3
-    pre, fine = read(tmp_path / "pretrain"), read(tmp_path / "finetune")
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
     assert [m["name"] for m in pre[0]["models"]] == ["fp/seed0"]
     assert [m["name"] for m in fine[0]["models"]] == ["tern/seed0"]
     assert results["variants"]["fp"]["test_acc"] == [pre[-1]["models"][0]["test_acc"]]
@@ -237,26 +286,57 @@ def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(tmp_path, capsys)
     # the ternary model starts from the trained fp model, not from a fresh init
     assert fine[0]["models"][0]["train_loss"] < pre[0]["models"][0]["train_loss"]
     assert fine[0]["lr"] < 0.01  # its own cosine schedule, not stage 1's lr 0.05
-    # resuming a finished run trains nothing and gives the same results
-    again = train_and_evaluate(config, tmp_path, resume=True, log=lambda *_: None)
+
+
+def test_two_stage_resume_of_a_finished_run_trains_nothing(two_stage):
+    config, workdir, results = two_stage
+    again = run(config, workdir, resume=True, log=lambda *_: None)
     assert again["variants"] == results["variants"]
-    assert len(read(tmp_path / "finetune")) == 1
+    assert len(read(workdir / "finetune")) == 1
     with pytest.raises(FileExistsError, match="--resume"):
-        train_and_evaluate(config, tmp_path, log=lambda *_: None)
-    _, trainer, _ = restore_run(tmp_path)  # the ternary stage, for eval and export
-    assert trainer.names == ["tern/seed0"]
-    assert plot_runs([tmp_path], tmp_path / "curves.png").stat().st_size > 1000
+        run(config, workdir, log=lambda *_: None)
+
+
+def test_two_stage_restores_the_ternary_stage_without_data(two_stage, monkeypatch):
+    import tern_jax.data
+
+    config, workdir, _ = two_stage
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("restoring weights must not load a dataset")
+
+    monkeypatch.setattr(tern_jax.data, "load_dataset", no_data)
+    restored = restore_run(workdir)  # the ternary stage, for eval and export
+    assert [s.name for s in restored.config.slots] == ["tern/seed0"]
+    assert restored.epoch == 1
+    leaf = jax.tree_util.tree_leaves(restored.state.params)[0]
+    assert leaf.shape[0] == 1  # one model on the model axis
+
+
+def test_the_loop_alone_refuses_a_two_stage_config(tmp_path):
+    with pytest.raises(ValueError, match="tern_jax.train.run"):
+        train_and_evaluate(_small(finetune_epochs=1), tmp_path, log=lambda *_: None)
+
+
+def test_two_stage_plot_and_collect_read_both_stages(two_stage):
+    from tern_jax.train.metrics import plot_runs
+
+    _, workdir, _ = two_stage
+    assert plot_runs([workdir], workdir / "curves.png").stat().st_size > 1000
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("collect", REPO / "experiments" / "collect.py")
     collect = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect)
-    collect.main([str(tmp_path), "--out", str(tmp_path / "collected")])
-    kept = tmp_path / "collected" / tmp_path.name
+    collect.main([str(workdir), "--out", str(workdir.parent / "collected")])
+    kept = workdir.parent / "collected" / workdir.name
     assert (kept / "finetune" / "metrics.jsonl").exists() and (kept / "results.json").exists()
     assert not list(kept.rglob("checkpoints"))
-    table = (tmp_path / "collected" / "table.md").read_text()
+    table = (workdir.parent / "collected" / "table.md").read_text()
     assert "| fp | 2 |" in table and "| tern | 2+1 |" in table
+
+
+def test_two_stage_config_checks():
     with pytest.raises(ValueError, match="needs a ternary variant"):
         _small(variants=("fp",), finetune_epochs=2)
     with pytest.raises(ValueError, match="finetune_schedule"):

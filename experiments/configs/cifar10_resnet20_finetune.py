@@ -10,8 +10,8 @@ and batches). So one paper-recipe run plus this one give both table rows:
 
 import dataclasses
 
+from tern_jax.train import stage_configs
 from tern_jax.train.recipes import cifar10_best
-from tern_jax.train.trainer import stage_configs
 
 
 def get_config():

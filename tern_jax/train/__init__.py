@@ -1,13 +1,39 @@
-"""Training: configs, the vmapped multi-model trainer, metrics and plots."""
+"""Training: configs, the vmapped multi-model loop, run folders, metrics and plots.
 
-from tern_jax.train.config import PRESETS, Config, load_config, override, quickstart_config
-from tern_jax.train.trainer import (
-    Trainer,
-    TrainingDiverged,
-    latest_checkpoint,
-    restore_run,
-    train_and_evaluate,
+One concept per module, each importing only the ones listed before it:
+
+* ``config``: :class:`Config`, variant presets, :class:`Slot` (variant, seed); ``recipes``;
+* ``optim``: optimizer, learning-rate schedule, threshold warm-up;
+* ``task``: the task seam (batch -> loss and metrics); image classification;
+* ``stack``: :class:`ModelStack` (the models trained together) and :class:`TrainState`;
+* ``step``: the pure ``train_step`` / ``eval_step``;
+* ``inputs``: device-resident arrays or host streams;
+* ``run_folder``: config, metrics, results and verified checkpoints of a run;
+* ``restore``: a run's models read back without data; ``warm_start``: init from weights;
+* ``loop``: :func:`train_and_evaluate`, one run;
+* ``stages``: :func:`run`, recipes of several stages on top of the loop.
+"""
+
+from tern_jax.train.config import (
+    FULL_PRECISION,
+    PRESETS,
+    Config,
+    Slot,
+    is_full_precision,
+    load_config,
+    override,
+    quickstart_config,
 )
+from tern_jax.train.loop import Trainer, TrainingDiverged, train_and_evaluate
+from tern_jax.train.restore import Restored, restore_run
+from tern_jax.train.run_folder import CheckpointDamaged, DamagedCheckpointWarning, latest_checkpoint
+from tern_jax.train.stack import ModelStack, TrainState
+from tern_jax.train.stages import run, stage_configs
+from tern_jax.train.step import eval_step, train_step
+from tern_jax.train.task import ImageClassification, Task
 
-__all__ = ["PRESETS", "Config", "Trainer", "TrainingDiverged", "latest_checkpoint",
-           "load_config", "override", "quickstart_config", "restore_run", "train_and_evaluate"]
+__all__ = ["FULL_PRECISION", "PRESETS", "CheckpointDamaged", "Config", "DamagedCheckpointWarning",
+           "ImageClassification", "ModelStack", "Restored", "Slot", "Task", "TrainState",
+           "Trainer", "TrainingDiverged", "eval_step", "is_full_precision", "latest_checkpoint",
+           "load_config", "override", "quickstart_config", "restore_run", "run", "stage_configs",
+           "train_and_evaluate", "train_step"]

@@ -12,21 +12,27 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import typing
 from pathlib import Path
+from typing import NamedTuple
 
 from tern_jax.rules import Rule
 
-__all__ = ["Config", "PRESETS", "variant_rules", "load_config", "override", "quickstart_config"]
+__all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "is_full_precision", "variant_rules",
+           "load_config", "override", "quickstart_config"]
 
 # First conv and classifier of every model in tern_jax.models (CIFAR/digits: stem_conv, head;
 # torchvision ResNets: conv1, fc; AlexNet: conv1, head). Full paths only: a block's inner
 # "stage1_block0/conv1" is not the first layer.
 _FIRST_LAST = r"(stem_conv|conv1|head|fc)/kernel"
 
+#: The variant that trains in full precision (the teacher and the parent of the ternary models).
+FULL_PRECISION = "fp"
+
 #: Named rule sets a variant can use. ``None`` trains in full precision.
 PRESETS: dict[str, tuple[Rule, ...] | None] = {
-    "fp": None,
+    FULL_PRECISION: None,
     # the paper: every conv and dense kernel, first and last included, per-tensor, t_ex=1
     "tern": (Rule(r".*/kernel"),),
     "tern_t2": (Rule(r".*/kernel", t_ex=2),),
@@ -46,6 +52,37 @@ def variant_rules(name: str) -> tuple[Rule, ...] | None:
     if name not in PRESETS:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def is_full_precision(variant: str) -> bool:
+    """Whether a variant trains without ternarization (its preset has no rules)."""
+    return variant_rules(variant) is None
+
+
+class Slot(NamedTuple):
+    """One trained model of a run: its variant (a preset name) and its seed.
+
+    ``str(slot)`` / :attr:`name` is the label written in metrics files and taken by the
+    command line (``tern/seed0``); :meth:`parse` reads it back.
+    """
+
+    variant: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> Slot:
+        """``"tern/seed0"`` -> ``Slot("tern", 0)``; a clear error for anything else."""
+        found = re.fullmatch(r"(.+)/seed(-?\d+)", name) if isinstance(name, str) else None
+        if found is None:
+            raise ValueError(f"model {name!r} is not of the form VARIANT/seedN, e.g. tern/seed0")
+        return cls(found.group(1), int(found.group(2)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,19 +172,24 @@ class Config:
                     f"finetune_schedule must be 'cosine' or 'constant', got "
                     f"{self.finetune_schedule!r} (milestones belong to the first stage)"
                 )
-            if all(v == "fp" for v in self.variants):
+            if all(is_full_precision(v) for v in self.variants):
                 raise ValueError("finetune_epochs > 0 needs a ternary variant to fine-tune, "
                                  "e.g. variants=fp,tern")
             if self.init_from or self.pretrained:
                 raise ValueError("finetune_epochs > 0 trains its own full-precision start; "
                                  "drop init_from/pretrained, or set finetune_epochs=0")
-        if self.distill_weight and "fp" not in self.variants:
+        if self.distill_weight and FULL_PRECISION not in self.variants:
             raise ValueError("distill_weight > 0 needs an 'fp' variant in the run as the teacher")
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        """The trained models in model-axis order, variant-major."""
+        return tuple(Slot(v, s) for v in self.variants for s in self.seeds)
 
     @property
     def model_names(self) -> list[str]:
         """One label per trained model, variant-major: ``tern/seed1``."""
-        return [f"{v}/seed{s}" for v in self.variants for s in self.seeds]
+        return [slot.name for slot in self.slots]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tern_jax.train.config import FULL_PRECISION
+
 __all__ = ["append", "truncate", "read", "epoch_record", "epoch_line", "final_results",
            "results_table", "plot_runs"]
 
@@ -18,12 +20,12 @@ def _number(x):
     return None if np.isnan(x) else x
 
 
-def epoch_record(epoch, lr, seconds, names, train_loss, train_acc, evaluation) -> dict:
+def epoch_record(epoch, lr, seconds, slots, train_loss, train_acc, evaluation) -> dict:
+    """One epoch's line: per model (a :class:`~tern_jax.train.config.Slot`) its figures."""
     models = []
-    for i, name in enumerate(names):
-        variant, seed = name.split("/seed")
+    for i, slot in enumerate(slots):
         models.append({
-            "name": name, "variant": variant, "seed": int(seed),
+            "name": slot.name, "variant": slot.variant, "seed": int(slot.seed),
             "train_loss": float(train_loss[i]), "train_acc": float(train_acc[i]),
             "test_loss": _number(evaluation["test_loss"][i]),
             "test_acc": _number(evaluation["test_acc"][i]),
@@ -129,7 +131,7 @@ def _plot_records(ax_acc, ax_loss, records, label_prefix, offset):
         acc = [np.nan if r["models"][i]["test_acc"] is None
                else 100 * r["models"][i]["test_acc"] for r in records]
         loss = [r["models"][i]["train_loss"] for r in records]
-        style = "-" if records[0]["models"][i]["variant"] == "fp" else "--"
+        style = "-" if records[0]["models"][i]["variant"] == FULL_PRECISION else "--"
         evaluated = [(e, a) for e, a in zip(epochs, acc) if not np.isnan(a)]
         ax_acc.plot(*zip(*evaluated), style, label=f"{label_prefix}:{name}", linewidth=1.2)
         ax_loss.plot(epochs, loss, style, label=f"{label_prefix}:{name}", linewidth=1.2)

@@ -1,0 +1,210 @@
+"""File safety: atomic writes, and replacing or deleting only what tern_jax itself wrote.
+
+Every place that writes a file a user might care about goes through here:
+
+* :func:`write_text_atomic` / :func:`write_bytes_atomic`: a temporary sibling, synced, then
+  renamed over the target, so a crash leaves the old file or the new one, never a torn one
+  (and never a stray temporary file when the write fails).
+* :func:`check_replaceable`: before replacing or deleting ``path``, ask a predicate whether
+  tern_jax wrote it (its own metadata, never a guess from the name); anything else is refused
+  with :class:`NotOwnedError`, naming the path, before a byte is touched.
+* :func:`swap_in`: moves a completed staged folder (or file) into place, replacing an
+  owned one, with the old copy parked inside the staging folder so no ``.old`` file is left.
+* :func:`write_owned_bytes` / :func:`write_owned_text`: for single files the project writes
+  into a user's folder (plots, exported data): each write is recorded with its SHA-256 in the
+  folder's ``.tern_jax-files.json``, and a later write replaces the file only while it still
+  holds exactly those bytes (:func:`owned_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from tern_jax._args import check_path
+
+__all__ = [
+    "NotOwnedError",
+    "MANIFEST",
+    "check_replaceable",
+    "owned_file",
+    "remove_tree",
+    "staging_dir",
+    "swap_in",
+    "write_bytes_atomic",
+    "write_owned_bytes",
+    "write_owned_text",
+    "write_text_atomic",
+]
+
+#: The file in a folder that lists the files tern_jax wrote there, with their SHA-256.
+MANIFEST = ".tern_jax-files.json"
+_MANIFEST_FORMAT = "tern_jax.files.v1"
+
+
+class NotOwnedError(FileExistsError):
+    """``path`` exists and was not written by tern_jax, so it is neither replaced nor deleted."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Writes ``data`` to a temporary sibling, syncs it and renames it over ``path``.
+
+    Raises ``TypeError`` for a path that is not a str/PathLike or data that is not bytes, and
+    an ``OSError`` naming ``path`` when its folder is missing or not writable.
+    """
+    path = check_path(path, "path", "write_bytes_atomic")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"write_bytes_atomic: data must be bytes, got {type(data).__name__}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise type(e)(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to a temporary sibling, syncs it and renames it over ``path``.
+
+    A crash leaves either the old file or the new one, never a torn file; a failed write
+    (disk full, interrupt) removes its temporary file.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"write_text_atomic: text must be a str, got {type(text).__name__}")
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def check_replaceable(path, owned: Callable[[Path], bool], what: str) -> bool:
+    """Returns whether ``path`` exists; raises :class:`NotOwnedError` if it is not ours.
+
+    Args:
+      path: the file or folder about to be replaced or deleted.
+      owned: ``owned(path) -> bool``, true only when tern_jax's own metadata says it wrote
+        ``path`` (and nothing else lives there).
+      what: what tern_jax writes there, for the message (e.g. ``"a ternary checkpoint"``).
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_symlink() or not owned(path):
+        kind = "folder" if path.is_dir() else "file"
+        raise NotOwnedError(
+            f"{path} is an existing {kind} that tern_jax did not write as {what}; it is left "
+            "untouched. Choose a new path, or move that one away yourself"
+        )
+    return True
+
+
+def staging_dir(path) -> Path:
+    """A fresh hidden folder beside ``path`` (same file system, so renames are atomic)."""
+    path = Path(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+
+
+def swap_in(staged, path, staging) -> None:
+    """Renames the complete ``staged`` over ``path`` (already checked as ours, or absent).
+
+    The old ``path`` is first parked inside ``staging`` (the folder holding ``staged``), which
+    the caller removes afterwards, so the replace leaves no stray ``.old`` sibling. The old
+    copy is only moved once the new one is complete, so a failure up to here keeps it.
+    """
+    staged, path, staging = Path(staged), Path(path), Path(staging)
+    parked = None
+    if path.exists() or path.is_symlink():
+        parked = staging / "replaced"
+        os.replace(path, parked)
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        if parked is not None:  # put the old one back rather than lose it
+            os.replace(parked, path)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_tree(path) -> None:
+    """Deletes a staging folder this module made (never a user's path)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def owned_file(path) -> bool:
+    """True when ``path`` is a plain file that tern_jax wrote and nobody changed since.
+
+    Recognized by the ``.tern_jax-files.json`` beside it, which :func:`write_owned_bytes`
+    keeps: the file's name with the SHA-256 of the bytes written.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    expected = _read_manifest(path.parent).get(path.name)
+    return expected is not None and expected == _sha256(path)
+
+
+def write_owned_bytes(path, data: bytes, *, what: str = "an output file") -> Path:
+    """Writes ``data`` to ``path`` atomically; replaces an existing file only if it is ours.
+
+    Raises :class:`NotOwnedError` (naming ``path``) when ``path`` exists and was not written
+    by tern_jax (or was changed since): nothing is written then. The write is recorded in the
+    folder's manifest so that the next write may replace it.
+    """
+    path = Path(path)
+    check_replaceable(path, owned_file, what)
+    write_bytes_atomic(path, data)
+    files = _read_manifest(path.parent)
+    files[path.name] = hashlib.sha256(data).hexdigest()
+    write_text_atomic(path.parent / MANIFEST, json.dumps(
+        {"format": _MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True))
+    return path
+
+
+def write_owned_text(path, text: str, *, what: str = "an output file") -> Path:
+    """:func:`write_owned_bytes` of ``text`` in UTF-8."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return write_owned_bytes(path, text.encode("utf-8"), what=what)

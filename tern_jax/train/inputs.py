@@ -1,0 +1,169 @@
+"""Inputs of a run: the dataset a config names, as device-resident arrays or host streams.
+
+Two forms, one interface for the loop:
+
+* :class:`DeviceInputs` (CIFAR-10, digits): the whole set lives in device memory; an epoch is
+  a per-model permutation and per-model augmentation keys (models of one seed see the same
+  batches), and batches are gathered and augmented on the device inside the jitted step;
+* :class:`StreamInputs` (ImageNet, or ``stream=True``): the host yields batches, every model
+  sees the same batch, a few are prefetched onto the devices.
+
+Both give padded evaluation batches with a mask, so one compiled eval step fits every batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tern_jax.train.config import Config
+
+__all__ = ["DeviceInputs", "StreamInputs", "load_inputs", "constrain_batch"]
+
+
+def constrain_batch(batch, mesh: Mesh, *, model_axis: bool = True):
+    """Shards a batch's example axis over the mesh's ``data`` axis (inside jit; 1 device: no-op)."""
+    if mesh.size == 1:
+        return batch
+    spec = P(None, "data") if model_axis else P("data")
+    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
+
+
+class DeviceInputs:
+    """An in-memory dataset on the devices, batched and augmented there."""
+
+    streamed = False
+
+    def __init__(self, dataset, config: Config, seeds, mesh: Mesh):
+        self.dataset = dataset
+        self.num_classes = dataset.num_classes
+        self.mean, self.std = tuple(dataset.mean), tuple(dataset.std)
+        self.image_shape = tuple(dataset.train_images.shape[1:])
+        self.num_train = len(dataset.train_labels)
+        self.num_test = len(dataset.test_labels)
+        self.batch_size = config.batch_size
+        self.augment = config.augment
+        self.mesh = mesh
+        self.seeds = np.asarray(seeds, np.int32)
+        self.steps_per_epoch = self.num_train // self.batch_size
+        replicated = NamedSharding(mesh, P())
+        self.arrays = jax.device_put(
+            {"image": np.asarray(dataset.train_images),
+             "label": np.asarray(dataset.train_labels, np.int32)}, replicated)
+        size = min(config.eval_batch_size, self.num_test)
+        batches = math.ceil(self.num_test / size)
+        from tern_jax.data.streams import pad_batch
+
+        images, labels, mask = pad_batch(dataset.test_images, np.asarray(dataset.test_labels),
+                                         batches * size)
+        self._test = jax.device_put(
+            ({"image": images.reshape((batches, size) + images.shape[1:]),
+              "label": labels.reshape(batches, size)}, mask.reshape(batches, size)), replicated)
+        self.epoch_plan = jax.jit(self._epoch_plan)
+
+    def _epoch_plan(self, epoch):
+        """Batch indices ``(steps, M, B)`` and augmentation keys ``(steps, M)`` per model seed."""
+        from tern_jax.data.augment import epoch_permutation
+
+        def per_model(seed):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), 7)
+            k_perm, k_aug = jax.random.split(key)
+            idx = epoch_permutation(k_perm, self.num_train, self.batch_size)
+            return idx, jax.random.split(k_aug, idx.shape[0])
+
+        idx, keys = jax.vmap(per_model)(jnp.asarray(self.seeds))
+        return jnp.swapaxes(idx, 0, 1), jnp.swapaxes(keys, 0, 1)
+
+    def batch_at(self, arrays: dict, idx: jax.Array, keys: jax.Array) -> dict:
+        """The batch ``(M, B, ...)`` of indices ``idx`` (M, B), augmented with keys (M,)."""
+        batch = {"image": arrays["image"][idx], "label": arrays["label"][idx]}
+        batch = constrain_batch(batch, self.mesh)
+        if self.augment:
+            from tern_jax.data.augment import random_crop_flip
+
+            batch["image"] = jax.vmap(random_crop_flip)(keys, batch["image"])
+        return batch
+
+    def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
+        batches, mask = self._test
+        for b in range(mask.shape[0]):
+            yield jax.tree.map(lambda a, b=b: a[b], batches), mask[b]
+
+
+class StreamInputs:
+    """Host batch streams (every model sees the same batch), prefetched to the devices."""
+
+    streamed = True
+
+    def __init__(self, train: Callable[[int], Iterator], test: Callable[[], Iterator], *,
+                 num_train: int, num_classes: int, image_shape, mean, std, config: Config,
+                 mesh: Mesh, num_test: int | None = None):
+        self._train, self._test = train, test
+        self.num_train, self.num_test = num_train, num_test
+        self.num_classes = num_classes
+        self.image_shape = tuple(image_shape)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = config.batch_size
+        self.eval_batch_size = config.eval_batch_size
+        self.steps_per_epoch = num_train // config.batch_size
+        self.mesh = mesh
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        from tern_jax.data.streams import prefetch_to_device
+
+        host = ({"image": x, "label": y} for x, y in self._train(epoch))
+        return prefetch_to_device(host, size=2)
+
+    def test_batches(self) -> Iterator[tuple[dict, np.ndarray]]:
+        from tern_jax.data.streams import pad_batch
+
+        for images, labels in self._test():
+            images, labels, mask = pad_batch(images, labels, self.eval_batch_size)
+            yield {"image": images, "label": labels}, mask
+
+
+def load_inputs(config: Config, seeds, mesh: Mesh) -> DeviceInputs | StreamInputs:
+    """The dataset ``config.dataset`` in the form the config asks for."""
+    if config.dataset.lower().startswith("imagenet"):
+        from tern_jax.data import imagenet
+        from tern_jax.data.specs import dataset_spec
+
+        def train(epoch):
+            return imagenet.imagenet_batches(
+                "train", config.batch_size, data_dir=config.data_dir, train=True,
+                seed=1000 * epoch + config.seeds[0], num_epochs=1, dtype=np.uint8)
+
+        def test():
+            return imagenet.imagenet_batches(
+                "validation", config.eval_batch_size, data_dir=config.data_dir, train=False,
+                num_epochs=1, dtype=np.uint8)
+
+        spec = dataset_spec("imagenet")
+        return StreamInputs(train, test, num_train=config.train_subset
+                            or imagenet.IMAGENET_TRAIN_SIZE, num_classes=spec.num_classes,
+                            image_shape=spec.image_shape, mean=imagenet.IMAGENET_MEAN,
+                            std=imagenet.IMAGENET_STD, config=config, mesh=mesh,
+                            num_test=imagenet.IMAGENET_VAL_SIZE)
+
+    from tern_jax.data import load_dataset, subset
+    from tern_jax.data.streams import array_batches
+
+    ds = load_dataset(config.dataset, config.data_dir)
+    if config.train_subset or config.test_subset:
+        ds = subset(ds, config.train_subset, config.test_subset, seed=0)
+    if not config.stream:
+        return DeviceInputs(ds, config, seeds, mesh)
+    return StreamInputs(
+        lambda epoch: array_batches(ds.train_images, ds.train_labels, config.batch_size,
+                                    shuffle_seed=epoch),
+        lambda: array_batches(ds.test_images, ds.test_labels, config.eval_batch_size,
+                              drop_remainder=False),
+        num_train=len(ds.train_labels), num_classes=ds.num_classes,
+        image_shape=ds.train_images.shape[1:], mean=ds.mean, std=ds.std, config=config,
+        mesh=mesh, num_test=len(ds.test_labels))

@@ -1,0 +1,302 @@
+"""``train_and_evaluate(config, workdir)``: the training loop of one run, and nothing else.
+
+It builds the inputs and the model stack, restores or initializes the state, runs the jitted
+steps of :mod:`tern_jax.train.step` epoch by epoch, evaluates, logs metrics and saves
+checkpoints into the run folder. Recipes with several stages are composed on top of it
+(:mod:`tern_jax.train.stages`); this loop knows nothing of them.
+
+Data parallelism is JAX's SPMD: the batch axis is sharded over a 1-D device mesh (all
+devices), parameters are replicated and XLA inserts the gradient all-reduce; BatchNorm
+statistics are over the global batch, so losses equal a one-device run's within float
+tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tern_jax.train import metrics as metrics_lib
+from tern_jax.train import step as step_lib
+from tern_jax.train import warm_start
+from tern_jax.train.config import Config
+from tern_jax.train.inputs import DeviceInputs, StreamInputs, constrain_batch, load_inputs
+from tern_jax.train.run_folder import RunFolder
+from tern_jax.train.stack import ModelStack, TrainState
+from tern_jax.train.task import task_for
+
+__all__ = ["TrainingDiverged", "Trainer", "train_and_evaluate"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; raised with the epoch, step and model."""
+
+
+class Trainer:
+    """The compiled pieces of one run: inputs, model stack, jitted steps, epoch and eval.
+
+    Built by :func:`train_and_evaluate`; tests and notebooks may build one to drive epochs
+    themselves. Every jitted function here is a :mod:`tern_jax.train.step` function.
+    """
+
+    def __init__(self, config: Config, inputs: DeviceInputs | StreamInputs | None = None, *,
+                 devices=None):
+        devices = devices if devices is not None else jax.devices()
+        if config.batch_size % len(devices):
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the {len(devices)} devices; "
+                f"use a multiple of {len(devices)}")
+        self.config = config
+        self.mesh = Mesh(np.array(devices), ("data",))
+        self.inputs = inputs if inputs is not None else load_inputs(
+            config, [s.seed for s in config.slots], self.mesh)
+        if config.batch_size > self.inputs.num_train:
+            raise ValueError(f"batch_size {config.batch_size} exceeds the "
+                             f"{self.inputs.num_train} training images")
+        self.steps_per_epoch = self.inputs.steps_per_epoch
+        task = task_for(config, self.inputs.num_classes, self.inputs.image_shape,
+                        self.inputs.mean, self.inputs.std)
+        self.stack = ModelStack.from_config(config, task, self.steps_per_epoch)
+        self.schedule = self.stack.schedule
+        self.replicated = NamedSharding(self.mesh, P())
+        stack = self.stack
+        self.train_step = jax.jit(self._streamed_step, donate_argnums=0)
+        self.step_at = jax.jit(self._step_at, donate_argnums=0)
+        self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
+        self.eval_step = step_lib.jitted(step_lib.eval_step, stack)
+        self.zero_fractions = step_lib.jitted(step_lib.zero_fractions, stack)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stack.slots]
+
+    # -- the jitted functions (each a step.train_step on a batch from the inputs) -----------
+    def _step_at(self, state, arrays, idx, keys, step):
+        """One step on the device-resident batch of indices ``idx`` (M, B), keys (M,)."""
+        batch = self.inputs.batch_at(arrays, idx, keys)
+        return step_lib.train_step(self.stack, state, batch, step)
+
+    def _run_chunk(self, state, arrays, idx, keys, steps):
+        """``idx.shape[0]`` steps as one ``lax.scan``; idx (K, M, B), keys (K, M), steps (K,)."""
+        def body(state, inputs):
+            return self._step_at(state, arrays, *inputs)
+
+        return jax.lax.scan(body, state, (idx, keys, steps))
+
+    def _streamed_step(self, state, batch, step):
+        """One step on a host batch that every model sees: broadcast over the model axis."""
+        m = self.stack.num_models
+        batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape), batch)
+        batch = constrain_batch(batch, self.mesh)
+        return step_lib.train_step(self.stack, state, batch, step)
+
+    # -- state --------------------------------------------------------------------------------
+    def place(self, state: TrainState) -> TrainState:
+        """``state`` replicated over the mesh, as the compiled steps expect it."""
+        return jax.device_put(state, self.replicated)
+
+    def init_state(self) -> TrainState:
+        return self.place(self.stack.init())
+
+    def abstract_state(self) -> TrainState:
+        abstract = self.stack.abstract_state()
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=self.replicated), abstract)
+
+    # -- epochs -------------------------------------------------------------------------------
+    def chunks(self):
+        """Step ranges run per compiled call: ``scan_steps``, or by default the whole epoch as
+        one ``lax.scan`` on GPU/TPU and single steps on CPU, where XLA runs convolutions inside
+        loops about 15x slower than outside them (measured here with jax 0.10)."""
+        k = self.config.scan_steps
+        if not k:
+            k = 1 if jax.default_backend() == "cpu" else self.steps_per_epoch
+        return [(s, min(s + k, self.steps_per_epoch)) for s in range(0, self.steps_per_epoch, k)]
+
+    def _check_finite(self, loss, epoch, first_step):
+        if not np.all(np.isfinite(loss)):
+            step, model = map(int, np.argwhere(~np.isfinite(loss))[0])
+            raise TrainingDiverged(
+                f"loss became {loss[step, model]} at epoch {epoch + 1}, step "
+                f"{first_step + step + 1} of {self.steps_per_epoch} for model "
+                f"{self.stack.slots[model]}; lower the learning rate or check the data. "
+                "The last checkpoint is left untouched.")
+
+    def _progress(self, progress, steps, loss):
+        if progress is not None:
+            progress.update(steps)
+            index = self.stack.variant_index
+            progress.set_postfix_str(
+                " ".join(f"{v}:{np.mean(loss[-1][index == i]):.3f}"
+                         for i, v in enumerate(self.stack.variants)), refresh=False)
+
+    def train_epoch(self, state, epoch: int, progress=None):
+        """One epoch; returns ``(state, per-model mean train loss, mean train accuracy)``."""
+        first = epoch * self.steps_per_epoch
+        losses, accs = [], []
+        if self.inputs.streamed:
+            runs = self._streamed_epoch(state, epoch)
+        else:
+            runs = self._device_epoch(state, epoch, first)
+        for start, stop, new_state, metrics in runs:
+            state = new_state
+            loss = np.asarray(metrics["loss"]).reshape(stop - start, -1)
+            self._check_finite(loss, epoch, start)
+            losses.append(loss)
+            accs.append(np.asarray(metrics["accuracy"]).reshape(stop - start, -1))
+            self._progress(progress, stop - start, loss)
+        if not losses:
+            raise ValueError("the training stream yielded no batch; check the data")
+        return state, np.concatenate(losses).mean(0), np.concatenate(accs).mean(0)
+
+    def _device_epoch(self, state, epoch, first):
+        idx, keys = self.inputs.epoch_plan(epoch)
+        arrays = self.inputs.arrays
+        for start, stop in self.chunks():
+            if stop - start == 1:
+                state, metrics = self.step_at(state, arrays, idx[start], keys[start],
+                                              jnp.int32(first + start))
+            else:
+                steps = jnp.arange(first + start, first + stop, dtype=jnp.int32)
+                state, metrics = self.run_chunk(state, arrays, idx[start:stop],
+                                                keys[start:stop], steps)
+            yield start, stop, state, metrics
+
+    def _streamed_epoch(self, state, epoch):
+        first = epoch * self.steps_per_epoch
+        for step, batch in enumerate(self.inputs.train_batches(epoch)):
+            if step >= self.steps_per_epoch:
+                break
+            state, metrics = self.train_step(state, batch, jnp.int32(first + step))
+            yield step, step + 1, state, metrics
+
+    def evaluate(self, state) -> dict:
+        """Test loss, accuracy and fraction of zero ternarized weights, per model."""
+        totals = None
+        # a Python loop over batches: XLA:CPU runs convolutions slowly inside loops
+        for batch, mask in self.inputs.test_batches():
+            sums = self.eval_step(state, batch, mask)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if totals is None:
+            raise ValueError("the test set yielded no batch; check the data")
+        count = np.asarray(totals["count"])
+        return {"test_loss": np.asarray(totals["loss"]) / count,
+                "test_acc": np.asarray(totals["correct"]) / count,
+                "zero_fraction": np.asarray(self.zero_fractions(state))}
+
+
+def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | None:
+    """The epoch to resume from (``None``: a fresh run); refuses what would lose work."""
+    previous = folder.latest_checkpoint()
+    if previous is not None and not resume:
+        raise FileExistsError(
+            f"{folder.path} already holds a run (checkpoint of epoch {previous}); pass --resume "
+            "to continue it or choose another --workdir")
+    saved = folder.read_config() if resume else None
+    if saved is not None:
+        differ = [f.name for f in dataclasses.fields(Config)
+                  if f.name not in ("epochs", "progress")
+                  and getattr(saved, f.name) != getattr(config, f.name)]
+        if differ:
+            raise ValueError(f"--resume with a config that differs from the run's in {differ}; "
+                             "resume with the same config")
+    return previous
+
+
+def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous, log):
+    """``(start_epoch, state)``: restored, warm-started or fresh."""
+    if previous is not None:
+        manager = folder.manager(config.keep_checkpoints)
+        try:
+            epoch, state = folder.restore(manager, trainer.abstract_state())
+        finally:
+            manager.close()
+        _set_aside_newer(folder, epoch)
+        log(f"resumed from the checkpoint of epoch {epoch} in {folder.path}")
+        return epoch, state
+    state = trainer.init_state()
+    if config.init_from:
+        state = warm_start.from_run(trainer.stack, config, config.init_from)
+    if config.pretrained:
+        state = warm_start.from_torchvision(trainer.stack, config, config.pretrained, state)
+    return 0, trainer.place(state)
+
+
+def _set_aside_newer(folder: RunFolder, epoch: int) -> None:
+    """Moves damaged checkpoints newer than the restored one out of orbax's way (kept)."""
+    for newer in [e for e in folder.checkpoints() if e > epoch]:
+        source = folder.checkpoint_dir / str(newer)
+        target = folder.checkpoint_dir / f"damaged_{newer}_{int(time.time())}"
+        os.replace(source, target)
+
+
+def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices=None,
+                       log=print) -> dict:
+    """Trains every model of ``config`` and evaluates each epoch; returns the final results.
+
+    ``workdir`` receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
+    ``checkpoints/`` (orbax; every ``checkpoint_every`` epochs and at the end) and
+    ``results.json``. With ``resume=True`` a killed run continues from its last intact
+    checkpoint and reproduces the uninterrupted run's metrics (same seeds, same batches).
+    A config with several stages (``finetune_epochs > 0``) is run by
+    :func:`tern_jax.train.run`, which calls this function once per stage.
+    """
+    if config.finetune_epochs:
+        raise ValueError(
+            f"{config.name} has two stages (finetune_epochs={config.finetune_epochs}); run it "
+            "with tern_jax.train.run(config, workdir), which trains each stage in its own folder")
+    folder = RunFolder(workdir)
+    previous = _check_resumable(folder, config, resume)
+    trainer = Trainer(config, devices=devices)
+    start_epoch, state = _initial_state(trainer, folder, config, previous, log)
+    folder.write_config(config)
+    metrics_lib.truncate(folder.metrics_file, start_epoch)
+
+    log(f"{config.name}: {trainer.stack.num_models} model(s) {config.model} "
+        f"[{', '.join(trainer.names)}] on {trainer.inputs.num_train} images, "
+        f"{trainer.steps_per_epoch} steps/epoch, {config.epochs} epochs, "
+        f"{trainer.mesh.size} device(s) ({jax.devices()[0].device_kind})")
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.epochs * trainer.steps_per_epoch,
+                        initial=start_epoch * trainer.steps_per_epoch, unit="step",
+                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    manager = folder.manager(config.keep_checkpoints)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            start = time.perf_counter()
+            state, train_loss, train_acc = trainer.train_epoch(state, epoch, progress)
+            last = epoch + 1 == config.epochs
+            if last or (epoch + 1) % max(config.eval_every, 1) == 0:
+                evaluation = trainer.evaluate(state)
+            else:
+                nan = np.full(trainer.stack.num_models, np.nan)
+                evaluation = {"test_loss": nan, "test_acc": nan, "zero_fraction": nan}
+            seconds = time.perf_counter() - start
+            record = metrics_lib.epoch_record(
+                epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
+                seconds, trainer.stack.slots, train_loss, train_acc, evaluation)
+            metrics_lib.append(folder.metrics_file, record)
+            if progress is not None:
+                progress.write(metrics_lib.epoch_line(record))
+            if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
+                folder.save(manager, epoch + 1, state)
+    finally:
+        if progress is not None:
+            progress.close()
+        manager.close()
+    results = metrics_lib.final_results(folder.metrics_file, config)
+    folder.write_results(results)
+    log(metrics_lib.results_table(results))
+    return results
+

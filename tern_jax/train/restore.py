@@ -1,0 +1,53 @@
+"""Reading a run's trained models back: no data is loaded, only the checkpoint.
+
+The models are rebuilt from the config and the dataset's spec (classes, input shape) with
+``jax.eval_shape``, so restoring is as cheap as reading the arrays.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tern_jax.train.config import Config
+from tern_jax.train.run_folder import RunFolder, final_stage
+from tern_jax.train.stack import ModelStack, TrainState
+
+__all__ = ["Restored", "restore_run"]
+
+
+class Restored(NamedTuple):
+    """A run's models as restored: its config, the model stack, the state and its epoch."""
+
+    config: Config
+    stack: ModelStack
+    state: TrainState
+    epoch: int
+    folder: RunFolder
+
+
+def restore_run(workdir, epoch: int | None = None) -> Restored:
+    """The models of a finished or interrupted run, from its newest intact checkpoint.
+
+    A multi-stage run folder resolves to its last stage (the ternary models of the two-stage
+    recipe); pass ``WORKDIR/pretrain`` for its full-precision models.
+    """
+    from tern_jax.data.specs import dataset_spec
+    from tern_jax.train.task import task_for
+
+    folder = final_stage(RunFolder(workdir))
+    config = folder.read_config()
+    if config is None:
+        raise FileNotFoundError(f"{folder.path} holds no run (no config.json); pass a train "
+                                "workdir")
+    if folder.latest_checkpoint() is None:
+        raise FileNotFoundError(f"{folder.path} has no completed checkpoint yet")
+    spec = dataset_spec(config.dataset)
+    task = task_for(config, spec.num_classes, spec.image_shape)
+    # the optimizer only shapes the state; one step per epoch is enough for that
+    stack = ModelStack.from_config(config, task, steps_per_epoch=1)
+    manager = folder.manager(config.keep_checkpoints)
+    try:
+        epoch, state = folder.restore(manager, stack.abstract_state(), epoch)
+    finally:
+        manager.close()
+    return Restored(config, stack, state, epoch, folder)

@@ -1,0 +1,186 @@
+"""The models a run trains together, stacked on a leading model axis, and their state.
+
+All models of a run share one task (architecture and data) and differ in variant (full
+precision or a rule preset) and seed. Their parameters, non-trained model state (BatchNorm
+statistics) and optimizer states are stacked on a leading *model axis*, so one jitted step
+trains them all: a table row (full precision and ternary, several seeds) is one program
+instead of processes time-slicing a card. :class:`ModelStack` is the static description the
+step functions (:mod:`tern_jax.train.step`) close over; :class:`TrainState` is what changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from tern_jax.rules import match_params, quantize_params
+from tern_jax.train.config import FULL_PRECISION, Config, Slot, variant_rules
+from tern_jax.train.task import Task
+
+__all__ = ["TrainState", "ModelStack"]
+
+
+@struct.dataclass
+class TrainState:
+    """Stacked over the model axis: every leaf has a leading dimension of ``num_models``.
+
+    ``batch_stats`` holds the task's non-trained model variables (BatchNorm statistics; empty
+    for a model without any); the name is the checkpoint's key, kept for old run folders.
+    """
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def _apply_rules(params, rules, threshold_scale=None):
+    if rules is None:
+        return params
+    return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale)
+
+
+def _zero_fraction(params, rules) -> jax.Array:
+    """Fraction of zeros in the weights the rules ternarize (0 for full precision)."""
+    if rules is None:
+        return jnp.float32(0.0)
+    matches, _ = match_params(params, rules, unused="ignore")
+    quantized = [m.rule.apply(m.leaf) for m in matches if m.quantized]
+    if not quantized:
+        return jnp.float32(0.0)
+    zeros = sum(jnp.sum(q == 0) for q in quantized)
+    return zeros / sum(q.size for q in quantized)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelStack:
+    """The static side of a run's models: task, slots, optimizer and how the axis is computed.
+
+    Attributes:
+      task: the :class:`~tern_jax.train.task.Task` every model trains on.
+      slots: one :class:`~tern_jax.train.config.Slot` (variant, seed) per model, model-axis
+        order.
+      tx: the optimizer (one state per model).
+      model_axis: ``"vmap"`` (one batched program) or ``"unroll"`` (a loop stacked afterwards,
+        faster on CPU, where the grouped convolutions a vmap becomes run slowly).
+      distill_weight, distill_temperature: knowledge distillation of every ternary model from
+        the full-precision model of its seed (weight 0: off).
+      threshold_warmup: ``step -> factor`` multiplying every threshold, or ``None``.
+      schedule: the learning-rate schedule inside ``tx`` (reported in the metrics), if known.
+    """
+
+    task: Task
+    slots: tuple[Slot, ...]
+    tx: optax.GradientTransformation
+    model_axis: str = "vmap"
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
+    threshold_warmup: Any = None
+    schedule: Any = None
+
+    def __post_init__(self):
+        if self.model_axis not in ("vmap", "unroll"):
+            raise ValueError(f"model_axis must be 'vmap' or 'unroll', got {self.model_axis!r}")
+        if not self.slots:
+            raise ValueError("a model stack needs at least one slot")
+        variants = tuple(dict.fromkeys(s.variant for s in self.slots))
+        object.__setattr__(self, "variants", variants)
+        object.__setattr__(self, "rule_sets", tuple(variant_rules(v) for v in variants))
+        object.__setattr__(self, "variant_index",
+                           np.array([variants.index(s.variant) for s in self.slots], np.int32))
+        teacher = None
+        if self.distill_weight:
+            by_seed = {s.seed: i for i, s in enumerate(self.slots) if s.variant == FULL_PRECISION}
+            missing = sorted({s.seed for s in self.slots} - set(by_seed))
+            if missing:
+                raise ValueError(f"distillation needs a full-precision model for every seed; "
+                                 f"seeds {missing} have none")
+            teacher = np.array([by_seed[s.seed] for s in self.slots], np.int32)
+        object.__setattr__(self, "teacher_index", teacher)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.slots)
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return np.array([s.seed for s in self.slots], np.int32)
+
+    @property
+    def is_student(self) -> np.ndarray:
+        """1.0 for the ternary models (which distill), 0.0 for full precision."""
+        return np.array([r is not None for r in self.rule_sets], np.float32)[self.variant_index]
+
+    # -- per-model functions --------------------------------------------------------------
+    def quantize(self, params, variant, threshold_scale=None):
+        """Params as the forward pass of variant number ``variant`` (traced) sees them."""
+        fns = [functools.partial(_apply_rules, rules=r, threshold_scale=threshold_scale)
+               for r in self.rule_sets]
+        if len(fns) == 1:
+            return fns[0](params)
+        return jax.lax.switch(variant, fns, params)
+
+    def zero_fraction(self, params, variant) -> jax.Array:
+        """Fraction of zero weights among those the variant's rules ternarize."""
+        fns = [functools.partial(_zero_fraction, rules=r) for r in self.rule_sets]
+        if len(fns) == 1:
+            return fns[0](params)
+        return jax.lax.switch(variant, fns, params)
+
+    def over_models(self, fn, in_axes=0):
+        """``fn`` mapped over the model axis: ``jax.vmap``, or an unrolled loop stacked after."""
+        if self.model_axis == "vmap" or self.num_models == 1:
+            return jax.vmap(fn, in_axes=in_axes)
+        axes = in_axes if isinstance(in_axes, tuple) else None
+
+        def unrolled(*args):
+            outs = []
+            for i in range(self.num_models):
+                picked = [a if (axes is not None and axes[j] is None)
+                          else jax.tree.map(lambda leaf, i=i: leaf[i], a)
+                          for j, a in enumerate(args)]
+                outs.append(fn(*picked))
+            return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
+
+        return unrolled
+
+    # -- state ------------------------------------------------------------------------------
+    def _init(self, seeds) -> TrainState:
+        def init_one(seed):
+            variables = self.task.init(jax.random.key(seed))
+            params = variables.pop("params")
+            return TrainState(params, variables.get("batch_stats", {}), self.tx.init(params))
+
+        return jax.vmap(init_one)(seeds)
+
+    def init(self) -> TrainState:
+        """Fresh models, each initialized from its own seed (models of one seed start alike)."""
+        return jax.jit(self._init)(jnp.asarray(self.seeds))
+
+    def abstract_state(self) -> TrainState:
+        """Shapes and dtypes of :meth:`init`'s result, computed without running it."""
+        return jax.eval_shape(self._init, jnp.asarray(self.seeds))
+
+    @classmethod
+    def from_config(cls, config: Config, task: Task, steps_per_epoch: int) -> ModelStack:
+        """The stack of ``config.slots`` with the config's optimizer and settings."""
+        from tern_jax.train import optim
+
+        mode = config.model_axis
+        if mode == "auto":  # measured here: XLA:CPU runs a vmapped (grouped) conv ~4x slower
+            mode = "unroll" if jax.default_backend() == "cpu" else "vmap"
+        schedule = optim.make_schedule(config, steps_per_epoch)
+        return cls(task, config.slots, optim.make_optimizer(config, schedule), mode,
+                   config.distill_weight, config.distill_temperature,
+                   optim.make_threshold_warmup(config, steps_per_epoch), schedule)
+
+    def restart_optimizer(self, params, batch_stats) -> TrainState:
+        """A state from given weights with fresh optimizer states (warm starts)."""
+        opt_state = jax.jit(jax.vmap(self.tx.init))(params)
+        return TrainState(params, batch_stats, opt_state)

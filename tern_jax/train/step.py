@@ -1,0 +1,90 @@
+"""The train step and the eval step: pure functions of a model stack, a state and a batch.
+
+Both are module-level functions of ``(stack, state, batch, ...)`` with :class:`ModelStack`
+static, so the loop, the tests and the benchmarks jit the same code::
+
+    train = jax.jit(functools.partial(train_step, stack), donate_argnums=0)
+    state, metrics = train(state, batch, step)
+
+A training batch carries the model axis: every leaf is ``(num_models, batch, ...)`` (models of
+one seed see the same examples); an evaluation batch has no model axis, since every model is
+scored on the same examples.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tern_jax.train.stack import ModelStack, TrainState
+
+__all__ = ["train_step", "eval_step", "zero_fractions"]
+
+
+def _distillation(stack: ModelStack, logits: jax.Array) -> jax.Array:
+    """``KL(softmax(teacher/T) ‖ softmax(student/T))`` per model, averaged over the batch."""
+    t = stack.distill_temperature
+    teacher = jax.lax.stop_gradient(logits[stack.teacher_index]) / t
+    kl = jnp.sum(jax.nn.softmax(teacher) * (jax.nn.log_softmax(teacher)
+                                            - jax.nn.log_softmax(logits / t)), -1)
+    return jnp.mean(kl.reshape(kl.shape[0], -1), axis=-1)
+
+
+def train_step(stack: ModelStack, state: TrainState, batch: dict, step: jax.Array):
+    """One optimizer step of every model; returns ``(state, {"loss": (M,), ...})``.
+
+    ``loss`` is the task's loss (without the distillation term), the other metrics are the
+    task's ``train_metrics``, each one value per model. ``step`` is the global step (it sets
+    the threshold warm-up factor).
+    """
+    threshold_scale = None if stack.threshold_warmup is None else stack.threshold_warmup(step)
+    variant_index = jnp.asarray(stack.variant_index)
+
+    def forward(params, model_state, batch, variant):
+        q = stack.quantize(params, variant, threshold_scale)
+        return stack.task.apply(q, model_state, batch, train=True)
+
+    def total_loss(params):
+        outputs, new_state = stack.over_models(forward)(params, state.batch_stats, batch,
+                                                        variant_index)
+        loss = jax.vmap(stack.task.loss)(outputs, batch)
+        total = loss
+        if stack.teacher_index is not None:
+            t = stack.distill_temperature
+            total = loss + (stack.distill_weight * (t * t) * _distillation(stack, outputs)
+                            * jnp.asarray(stack.is_student))
+        return jnp.sum(total), (loss, outputs, new_state)
+
+    grads, (loss, outputs, new_state) = jax.grad(total_loss, has_aux=True)(state.params)
+    updates, opt_state = jax.vmap(stack.tx.update)(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = jax.vmap(stack.task.train_metrics)(outputs, batch)
+    return TrainState(params, new_state, opt_state), {"loss": loss, **metrics}
+
+
+def eval_step(stack: ModelStack, state: TrainState, batch: dict, mask: jax.Array) -> dict:
+    """Sums over one evaluation batch per model: ``{"loss", "correct", "count"}``, each (M,).
+
+    The full thresholds are used (no warm-up): evaluation scores the model that ships.
+    """
+    def forward(params, model_state, variant):
+        q = stack.quantize(params, variant)
+        outputs, _ = stack.task.apply(q, model_state, batch, train=False)
+        return stack.task.eval_sums(outputs, batch, mask)
+
+    return stack.over_models(forward)(state.params, state.batch_stats,
+                                      jnp.asarray(stack.variant_index))
+
+
+def zero_fractions(stack: ModelStack, state: TrainState) -> jax.Array:
+    """Per model, the fraction of zero weights among those its rules ternarize."""
+    return jax.vmap(stack.zero_fraction)(state.params, jnp.asarray(stack.variant_index))
+
+
+# Handy for tests and notebooks: ``jitted(train_step, stack)``.
+def jitted(fn, stack: ModelStack, **jit_kwargs):
+    """``jax.jit(functools.partial(fn, stack), **jit_kwargs)``."""
+    return jax.jit(functools.partial(fn, stack), **jit_kwargs)

@@ -1,0 +1,117 @@
+"""The task seam: what a learning problem tells the trainer (a batch in, a loss and metrics out).
+
+The trainer (loop, step, run folder) knows nothing of images: it asks a *task* to initialize
+one model's variables, to run it on a batch and to score the outputs. Image classification is
+one task; a language model is another, trained by the same loop.
+
+A task is any object with these members (a :class:`typing.Protocol`, so no base class):
+
+* ``init(key) -> {"params": ..., "batch_stats": ...}``: one model's variables; ``batch_stats``
+  (BatchNorm statistics, ``{}`` for none) is carried as the non-trained *model state*;
+* ``apply(params, model_state, batch, *, train) -> (outputs, new_model_state)``: the forward
+  pass on the (already ternarized) ``params``; ``outputs`` are float32 logits whose last axis
+  is the class (or vocabulary) axis;
+* ``loss(outputs, batch) -> scalar``: the training loss of one model, averaged over the batch;
+* ``train_metrics(outputs, batch) -> {name: scalar}``: reported per training step
+  (``accuracy`` at least);
+* ``eval_sums(outputs, batch, mask) -> {"loss": sum, "correct": sum, "count": sum}``: sums over
+  the examples (or tokens) where ``mask`` is 1, so padded evaluation batches add nothing.
+
+``batch`` is a dict of arrays; the image task reads ``batch["image"]`` and ``batch["label"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["Task", "ImageClassification", "task_for"]
+
+
+class Task(Protocol):
+    """See the module docstring."""
+
+    def init(self, key: jax.Array) -> dict: ...
+
+    def apply(self, params: Any, model_state: dict, batch: dict, *,
+              train: bool) -> tuple[jax.Array, dict]: ...
+
+    def loss(self, outputs: jax.Array, batch: dict) -> jax.Array: ...
+
+    def train_metrics(self, outputs: jax.Array, batch: dict) -> dict: ...
+
+    def eval_sums(self, outputs: jax.Array, batch: dict, mask: jax.Array) -> dict: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageClassification:
+    """Softmax classification of NHWC images by a linen model taking ``train=``.
+
+    uint8 images are normalized with ``mean``/``std`` (in [0, 1] units) inside the step; float
+    images are taken as already normalized.
+    """
+
+    model: Any
+    num_classes: int
+    image_shape: tuple[int, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
+
+    def init(self, key: jax.Array) -> dict:
+        variables = self.model.init(key, jnp.zeros((1, *self.image_shape)), train=False)
+        return {"params": variables["params"],
+                "batch_stats": variables.get("batch_stats", {})}
+
+    def _inputs(self, images: jax.Array) -> jax.Array:
+        if jnp.issubdtype(images.dtype, jnp.floating):
+            return images
+        if self.mean is None or self.std is None:
+            raise ValueError("uint8 images need the dataset's mean and std to be normalized; "
+                             "build the task with mean= and std=")
+        from tern_jax.data.augment import normalize
+
+        return normalize(images, self.mean, self.std)
+
+    def apply(self, params, model_state, batch, *, train):
+        # model_state is the BatchNorm statistics (the linen "batch_stats" collection)
+        variables = {"params": params}
+        if model_state:
+            variables["batch_stats"] = model_state
+        x = self._inputs(batch["image"])
+        if train and model_state:
+            logits, updates = self.model.apply(variables, x, train=True,
+                                               mutable=["batch_stats"])
+            return logits.astype(jnp.float32), updates["batch_stats"]
+        logits = self.model.apply(variables, x, train=train)
+        return logits.astype(jnp.float32), model_state
+
+    def loss(self, outputs, batch):
+        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes),
+                                      self.label_smoothing)
+        return jnp.mean(optax.softmax_cross_entropy(outputs, targets))
+
+    def train_metrics(self, outputs, batch):
+        return {"accuracy": jnp.mean(jnp.argmax(outputs, -1) == batch["label"])}
+
+    def eval_sums(self, outputs, batch, mask):
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["label"])
+        correct = jnp.argmax(outputs, -1) == batch["label"]
+        return {"loss": jnp.sum(ce * mask), "correct": jnp.sum(correct * mask),
+                "count": jnp.sum(mask)}
+
+
+def task_for(config, num_classes: int, image_shape, mean=None, std=None) -> Task:
+    """The task a config trains: image classification with ``config.model``."""
+    import jax.numpy as jnp
+
+    from tern_jax.models import get_model
+
+    model = get_model(config.model, num_classes, dtype=jnp.dtype(config.compute_dtype))
+    return ImageClassification(model, num_classes, tuple(image_shape),
+                               None if mean is None else tuple(mean),
+                               None if std is None else tuple(std), config.label_smoothing)

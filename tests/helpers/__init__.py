@@ -1,0 +1,1 @@
+"""Importable helpers for the tests (run in subprocesses by ``python -c``)."""
