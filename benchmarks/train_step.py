@@ -16,7 +16,7 @@ median of ``--steps`` steps.
 
 Part 2 trains N copies of the network in one program (``jax.vmap`` over a leading model axis
 of params, batch_stats, optimizer state and the batch) and compares its images/s with N times
-the single-model throughput (the plain, un-vmapped step of the same variant, timed in the same
+the single-model throughput (the same step with a model axis of one, timed in the same
 rounds): ``efficiency = images/s(N models) / (N · images/s(1 model)) = t_1 / t_N``; 1.0 means
 the N models cost no more time per step than one.
 
@@ -34,11 +34,9 @@ On CPU the defaults are 2 steps and --models 1,2 (a few minutes on an idle 2-cor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,63 +99,46 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_train_step(model: Any, tx: Any, variant: Variant) -> Callable:
-    """``step(state, x, y) -> (state, loss)`` with ``state = (params, batch_stats, opt_state)``.
+PRESET = {None: "fp", 1: "tern", 2: "tern_t2", 4: "tern_t4"}
 
-    ``loss = mean_i CE(softmax(f(x_i; Q(W))), y_i)``, where ``Q`` is the identity (full
-    precision) or ``tern_jax.quantize_params`` with ``Rule(".*/kernel", t_ex)``; the gradient
-    reaches the latent ``W`` through the straight-through estimator.
+
+def build_stack(task: Any, tx: Any, variant: Variant, models: int = 1) -> Any:
+    """The library's own model stack for ``models`` copies of ``variant`` (seeds 0..N-1).
+
+    The timed function is :func:`tern_jax.train.step.train_step` itself, the step every run
+    trains with: ``loss = mean_i CE(softmax(f(x_i; Q(W))), y_i)`` with ``Q`` the identity (full
+    precision) or the variant's rules, the gradient reaching the latent ``W`` through the
+    straight-through estimator; stacked variants run under ``vmapped_branches``.
     """
-    import jax
-    import optax
+    from tern_jax.train import ModelStack, Slot
 
-    import tern_jax
-    from tern_jax.layers import vmapped_branches
-
-    rules = None if variant.t_ex is None else [tern_jax.Rule(r".*/kernel", t_ex=variant.t_ex)]
-
-    def step(state, x, y):
-        params, batch_stats, opt_state = state
-
-        def loss_fn(p):
-            q = p if rules is None else tern_jax.quantize_params(p, rules, stacked=variant.stacked)
-            # Active while jit traces: stacked kernels run one op per branch.
-            ctx = vmapped_branches() if variant.stacked else contextlib.nullcontext()
-            with ctx:
-                logits, updates = model.apply(
-                    {"params": q, "batch_stats": batch_stats},
-                    x,
-                    train=True,
-                    mutable=["batch_stats"],
-                )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, updates["batch_stats"]
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, batch_stats, opt_state), loss
-
-    return step
+    slots = tuple(Slot(PRESET[variant.t_ex], seed) for seed in range(models))
+    return ModelStack(task, slots, tx, "vmap",
+                      branches="vmapped" if variant.stacked else "folded")
 
 
 class Timed:
-    """A jitted step and its carried state; :meth:`run` returns the median step time."""
+    """A jitted train step and its carried state; :meth:`run` records the median step time."""
 
-    def __init__(self, name: str, step: Callable, state: Any, x: Any, y: Any, images: int):
+    def __init__(self, name: str, stack: Any, batch: Any, images: int):
+        import functools
+
         import jax
 
-        self.name, self.x, self.y, self.images = name, x, y, images
-        self.fn = jax.jit(step, donate_argnums=0)
-        self.state = state
+        from tern_jax.train.step import train_step
+
+        self.name, self.batch, self.images = name, batch, images
+        self.fn = jax.jit(functools.partial(train_step, stack), donate_argnums=0)
+        self.state = stack.init()
+        self.step = jax.numpy.int32(0)
         self.times: list[float] = []  # one median per round
 
     def compile(self) -> float:
         import jax
 
         start = time.perf_counter()
-        self.state, loss = self.fn(self.state, self.x, self.y)  # compile + first step
-        jax.block_until_ready((self.state, loss))
+        self.state, metrics = self.fn(self.state, self.batch, self.step)  # compile + first step
+        jax.block_until_ready((self.state, metrics))
         return time.perf_counter() - start
 
     def run(self, steps: int) -> None:
@@ -166,8 +147,8 @@ class Timed:
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            self.state, loss = self.fn(self.state, self.x, self.y)
-            jax.block_until_ready((self.state, loss))
+            self.state, metrics = self.fn(self.state, self.batch, self.step)
+            jax.block_until_ready((self.state, metrics))
             times.append(time.perf_counter() - start)
         self.times.append(statistics.median(times))
 
@@ -202,41 +183,23 @@ def main(argv: list[str] | None = None) -> None:
         "(min over rounds of the median step)"
     )
 
-    model = get_model("resnet20", 10)
+    from tern_jax.train import ImageClassification
+
+    task = ImageClassification(get_model("resnet20", 10), 10, (32, 32, 3))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     n_max = max([1, *args.models])
-    rng = jax.random.key(0)
-    k_init, k_x, k_y = jax.random.split(rng, 3)
-
-    @jax.jit
-    def init_states(keys):  # N independent initializations in one compiled program
-        def one(key):
-            v = model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
-            return (v["params"], v["batch_stats"], tx.init(v["params"]))
-
-        return jax.vmap(one)(keys)
-
-    states = init_states(jax.random.split(k_init, n_max))
-    xs = jax.random.normal(k_x, (n_max, args.batch, 32, 32, 3), jnp.float32)
-    ys = jax.random.randint(k_y, (n_max, args.batch), 0, 10)
-    take = lambda n: jax.tree_util.tree_map(lambda a: a[:n], states)  # noqa: E731
-    first = lambda: jax.tree_util.tree_map(lambda a: a[0], states)  # noqa: E731
+    k_x, k_y = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(k_x, (n_max, args.batch, 32, 32, 3), jnp.float32)
+    labels = jax.random.randint(k_y, (n_max, args.batch), 0, 10)
+    batch = lambda n: {"image": images[:n], "label": labels[:n]}  # noqa: E731
 
     timed: dict[str, Timed] = {}
     for v in VARIANTS:
-        timed[v.key] = Timed(
-            v.label, build_train_step(model, tx, v), first(), xs[0], ys[0], args.batch
-        )
+        timed[v.key] = Timed(v.label, build_stack(task, tx, v), batch(1), args.batch)
     multi = next(v for v in VARIANTS if v.key == args.multi_variant)
     for n in args.models:
-        timed[f"x{n}"] = Timed(
-            f"{n} x {multi.label}, vmapped",
-            jax.vmap(build_train_step(model, tx, multi)),
-            take(n),
-            xs[:n],
-            ys[:n],
-            n * args.batch,
-        )
+        timed[f"x{n}"] = Timed(f"{n} x {multi.label}, vmapped", build_stack(task, tx, multi, n),
+                               batch(n), n * args.batch)
 
     for t in timed.values():
         print(f"  compiled + first step {t.name:<32} {t.compile():7.1f} s", flush=True)
@@ -283,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{n:>3}{t.seconds * 1e3:10.2f}{ips:11.0f}{n * single_ips:12.0f}"
                 f"{ips / (n * single_ips):12.3f}{n * single.seconds / t.seconds:19.2f}"
             )
-        print("  1*: the plain (un-vmapped) single-model step")
+        print("  1*: the single-model step (a model axis of one)")
         print("  efficiency = images/s / (N x single); speedup vs N runs = N * t_single / t_N")
 
 

@@ -33,6 +33,11 @@ Edge cases the paper leaves open, defined here:
 * a tensor (or channel) holding NaN or ±Inf gives NaN everywhere in that tensor (channel) and
   a NaN scale, so a training loss turns NaN and the trainer's NaN guard stops with a message
   instead of silently training on garbage.
+
+This file is longer than the project's ~350-line guide on purpose: the public quantizers share
+one checked entry (``_checked``), the quantizer proper (``_levels_and_scales``) and its
+straight-through gradient (``_ternary_stack``), which stay private to one module so that no
+caller can reach the quantizer without its argument checks.
 """
 
 from __future__ import annotations

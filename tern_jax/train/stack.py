@@ -40,10 +40,11 @@ class TrainState:
     opt_state: Any
 
 
-def _apply_rules(params, rules, threshold_scale=None):
+def _apply_rules(params, rules, threshold_scale=None, stacked=False):
     if rules is None:
         return params
-    return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale)
+    return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale,
+                           stacked=stacked)
 
 
 def _zero_fraction(params, rules) -> jax.Array:
@@ -73,6 +74,9 @@ class ModelStack:
         the full-precision model of its seed (weight 0: off).
       threshold_warmup: ``step -> factor`` multiplying every threshold, or ``None``.
       schedule: the learning-rate schedule inside ``tx`` (reported in the metrics), if known.
+      branches: how expanded kernels (``t_ex > 1``) run: ``"folded"``, one op on
+        ``Σ_k Ŵ_k`` (fast), or ``"vmapped"``, the paper's ``Σ_k op(x, Ŵ_k)``, one ternary op
+        per branch (:func:`tern_jax.layers.vmapped_branches`); the same function.
     """
 
     task: Task
@@ -83,12 +87,15 @@ class ModelStack:
     distill_temperature: float = 4.0
     threshold_warmup: Any = None
     schedule: Any = None
+    branches: str = "folded"
 
     def __post_init__(self):
         if self.model_axis not in ("vmap", "unroll"):
             raise ValueError(f"model_axis must be 'vmap' or 'unroll', got {self.model_axis!r}")
         if not self.slots:
             raise ValueError("a model stack needs at least one slot")
+        if self.branches not in ("folded", "vmapped"):
+            raise ValueError(f"branches must be 'folded' or 'vmapped', got {self.branches!r}")
         variants = tuple(dict.fromkeys(s.variant for s in self.slots))
         object.__setattr__(self, "variants", variants)
         object.__setattr__(self, "rule_sets", tuple(variant_rules(v) for v in variants))
@@ -120,11 +127,22 @@ class ModelStack:
     # -- per-model functions --------------------------------------------------------------
     def quantize(self, params, variant, threshold_scale=None):
         """Params as the forward pass of variant number ``variant`` (traced) sees them."""
-        fns = [functools.partial(_apply_rules, rules=r, threshold_scale=threshold_scale)
-               for r in self.rule_sets]
+        stacked = self.branches == "vmapped"
+        fns = [functools.partial(_apply_rules, rules=r, threshold_scale=threshold_scale,
+                                 stacked=stacked) for r in self.rule_sets]
         if len(fns) == 1:
             return fns[0](params)
         return jax.lax.switch(variant, fns, params)
+
+    def apply(self, params, model_state, batch, variant, *, train, threshold_scale=None):
+        """One model's forward pass on its ternarized (per its variant) parameters."""
+        q = self.quantize(params, variant, threshold_scale)
+        if self.branches == "vmapped":
+            from tern_jax.layers import vmapped_branches
+
+            with vmapped_branches():
+                return self.task.apply(q, model_state, batch, train=train)
+        return self.task.apply(q, model_state, batch, train=train)
 
     def zero_fraction(self, params, variant) -> jax.Array:
         """Fraction of zero weights among those the variant's rules ternarize."""

@@ -44,8 +44,8 @@ def train_step(stack: ModelStack, state: TrainState, batch: dict, step: jax.Arra
     variant_index = jnp.asarray(stack.variant_index)
 
     def forward(params, model_state, batch, variant):
-        q = stack.quantize(params, variant, threshold_scale)
-        return stack.task.apply(q, model_state, batch, train=True)
+        return stack.apply(params, model_state, batch, variant, train=True,
+                           threshold_scale=threshold_scale)
 
     def total_loss(params):
         outputs, new_state = stack.over_models(forward)(params, state.batch_stats, batch,
@@ -71,8 +71,7 @@ def eval_step(stack: ModelStack, state: TrainState, batch: dict, mask: jax.Array
     The full thresholds are used (no warm-up): evaluation scores the model that ships.
     """
     def forward(params, model_state, variant):
-        q = stack.quantize(params, variant)
-        outputs, _ = stack.task.apply(q, model_state, batch, train=False)
+        outputs, _ = stack.apply(params, model_state, batch, variant, train=False)
         return stack.task.eval_sums(outputs, batch, mask)
 
     return stack.over_models(forward)(state.params, state.batch_stats,
