@@ -4,9 +4,15 @@ Implements He, Gong & Fan, "Optimize Deep Convolutional Neural Network with Tern
 Weights and High Accuracy" (WACV 2019): statistical weight scaling, whole-network
 ternarization and residual expansion, as pure functions over arrays and parameter pytrees.
 
-Layers of the package, each importing only downward:
-``core`` (arrays) <- ``packing`` <- ``rules`` (pytrees) <- ``summary``, ``checkpoint``
-<- ``models``, ``data`` <- ``train`` <- ``cli``.
+Layers of the package, each importing only downward (checked by ``tests/test_layering.py``):
+
+1. ``core`` (jax only: quantizers, codes, the straight-through gradient); ``packing`` (NumPy);
+   ``_args`` and ``fs`` (argument checks, safe file writes);
+2. ``rules`` (rules over parameter pytrees) <- ``summary``, ``checkpoint``, ``layers``,
+   ``nnx_utils``, ``presets_lm``;
+3. ``models``, ``data`` (models know nothing of ternarization; data knows no model);
+4. ``train`` (configs, the loop, run folders), one concept per module;
+5. ``cli``.
 """
 
 from tern_jax import layers

@@ -1,17 +1,23 @@
 """Packed ternary checkpoints: save a trained model at 1.6-3.2 bits per ternary weight.
 
-Layout (an orbax-checkpoint composite directory):
+Layout (a folder; ``arrays/`` is an orbax-checkpoint PyTree item):
 
 * ``arrays/``: for each ternary tensor its packed uint64 words (:mod:`tern_jax.packing`,
   signed levels shifted to ``[0, 2·t_ex]``) and its float32 scales ``(t_ex, *broadcast)``;
   every other leaf unchanged.
-* ``meta/``: JSON with the format tag, and per leaf its path, shape, dtype, rule (method,
-  thresholds, axis) and a SHA-256 of its stored bytes, so that a corrupt file is caught.
+* ``meta/metadata``: JSON with the format tag; per leaf its path, shape, dtype, rule (method,
+  thresholds, axis) and a SHA-256 of its stored bytes; and the size and SHA-256 of every file
+  the save wrote (``files``), so that a damaged file is named before orbax reads it.
 
 :func:`load_ternary` rebuilds the kernels with :func:`tern_jax.core.dequantize`, the same
 function the training-time forward uses, so logits match the training-time ternarized forward
-bit for bit (same backend). Saving is atomic: the checkpoint is written to a temporary
-sibling and renamed into place, so a crash leaves either the old checkpoint or none.
+bit for bit (same backend).
+
+Saving is atomic and never destroys what it did not write: the checkpoint is written to a
+hidden staging folder beside ``path`` and renamed into place only once complete, and
+``overwrite=True`` replaces only a folder that its own ``meta/metadata`` (and file list)
+identifies as a checkpoint written by :func:`save_ternary`; any other file or folder is refused
+with :class:`tern_jax.fs.NotOwnedError`, untouched.
 """
 
 from __future__ import annotations
@@ -19,21 +25,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tern_jax import core, packing
-from tern_jax.rules import match_params
+from tern_jax import core, fs, packing
+from tern_jax.rules import match_params, path_to_str
 
 __all__ = ["FORMAT", "CheckpointError", "save_ternary", "load_ternary"]
 
 #: Written into every checkpoint's metadata; :func:`load_ternary` refuses anything else.
 FORMAT = "tern_jax.ternary.v1"
+
+META_FILE = "meta/metadata"
+#: What orbax writes at the top of a checkpoint written before the file list existed.
+_LEGACY_TOP_LEVEL = {"arrays", "meta", "_CHECKPOINT_METADATA", "commit_success.txt"}
 
 
 class CheckpointError(ValueError):
@@ -47,6 +55,16 @@ def _digest(*arrays: np.ndarray) -> str:
         h.update(str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _files_under(root: Path) -> list[str]:
+    """Every file (and symlink) below ``root``, as sorted POSIX paths relative to it."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        out += [(base / f).relative_to(root).as_posix() for f in files]
+        out += [(base / d).relative_to(root).as_posix() for d in dirs if (base / d).is_symlink()]
+    return sorted(out)
 
 
 def _key_entry(key):
@@ -75,25 +93,117 @@ def _orbax():
     return ocp
 
 
+def _as_path(path, func: str) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"{func}: path must be a str or os.PathLike folder name, got "
+            f"{type(path).__name__}: {path!r}"
+        )
+    if not str(path).strip():
+        raise ValueError(f"{func}: path is empty; give the checkpoint folder, e.g. 'model_ckpt'")
+    return Path(path).expanduser().absolute()
+
+
+_NUMBER_TYPES = (bool, int, float, np.generic)
+
+
+def _check_leaves(params) -> None:
+    """Every leaf an array (or a number), and at least one leaf."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError(
+            f"save_ternary: params holds no arrays (got an empty {type(params).__name__}); pass "
+            "the model's parameters, e.g. variables['params'] or nnx.state(model, nnx.Param)"
+        )
+    for key_path, leaf in leaves:
+        is_array = isinstance(leaf, (np.ndarray, jax.Array))
+        if not (is_array or isinstance(leaf, _NUMBER_TYPES)) or (
+                is_array and not (jnp.issubdtype(leaf.dtype, jnp.number)
+                                  or jnp.issubdtype(leaf.dtype, jnp.bool_))):
+            what = f"an array of dtype {leaf.dtype}" if is_array else type(leaf).__name__
+            raise TypeError(
+                f"save_ternary: params leaf {path_to_str(key_path)!r} is {what} "
+                f"({leaf!r:.60}); a checkpoint stores numeric arrays only: remove it from the "
+                "tree or convert it with jnp.asarray"
+            )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """True when ``path`` holds only what :func:`save_ternary` wrote, per its own metadata."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return False
+    present = set(_files_under(path)) - {META_FILE}
+    listed = meta.get("files")
+    if isinstance(listed, dict):
+        return present <= set(listed)
+    # A checkpoint written before the file list: orbax's own entries only at the top.
+    top = {p.name for p in path.iterdir()}
+    return top <= _LEGACY_TOP_LEVEL and (path / "arrays").is_dir()
+
+
+def _writable_parent(path: Path) -> None:
+    """Refuses a path whose nearest existing ancestor is a file or cannot be written."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"save_ternary: cannot create {path}: {ancestor} is a file, not a folder; choose "
+            "a path inside a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"save_ternary: cannot create {path}: the folder {ancestor} is not writable; "
+            "choose a folder you can write to"
+        )
+
+
 def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="warn") -> Path:
     """Writes ``params`` with rule-matched tensors packed densely; returns the path.
 
     Args:
-      path: a directory to create. An existing path is an error unless ``overwrite=True``
-        (then it is replaced only after the new checkpoint is complete).
-      params: a parameter pytree (linen ``params`` dict, ``nnx.State``, nested dicts). An
-        ``nnx.State`` is stored as its pure dict (``nnx.replace_by_pure_dict`` puts it back).
+      path: a folder to create (``str`` or ``os.PathLike``; ``~`` is expanded). An existing
+        path is an error unless ``overwrite=True``, and even then only a checkpoint that
+        ``save_ternary`` wrote (recognized by its ``meta/metadata``) is replaced, once the new
+        one is complete; any other file or folder is left untouched.
+      params: a parameter pytree (linen ``params`` dict, ``nnx.State``, nested dicts) whose
+        leaves are numeric arrays. An ``nnx.State`` is stored as its pure dict
+        (``nnx.replace_by_pure_dict`` puts it back).
       rules: the rules the model was trained with (``None``: :data:`tern_jax.DEFAULT_RULES`).
+      overwrite: replace an existing checkpoint written by ``save_ternary``.
+      unused: what to do about rules that match no parameter (see :func:`match_params`).
 
-    Raises ``FileExistsError`` for an existing path, ``ValueError`` naming the parameter for
-    NaN or Inf values, before anything is written.
+    Raises, before anything is written: ``TypeError`` for a path that is not a str/PathLike,
+    a non-bool ``overwrite`` or a leaf that is not a numeric array (naming the leaf);
+    ``ValueError`` for an empty tree or NaN/Inf values (naming the parameter);
+    ``FileExistsError`` for an existing path without ``overwrite=True``;
+    :class:`tern_jax.fs.NotOwnedError` (a ``FileExistsError``) for an existing path that is
+    not a ``save_ternary`` checkpoint; ``NotADirectoryError``/``PermissionError`` naming
+    ``path`` when it cannot be created.
     """
-    path = Path(path).absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True to replace it or choose a new path"
-        )
+    path = _as_path(path, "save_ternary")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"save_ternary: overwrite must be True or False, got {overwrite!r}")
     params = _to_plain(params)
+    if params is None or isinstance(params, (str, bytes)) or hasattr(params, "shape"):
+        raise TypeError(
+            f"save_ternary: params must be a parameter pytree (a dict such as "
+            f"variables['params'], an nnx.State, ...), got {type(params).__name__}"
+        )
+    _check_leaves(params)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True to replace it or choose a new path"
+            )
+        fs.check_replaceable(path, _is_checkpoint, "a ternary checkpoint (save_ternary)")
+    _writable_parent(path)
     matches, _ = match_params(params, rules, unused=unused)
     key_paths = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for m in matches:
@@ -127,29 +237,28 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
             entry |= {"kind": "dense", "shape": list(value.shape), "dtype": str(value.dtype),
                       "sha256": _digest(value)}
         leaves_meta.append(entry)
-    meta = {"format": FORMAT, "leaves": leaves_meta}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = fs.staging_dir(path)
+    except OSError as e:
+        raise type(e)(f"save_ternary: cannot create {path}: {e.strerror or e}") from e
     target = staging / "ckpt"
     try:
         ocp = _orbax()
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            ckptr.save(
-                target,
-                ocp.args.Composite(
-                    arrays=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta)
-                ),
-            )
-        backup = None
-        if path.exists():
-            backup = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, backup)
-        os.replace(target, path)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+            ckptr.save(target, ocp.args.Composite(arrays=ocp.args.PyTreeSave(arrays)))
+        files = {name: {"size": (target / name).stat().st_size,
+                        "sha256": fs.file_digest(target / name)}
+                 for name in _files_under(target)}
+        meta = {"format": FORMAT, "leaves": leaves_meta, "files": files}
+        (target / "meta").mkdir()
+        fs.write_text_atomic(target / META_FILE, json.dumps(meta))
+        fs.swap_in(target, path, staging)
+    except OSError as e:
+        raise type(e)(f"save_ternary: could not write {path}: {e.strerror or e}") from e
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        fs.remove_tree(staging)
     return path
 
 
@@ -160,8 +269,12 @@ def _insert(tree: dict, keys, value):
     node[keys[-1][1]] = value
 
 
+_LEAF_KEYS = {"ternary": ("name", "path", "keys", "shape", "dtype", "sha256", "levels", "t_ex"),
+              "dense": ("name", "path", "keys", "shape", "dtype", "sha256")}
+
+
 def _read_meta(path: Path) -> dict:
-    meta_file = path / "meta" / "metadata"
+    meta_file = path / META_FILE
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; give the folder save_ternary wrote")
     if not meta_file.is_file():
@@ -179,7 +292,44 @@ def _read_meta(path: Path) -> dict:
             f"{path} has format {found!r}, expected {FORMAT!r}; it was not written by this "
             "version's save_ternary"
         )
+    leaves = meta.get("leaves")
+    ok = isinstance(leaves, list) and all(
+        isinstance(e, dict) and e.get("kind") in _LEAF_KEYS
+        and all(k in e for k in _LEAF_KEYS[e["kind"]]) for e in leaves)
+    if not ok or not isinstance(meta.get("files", {}), dict):
+        raise CheckpointError(f"{meta_file} is corrupt (its leaf list is malformed); the "
+                              "checkpoint cannot be read")
     return meta
+
+
+def _verify_files(path: Path, files: dict) -> None:
+    """Names the first file that is missing or differs from what the save wrote."""
+    for name, expected in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing; the checkpoint {path} is incomplete")
+        size = file.stat().st_size
+        if size != expected.get("size") or fs.file_digest(file) != expected.get("sha256"):
+            how = (f"{size} bytes, expected {expected.get('size')}"
+                   if size != expected.get("size") else "fails its SHA-256 check")
+            raise CheckpointError(f"{file} is damaged ({how}); the checkpoint {path} cannot "
+                                  "be loaded. Save it again or restore it from a copy")
+
+
+def _check_dtype(dtype):
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"load_ternary: dtype must be a floating dtype such as jnp.float32 or "
+                        f"jnp.bfloat16 (or None), got {dtype!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"load_ternary: dtype must be a floating dtype such as jnp.float32 or jnp.bfloat16 "
+            f"(or None for the saved dtypes), got {dt}: the weights are scaled reals"
+        )
+    return dt
 
 
 def load_ternary(path, *, dtype=None):
@@ -187,22 +337,29 @@ def load_ternary(path, *, dtype=None):
 
     Ternary tensors come back dequantized (``Σ_k α_k·c_k`` in their original dtype, or
     ``dtype`` if given) so the pytree drops into ``model.apply`` unchanged; other leaves come
-    back as saved. Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign
-    checkpoint, naming the problem.
+    back as saved (floating ones cast to ``dtype`` if given).
+
+    Raises ``TypeError`` for a path that is not a str/PathLike or a ``dtype`` that is not a
+    dtype, ``ValueError`` for a non-floating ``dtype`` (e.g. ``jnp.int8``), and
+    :class:`CheckpointError` for a missing, truncated, corrupt or foreign checkpoint, naming the
+    damaged file (without the storage library's own tracebacks).
     """
-    path = Path(path).absolute()
+    path = _as_path(path, "load_ternary")
+    dtype = _check_dtype(dtype)
     meta = _read_meta(path)
+    if "files" in meta:
+        _verify_files(path, meta["files"])
     ocp = _orbax()
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        with fs.quiet_libraries(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(
                 path, ocp.args.Composite(arrays=ocp.args.PyTreeRestore())
             )["arrays"]
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(
-            f"{path}: the array data cannot be read ({type(e).__name__}: {e}); the checkpoint is "
-            "truncated or corrupt"
-        ) from e
+            f"{path / 'arrays'}: the array data cannot be read ({fs.error_summary(e)}); the "
+            "checkpoint is truncated or corrupt"
+        ) from None
     tree: dict = {}
     for entry in meta["leaves"]:
         name = entry["name"]

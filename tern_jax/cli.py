@@ -4,10 +4,17 @@ Subcommands::
 
     tern-jax quickstart [--workdir DIR]              offline digits demo, full precision vs ternary
     tern-jax train --config PATH|quickstart --workdir DIR [--set field=value ...] [--resume]
+                   [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]
     tern-jax eval --workdir DIR                      test accuracy of a run's last checkpoint
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
+    tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
     tern-jax summary --model resnet20 [--variant tern_t2]         size/sparsity table
     tern-jax plot RUN_DIR [RUN_DIR ...] --out curves.png          training curves
+
+Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
+2 and one line on stderr (``tern-jax: error: ...``); ``--debug`` shows the traceback instead.
+Nothing the command line did not write is replaced: a new run's ``--workdir`` must be new,
+empty or an earlier run's folder, and plots and exports never overwrite a user's file.
 """
 
 from __future__ import annotations
@@ -16,19 +23,95 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
+
+#: What a run folder may hold besides its config.json (all written by tern-jax).
+_PLOT_WHAT = "a plot (tern-jax plot)"
+
+
+class UsageError(ValueError):
+    """A wrong flag or path on the command line (exit status 2)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _check_training_workdir(workdir: str) -> None:
+    """A new run goes into a new or empty folder, or into an earlier run's folder."""
+    from tern_jax.train.run_folder import RunFolder
+
+    try:
+        RunFolder(Path(workdir).expanduser()).check_trainable()
+    except FileExistsError as e:
+        raise UsageError(f"--{e}") from None
+
+
+def _check_run_workdir(workdir: str) -> None:
+    """An existing run's folder (eval, export)."""
+    path = Path(workdir).expanduser()
+    if not path.exists():
+        raise UsageError(f"--workdir {path} does not exist; give the folder of a training run")
+    if not path.is_dir():
+        raise UsageError(f"--workdir {path} is a file; give the folder of a training run")
+
+
+def _check_data_dir(config) -> None:
+    """The data folder the config names exists and is a folder (its content: the loader)."""
+    if config.data_dir is None or config.dataset == "digits":
+        return
+    path = Path(config.data_dir).expanduser()
+    if not path.exists():
+        raise UsageError(f"data_dir {path} does not exist; pass --set data_dir=FOLDER holding "
+                         f"the {config.dataset} data")
+    if not path.is_dir():
+        raise UsageError(f"data_dir {path} is a file; pass --set data_dir=FOLDER holding the "
+                         f"{config.dataset} data")
+
+
+def _check_plot_out(out) -> None:
+    from tern_jax import fs
+
+    fs.check_replaceable(Path(out).expanduser(), fs.owned_file, _PLOT_WHAT)
+
+
+def _needs_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("plotting needs matplotlib, which is not installed: pip install "
+                         "'tern-jax[plot]' (or pip install matplotlib)") from None
 
 
 def _train(args) -> int:
     from tern_jax.train import load_config, override, run
 
     config = override(load_config(args.config), args.set or [])
-    if args.distributed:
-        import jax
+    joined = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(a is not None for a in joined):
+        from tern_jax.train import distributed
 
-        jax.distributed.initialize()
-    run(config, args.workdir, resume=args.resume)
+        distributed.initialize(*joined, timeout=args.init_timeout)
+        with distributed.failures_end_the_job():
+            return _train_checked(args, config, run, main=distributed.is_main())
+    return _train_checked(args, config, run)
+
+
+def _train_checked(args, config, run, main: bool = True) -> int:
+    _check_training_workdir(args.workdir)
+    _check_data_dir(config)
     if args.plot:
+        _needs_matplotlib()
+        _check_plot_out(Path(args.workdir) / "curves.png")
+    run(config, args.workdir, resume=args.resume)
+    if args.plot and main:
         from tern_jax.train.metrics import plot_runs
 
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
@@ -40,6 +123,7 @@ def _quickstart(args) -> int:
     from tern_jax.train import latest_checkpoint, quickstart_config, train_and_evaluate
 
     workdir = Path(args.workdir)
+    _check_training_workdir(args.workdir)
     resume = latest_checkpoint(workdir) is not None
     if resume:
         print(f"{workdir} holds an earlier quickstart run; continuing it (delete it to start over)")
@@ -53,6 +137,7 @@ def _quickstart(args) -> int:
 def _eval(args) -> int:
     from tern_jax.train import Trainer, restore_run
 
+    _check_run_workdir(args.workdir)
     restored = restore_run(args.workdir, args.epoch)
     trainer = Trainer(restored.config)
     result = trainer.evaluate(trainer.place(restored.state))
@@ -67,20 +152,17 @@ def _export(args) -> int:
     import jax
 
     import tern_jax
-    from tern_jax.train import Slot, restore_run
+    from tern_jax.train import restore_run
     from tern_jax.train.config import variant_rules
 
+    _check_run_workdir(args.workdir)
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out} already exists; pass --overwrite to replace an earlier "
+                         "export, or choose a new path")
     restored = restore_run(args.workdir, args.epoch)
-    slots = restored.config.slots
-    names = [s.name for s in slots]
-    try:
-        slot = Slot.parse(args.model)
-    except ValueError as e:
-        raise ValueError(f"{e}; choose one of {names}") from None
-    if slot not in slots:
-        raise ValueError(f"no model {args.model!r} in {args.workdir}; choose one of {names}")
-    i = slots.index(slot)
-    rules = variant_rules(slot.variant) or ()
+    slot, i = _pick_model(restored, args.model, args.workdir)
+    rules = variant_rules(slot.variant, restored.config.model) or ()
     params = jax.tree.map(lambda a: a[i], restored.state.params)
     stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
@@ -94,6 +176,56 @@ def _export(args) -> int:
     return 0
 
 
+def _pick_model(restored, name: str, workdir):
+    """The :class:`Slot` named ``name`` (``tern/seed0``) in a restored run, and its index."""
+    from tern_jax.train import Slot
+
+    slots = restored.config.slots
+    names = [s.name for s in slots]
+    try:
+        slot = Slot.parse(name)
+    except ValueError as e:
+        raise ValueError(f"{e}; choose one of {names}") from None
+    if slot not in slots:
+        raise ValueError(f"no model {name!r} in {workdir}; choose one of {names}")
+    return slot, slots.index(slot)
+
+
+def _sample(args) -> int:
+    import jax
+    from flax import nnx
+
+    import tern_jax
+    from tern_jax.models.transformer import Transformer, generate
+    from tern_jax.nnx_utils import with_params
+    from tern_jax.train import restore_run
+    from tern_jax.train.config import is_language_model, variant_rules
+    from tern_jax.train.language_model import model_config
+    from tern_jax.train.run_folder import RunFolder, final_stage
+
+    _check_run_workdir(args.workdir)
+    saved = final_stage(RunFolder(args.workdir)).read_config()
+    if saved is not None and not is_language_model(saved.model):
+        raise UsageError(f"{args.workdir} trained {saved.model!r}, an image model; sample needs "
+                         "the run of a language model (model='transformer_*')")
+    restored = restore_run(args.workdir, args.epoch)
+    config = restored.config
+    slot, i = _pick_model(restored, args.model, args.workdir)
+    if args.packed is not None:  # the weights of `tern-jax export`, dequantized
+        params = tern_jax.load_ternary(args.packed)["params"]
+    else:  # the run's latent weights, ternarized by the variant's rules
+        params = jax.tree.map(lambda a: a[i], restored.state.params)
+        rules = variant_rules(slot.variant, config.model)
+        if rules is not None:
+            params = tern_jax.quantize_params(params, rules, unused="ignore")
+    model = nnx.eval_shape(lambda: Transformer(model_config(config), rngs=nnx.Rngs(0)))
+    prompt = args.prompt.encode("utf-8")
+    text = generate(with_params(model, params), prompt, steps=args.steps,
+                    key=jax.random.key(args.seed), temperature=args.temperature)
+    print((prompt + text).decode("utf-8", errors="replace"))
+    return 0
+
+
 def _summary(args) -> int:
     import jax
     import jax.numpy as jnp
@@ -102,13 +234,13 @@ def _summary(args) -> int:
     from tern_jax.models import get_model
     from tern_jax.train.config import variant_rules
 
+    rules = variant_rules(args.variant)  # an unknown variant fails before any model is built
     model = get_model(args.model, args.num_classes)
     size = args.image_size
     shape = (1, size, size, args.channels)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
     params = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05,
                           variables["params"])
-    rules = variant_rules(args.variant)
     if rules is None:
         rules = [tern_jax.Rule(".*", None)]
     tern_jax.summary(params, rules, unused="ignore")
@@ -118,20 +250,43 @@ def _summary(args) -> int:
 def _plot(args) -> int:
     from tern_jax.train.metrics import plot_runs
 
+    _needs_matplotlib()
+    for run in args.runs:
+        path = Path(run).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"run folder {path} does not exist; give the --workdir of a "
+                             "training run" if not path.exists() else
+                             f"run folder {path} is a file; give the --workdir of a training run")
+    _check_plot_out(args.out)
     out = plot_runs(args.runs, args.out, title=args.title)
     print(f"wrote {out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tern-jax", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``tern-jax train: error: ...``), exit status 2."""
 
-    p = sub.add_parser("quickstart", help="offline demo on scikit-learn's digits")
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = add("quickstart", help="offline demo on scikit-learn's digits")
     p.add_argument("--workdir", default="runs/quickstart")
     p.set_defaults(fn=_quickstart)
 
-    p = sub.add_parser("train", help="train the models of a config")
+    p = add("train", help="train the models of a config")
     p.add_argument("--config", default="quickstart",
                    help="path to a Python file with get_config(), or 'quickstart'")
     p.add_argument("--workdir", required=True)
@@ -139,32 +294,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set epochs=10 --set seeds=0,1")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
+                   help="join a multi-host job detected by JAX (TPU pod slice, Slurm)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: address of process 0, which serves the coordinator")
+    p.add_argument("--num_processes", type=_positive_int, default=None,
+                   help="multi-host: processes in the job (one per host)")
+    p.add_argument("--process_id", type=int, default=None,
+                   help="multi-host: this process, 0 .. num_processes-1")
+    p.add_argument("--init_timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="multi-host: time for every process to reach the coordinator")
     p.add_argument("--plot", action="store_true", help="write curves.png into the workdir")
     p.set_defaults(fn=_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set")
+    p = add("eval", help="evaluate a run's checkpoint on the test set")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--epoch", type=int, default=None)
+    p.add_argument("--epoch", type=_positive_int, default=None)
     p.set_defaults(fn=_eval)
 
-    p = sub.add_parser("export", help="write one model as a packed ternary checkpoint")
+    p = add("export", help="write one model as a packed ternary checkpoint")
     p.add_argument("--workdir", required=True)
     p.add_argument("--model", required=True, help="e.g. tern/seed0")
     p.add_argument("--out", required=True)
-    p.add_argument("--epoch", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--epoch", type=_positive_int, default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export (never anything else)")
     p.set_defaults(fn=_export)
 
-    p = sub.add_parser("summary", help="size/sparsity table of a model under a variant")
+    p = add("sample", help="generate text with a trained language model")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--model", required=True, help="e.g. tern/seed0")
+    p.add_argument("--prompt", default="def ")
+    p.add_argument("--steps", type=_positive_int, default=200, help="bytes to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely byte")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--epoch", type=_positive_int, default=None)
+    p.add_argument("--packed", default=None,
+                   help="sample from this packed checkpoint (tern-jax export) of the model")
+    p.set_defaults(fn=_sample)
+
+    p = add("summary", help="size/sparsity table of a model under a variant")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--variant", default="tern")
-    p.add_argument("--num_classes", type=int, default=10)
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--num_classes", type=_positive_int, default=10)
+    p.add_argument("--image_size", type=_positive_int, default=32)
+    p.add_argument("--channels", type=_positive_int, default=3)
     p.set_defaults(fn=_summary)
 
-    p = sub.add_parser("plot", help="plot the curves of one or more runs to PNG")
+    p = add("plot", help="plot the curves of one or more runs to PNG")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default=None)
@@ -172,17 +348,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
-    from tern_jax.train import CheckpointDamaged, TrainingDiverged
+def _one_line(error: BaseException) -> str:
+    """The error as one line: a multi-line message is joined, a how-to list dropped."""
+    from tern_jax.data import DataNotFoundError
 
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("To provide"):
+            lines = lines[:i]
+            break
+    text = " ".join(lines) or type(error).__name__
+    if isinstance(error, DataNotFoundError):
+        text += " Pass --set data_dir=FOLDER (see help(tern_jax.data.load_dataset))"
+    return text
+
+
+def main(argv=None) -> int:
+    """Runs the command line; returns the exit status (2: a wrong flag, path or field)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else 2
+    debug = getattr(args, "debug", False)
+    with warnings.catch_warnings():
+        if not debug:  # a warning is one line too (the damaged-checkpoint fallback, ...)
+            warnings.showwarning = _one_line_warning
+        return _run(args, debug)
+
+
+def _run(args, debug: bool) -> int:
+    """Runs the subcommand; every error ends as one line (exit 2, 3 or 1) unless ``debug``."""
     try:
         return args.fn(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged,
-            CheckpointDamaged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3 if isinstance(e, TrainingDiverged) else 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        where = _process_prefix()
+        print(f"tern-jax: {where}interrupted", file=sys.stderr)
+        if where:  # the other processes stopped too (failures_end_the_job)
+            from tern_jax.train.distributed import exit_after_failure
+
+            exit_after_failure(130)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error ends as one line unless --debug
+        if debug:
+            raise
+        from tern_jax.train import CheckpointDamaged, TrainingDiverged
+
+        where = _process_prefix()
+        if isinstance(e, TrainingDiverged):
+            status = 3
+        elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged)):
+            status = 2
+        else:
+            status = 1
+            print(f"tern-jax: internal error: {where}{type(e).__name__}: {_one_line(e)} (rerun "
+                  "with --debug for the traceback and report it)", file=sys.stderr)
+        if status != 1:
+            print(f"tern-jax: error: {where}{_one_line(e)}", file=sys.stderr)
+        if where:  # a multi-process job: the others stopped; skip JAX's shutdown barrier
+            from tern_jax.train.distributed import exit_after_failure
+
+            exit_after_failure(status)
+        return status
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tern-jax: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _process_prefix() -> str:
+    """``"process N: "`` in a job of several processes, else ``""``."""
+    if "jax" not in sys.modules:
+        return ""
+    from tern_jax.train.distributed import in_job
+
+    if not in_job():
+        return ""
+    import jax
+
+    return f"process {jax.process_index()}: "
 
 
 if __name__ == "__main__":

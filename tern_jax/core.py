@@ -25,7 +25,8 @@ the levels.
 
 Scales are per tensor (``axis=None``, the paper) or per channel: ``axis`` names the axis (or
 axes) that keep their own ``Δ``/``α``, e.g. ``-1`` for the output channels of a Flax kernel or
-``(1, 2)`` for one scale per head of an attention kernel ``(d_model, heads, head_dim)``.
+``1`` for one scale per head of an attention kernel ``(d_model, heads, head_dim)``, or
+``(1, 2)`` for one per output feature (head, feature) of that kernel.
 
 Edge cases the paper leaves open, defined here:
 
@@ -219,7 +220,7 @@ def normalize_axis(axis, ndim: int | None = None) -> int | tuple[int, ...] | Non
         raise TypeError(
             f"axis must be None, an int or a tuple of ints, got {axis!r}; pass the "
             "output-channel axis (-1 for Flax Conv/Dense kernels), a tuple such as (1, 2) for "
-            "one scale per head, or None for one scale per tensor"
+            "one scale per (head, feature) of an attention kernel, or None for one per tensor"
         )
     if ndim is None:
         return int(axes[0]) if len(axes) == 1 else tuple(int(a) for a in axes)
@@ -399,6 +400,10 @@ def decode(codes: TernaryCodes, dtype=jnp.float32, *, fold: bool = True) -> jax.
     if not isinstance(codes, tuple) or len(codes) != 2:
         raise TypeError(f"codes must be a TernaryCodes(levels, scales), got "
                         f"{type(codes).__name__}; make one with tern_jax.encode(w)")
+    for name, value in zip(("levels", "scales"), codes):
+        if value is None or isinstance(value, (str, bytes, bool)):
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}; make the "
+                            "codes with tern_jax.encode(w)")
     levels = jnp.asarray(codes[0])
     scales = jnp.asarray(codes[1], jnp.float32)
     if not jnp.issubdtype(levels.dtype, jnp.integer):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,9 @@ from tern_jax._args import check_path
 
 __all__ = [
     "NotOwnedError",
+    "error_summary",
+    "file_digest",
+    "quiet_libraries",
     "MANIFEST",
     "check_replaceable",
     "owned_file",
@@ -154,8 +158,9 @@ def remove_tree(path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``sha256``, or any ``hashlib`` name such as ``md5``)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -183,7 +188,7 @@ def owned_file(path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     expected = _read_manifest(path.parent).get(path.name)
-    return expected is not None and expected == _sha256(path)
+    return expected is not None and expected == file_digest(path)
 
 
 def write_owned_bytes(path, data: bytes, *, what: str = "an output file") -> Path:
@@ -208,3 +213,25 @@ def write_owned_text(path, text: str, *, what: str = "an output file") -> Path:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return write_owned_bytes(path, text.encode("utf-8"), what=what)
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keeps orbax/absl from logging their own view of an error that tern_jax reports itself."""
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "orbax.checkpoint")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def error_summary(error: BaseException) -> str:
+    """``Type: first line`` of a library error, without tensorstore's long spec dump."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text.split(" [tensorstore_spec=")[0]
+    return f"{type(error).__name__}: {text[:300]}"

@@ -99,7 +99,13 @@ def expected_kernel_rank(module: nn.Module) -> int | None:
 
     ``None`` for layers outside :data:`SUPPORTED_LAYERS`, for subclasses that override
     ``__call__``, and for layers given a custom ``dot_general``/``conv_general_dilated``.
+    Raises ``TypeError`` when ``module`` is not a linen module instance.
     """
+    if not isinstance(module, nn.Module):
+        what = f"the class {module.__name__}" if isinstance(module, type) else (
+            f"{type(module).__name__} {module!r:.40}")
+        raise TypeError(f"expected_kernel_rank: module must be a flax.linen Module instance "
+                        f"such as nn.Dense(4), got {what}")
     for cls in type(module).__mro__:
         rank_fn = SUPPORTED_LAYERS.get(cls)
         if rank_fn is not None:

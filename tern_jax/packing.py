@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from tern_jax._args import check_int
+
 __all__ = ["values_per_word", "bits_per_weight", "pack", "unpack", "packed_nbytes"]
 
 _WORD_BITS = 64
+#: The largest alphabet: :func:`unpack` returns the codes as uint16.
+MAX_LEVELS = 2**16
+
+
+def _levels(levels, func: str) -> int:
+    return check_int(levels, "levels", func, minimum=2, maximum=MAX_LEVELS)
 
 
 def values_per_word(levels: int) -> int:
-    """The largest ``k`` with ``levels**k <= 2**64``: how many codes one uint64 word holds."""
-    if not isinstance(levels, (int, np.integer)) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    """The largest ``k`` with ``levels**k <= 2**64``: how many codes one uint64 word holds.
+
+    ``levels`` is an integer in ``[2, 65536]`` (``2·t_ex + 1`` for a ternary layer).
+    """
+    levels = _levels(levels, "values_per_word")
     k = 0
     while int(levels) ** (k + 1) <= 2**_WORD_BITS:
         k += 1
@@ -39,29 +49,36 @@ def values_per_word(levels: int) -> int:
 
 def bits_per_weight(levels: int) -> float:
     """Storage cost in bits per code for an alphabet of ``levels`` values (``64 / k``)."""
-    return _WORD_BITS / values_per_word(levels)
+    return _WORD_BITS / values_per_word(_levels(levels, "bits_per_weight"))
 
 
 def packed_nbytes(count: int, levels: int) -> int:
-    """Bytes that :func:`pack` uses for ``count`` codes."""
-    k = values_per_word(levels)
-    return 8 * (-(-int(count) // k))
+    """Bytes that :func:`pack` uses for ``count`` codes (an integer >= 0)."""
+    count = check_int(count, "count", "packed_nbytes", minimum=0)
+    k = values_per_word(_levels(levels, "packed_nbytes"))
+    return 8 * (-(-count // k))
 
 
 def pack(values: np.ndarray, levels: int) -> np.ndarray:
     """Packs integer codes in ``[0, levels)`` (any shape) into a flat uint64 array.
 
     The shape is not stored: keep it beside the words and give ``count`` to :func:`unpack`.
+    ``values`` is an integer array (NumPy, JAX, or a nested list of ints).
     """
+    levels = _levels(levels, "pack")
+    if values is None or isinstance(values, (str, bytes)):
+        raise TypeError(f"pack: values must be an array of integer codes, got "
+                        f"{type(values).__name__}")
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.integer):
-        raise TypeError(f"pack needs integer codes, got dtype {values.dtype}")
+        raise TypeError(f"pack: values must be integer codes (pack needs integer codes), got "
+                        f"dtype {values.dtype}")
     k = values_per_word(levels)
     flat = values.reshape(-1).astype(np.int64)
     if flat.size and (flat.min() < 0 or flat.max() >= levels):
         raise ValueError(
-            f"codes must lie in [0, {levels}); got values in [{flat.min()}, {flat.max()}] "
-            "(shift signed levels by +t_ex first)"
+            f"pack: values must be codes in [0, {levels}), got values in [{flat.min()}, "
+            f"{flat.max()}] (shift signed levels by +t_ex first)"
         )
     n_words = -(-flat.size // k)
     padded = np.zeros(n_words * k, np.uint64)
@@ -77,13 +94,22 @@ def pack(values: np.ndarray, levels: int) -> np.ndarray:
 
 
 def unpack(words: np.ndarray, levels: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack`: the first ``count`` codes as a flat uint8 (or uint16) array."""
+    """Inverse of :func:`pack`: the first ``count`` codes as a flat uint8 (or uint16) array.
+
+    ``words`` is the uint64 array :func:`pack` returned; ``count`` an integer in
+    ``[0, words.size · values_per_word(levels)]``.
+    """
+    levels = _levels(levels, "unpack")
+    count = check_int(count, "count", "unpack", minimum=0)
+    if not (hasattr(words, "dtype") and words.dtype == np.uint64):
+        got = f"dtype {words.dtype}" if hasattr(words, "dtype") else type(words).__name__
+        raise TypeError(f"unpack: words must be the uint64 array pack returned (unpack needs "
+                        f"uint64 words), got {got}")
     words = np.asarray(words)
-    if words.dtype != np.uint64:
-        raise TypeError(f"unpack needs uint64 words, got dtype {words.dtype}")
     k = values_per_word(levels)
-    if count < 0 or count > words.size * k:
-        raise ValueError(f"count={count} does not fit in {words.size} words of {k} codes")
+    if count > words.size * k:
+        raise ValueError(f"unpack: count={count} does not fit in {words.size} words of {k} "
+                         "codes")
     if words.size and levels ** k < 2**_WORD_BITS and words.max() >= np.uint64(levels**k):
         raise ValueError("packed words hold values out of range: the data is corrupt")
     out = np.empty((words.size, k), np.uint8 if levels <= 256 else np.uint16)

@@ -52,8 +52,9 @@ class Rule:
       thresholds: explicit per-branch thresholds, overriding ``threshold``; strictly
         increasing, each in (0, 1); its length sets ``t_ex``.
       axis: ``None`` for one scale per tensor (the paper), or the channel axis for one per
-        channel (``-1`` for Flax kernels), or a tuple of axes, e.g. ``(1, 2)`` for one scale per
-        head of an attention kernel ``(d_model, heads, head_dim)``.
+        channel (``-1`` for Flax kernels), or several axes: for an attention kernel
+        ``(d_model, heads, head_dim)``, ``axis=1`` gives one scale per head and ``(1, 2)`` one
+        per (head, feature) output.
       strict: if ``True`` a matched leaf that is not a float array of rank >= 2 is an error;
         if ``False`` such leaves are passed over (what the default rule does).
     """

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tern_jax import packing
+from tern_jax._args import check_callable
 from tern_jax.rules import match_params
 
 __all__ = ["LayerSummary", "Summary", "summary"]
@@ -156,7 +157,10 @@ def _layer(path, leaf, rule) -> LayerSummary:
         itemsize = np.dtype(leaf.dtype).itemsize if hasattr(leaf, "dtype") else 4
         return LayerSummary(path, shape, dtype, count, None, 0, (), (), 8.0 * itemsize,
                             4 * count, itemsize * count, 0, 0, 0)
-    levels, scales = rule.codes(leaf)
+    try:
+        levels, scales = rule.codes(leaf)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"parameter {path!r}: {e}") from None
     levels = np.asarray(levels)
     scales = np.asarray(scales, np.float32)
     t = rule.t_ex
@@ -185,8 +189,24 @@ def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = prin
     "packed" are what :func:`tern_jax.save_ternary` stores: the codes at
     :func:`tern_jax.packing.bits_per_weight` plus the float32 scales. The table is printed with
     ``print_fn`` (``None`` to stay quiet) and the figures are returned as a :class:`Summary`.
+
+    Raises ``TypeError`` when ``params`` is not a parameter pytree, when one of its leaves is
+    not a numeric array (naming the leaf) or when ``print_fn`` is neither callable nor None.
     """
+    check_callable(print_fn, "print_fn", "summary", optional=True)
     matches, _ = match_params(params, rules, unused=unused)
+    for m in matches:
+        leaf = m.leaf
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+                and (np.issubdtype(np.dtype(leaf.dtype), np.number)
+                     or np.issubdtype(np.dtype(leaf.dtype), np.bool_))):
+            if isinstance(leaf, (bool, int, float, np.generic)):
+                continue  # a number is a 0-d array
+            what = f"dtype {leaf.dtype}" if hasattr(leaf, "dtype") else type(leaf).__name__
+            raise TypeError(
+                f"summary: params leaf {m.path!r} is {what} ({leaf!r:.40}), not a numeric "
+                "array; pass the model's parameters only (e.g. variables['params'])"
+            )
     result = Summary(tuple(_layer(m.path, m.leaf, m.rule) for m in matches))
     if print_fn is not None:
         print_fn(str(result))

@@ -1,5 +1,6 @@
 """Specification of save_ternary / load_ternary: density, exactness, safety."""
 
+import json
 import os
 
 import jax
@@ -150,7 +151,7 @@ def test_truncated_array_data_is_detected(tmp_path, model_and_variables):
     for f in _data_files(path):
         with open(f, "r+b") as fh:
             fh.truncate(os.path.getsize(f) // 2)
-    with pytest.raises(CheckpointError, match="truncated or corrupt|checksum"):
+    with pytest.raises(CheckpointError, match=r"arrays/d/\w+ is damaged \(\d+ bytes, expected"):
         tern_jax.load_ternary(path)
 
 
@@ -162,5 +163,149 @@ def test_flipped_bytes_are_detected(tmp_path, model_and_variables):
         for i in range(len(data) // 3, len(data), 97):
             data[i] ^= 0xFF
         open(f, "wb").write(bytes(data))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"arrays/d/\w+ is damaged \(fails its SHA-256"):
         tern_jax.load_ternary(path)
+
+
+# -- overwrite replaces only what save_ternary wrote ----------------------------------------
+
+
+def _tree_bytes(root):
+    """Every file and folder below ``root`` (itself included) with its bytes."""
+    root = os.fspath(root)
+    if os.path.isfile(root):
+        return {".": open(root, "rb").read()}
+    out = {}
+    for folder, _dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        out[rel + "/"] = None
+        for f in files:
+            out[os.path.join(rel, f)] = open(os.path.join(folder, f), "rb").read()
+    return out
+
+
+def _user_project(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "README.txt").write_text("my notes\n")
+    (project / "src" / "train.py").write_bytes(b"print('hello')\n" * 50)
+    return project
+
+
+def test_overwrite_refuses_a_users_folder_and_leaves_every_byte(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    project = _user_project(tmp_path)
+    before, siblings = _tree_bytes(project), sorted(os.listdir(tmp_path))
+    with pytest.raises(tern_jax.fs.NotOwnedError, match=f"{project} is an existing folder that "
+                       "tern_jax did not write"):
+        tern_jax.save_ternary(project, variables["params"], overwrite=True)
+    assert _tree_bytes(project) == before
+    assert sorted(os.listdir(tmp_path)) == siblings  # no staging or .old file left behind
+
+
+def test_overwrite_refuses_a_plain_file_and_leaves_no_stray_file(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(FileExistsError, match=f"{weights} is an existing file"):
+        tern_jax.save_ternary(weights, variables["params"], overwrite=True)
+    assert weights.read_bytes() == bytes(range(256)) * 4
+    assert os.listdir(tmp_path) == ["weights.bin"]
+
+
+def test_overwrite_refuses_a_checkpoint_holding_a_users_file(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    (path / "meta" / "notes.txt").write_text("accuracy 91.2% on the held-out set")
+    before = _tree_bytes(path)
+    with pytest.raises(tern_jax.fs.NotOwnedError, match="ckpt"):
+        tern_jax.save_ternary(path, variables["params"], overwrite=True)
+    assert _tree_bytes(path) == before
+
+
+def test_overwrite_refuses_a_symlink(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    real = tern_jax.save_ternary(tmp_path / "real", variables["params"])
+    (tmp_path / "link").symlink_to(real)
+    before = _tree_bytes(real)
+    with pytest.raises(tern_jax.fs.NotOwnedError, match="link"):
+        tern_jax.save_ternary(tmp_path / "link", variables["params"], overwrite=True)
+    assert _tree_bytes(real) == before and (tmp_path / "link").is_symlink()
+
+
+def test_overwrite_replaces_its_own_checkpoint_without_leftovers(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    changed = jax.tree.map(lambda a: a + 1.0, variables["params"])
+    tern_jax.save_ternary(path, changed, overwrite=True)
+    np.testing.assert_array_equal(tern_jax.load_ternary(path)["head"]["bias"],
+                                  np.asarray(changed["head"]["bias"]))
+    assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_a_write_that_fails_midway_keeps_the_old_checkpoint(tmp_path, model_and_variables,
+                                                             monkeypatch):
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    before = _tree_bytes(path)
+
+    def disk_full(file, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tern_jax.fs, "write_text_atomic", disk_full)
+    with pytest.raises(OSError, match=f"could not write {path}: No space left"):
+        tern_jax.save_ternary(path, jax.tree.map(lambda a: a + 1.0, variables["params"]),
+                              overwrite=True)
+    assert _tree_bytes(path) == before and os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_a_checkpoint_without_a_file_list_loads_and_is_replaceable(tmp_path,
+                                                                  model_and_variables):
+    # Written before save_ternary recorded its files: recognized by its format tag and
+    # orbax's own top-level entries.
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    meta_file = path / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["files"]
+    meta_file.write_text(json.dumps(meta))
+    expected = tern_jax.load_ternary(path)["conv"]["kernel"]
+    tern_jax.save_ternary(path, variables["params"], overwrite=True)
+    np.testing.assert_array_equal(tern_jax.load_ternary(path)["conv"]["kernel"], expected)
+
+
+def test_a_path_under_a_file_names_the_users_path(tmp_path, model_and_variables):
+    _, variables = model_and_variables
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"cannot create .*afile/sub/ckpt: .*afile is a "
+                       "file, not a folder"):
+        tern_jax.save_ternary(tmp_path / "afile" / "sub" / "ckpt", variables["params"])
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_a_damaged_export_is_one_quiet_error_naming_the_file(tmp_path, model_and_variables,
+                                                              capfd):
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    os.remove(path / "arrays" / "manifest.ocdbt")
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=r"arrays/manifest.ocdbt is missing") as info:
+        tern_jax.load_ternary(path)
+    assert info.value.__cause__ is None
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_an_unwritable_folder_is_named_as_the_user_gave_it(tmp_path, model_and_variables,
+                                                           monkeypatch):
+    # As root every folder is writable, so the refusal is simulated at the permission check.
+    _, variables = model_and_variables
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == os.fspath(
+        readonly) else real_access(p, mode))
+    with pytest.raises(PermissionError, match=f"cannot create {readonly}/ckpt: the folder "
+                       f"{readonly} is not writable"):
+        tern_jax.save_ternary(readonly / "ckpt", variables["params"])
+    assert os.listdir(readonly) == []

@@ -117,10 +117,10 @@ def test_cifar_missing_raises_data_not_found(tmp_path: Path, no_default_places: 
     with pytest.raises(DataNotFoundError) as info:
         load_cifar10(tmp_path / "does-not-exist")
     msg = str(info.value)
-    assert "--data_dir" in msg and "TERN_JAX_DATA_DIR" in msg
+    assert "--set data_dir=" in msg and "--data_dir" not in msg and "TERN_JAX_DATA_DIR" in msg
     assert "cifar-10-python.tar.gz" in msg and "does-not-exist" in msg
     assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(DataNotFoundError, match="--data_dir"):
+    with pytest.raises(DataNotFoundError, match="--set data_dir="):
         load_cifar10()  # nothing in the (patched) usual places, no env var, no tfds
 
 
@@ -187,6 +187,56 @@ def test_download_cifar10_from_local_archive(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_cifar10(out).train_images, images[:10])
     with pytest.raises(ValueError, match="MD5"):
         download_cifar10(tmp_path / "other", url=archive.as_uri(), md5="0" * 32)
+
+
+def _bytes_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_write_cifar_batches_never_replaces_a_users_batch_file(tmp_path: Path) -> None:
+    # A real CIFAR-10 folder (not written by tern_jax) must survive a stray test-data write.
+    real = tmp_path / "cifar-10-batches-py"
+    real.mkdir()
+    (real / "data_batch_1").write_bytes(b"the real 30 MB batch")
+    (real / "readme.html").write_text("<p>CIFAR-10</p>")
+    before = _bytes_of(real)
+    images, labels = _fake_cifar(12)
+    with pytest.raises(FileExistsError, match=r"data_batch_1 is an existing file that tern_jax "
+                       "did not write"):
+        write_cifar_batches(real, images, labels)
+    assert _bytes_of(real) == before
+
+
+def test_write_cifar_batches_rewrites_its_own_folder(tmp_path: Path) -> None:
+    images, labels = _fake_cifar(12)
+    folder = write_cifar_batches(tmp_path / "c", images, labels)
+    write_cifar_batches(folder, images[::-1].copy(), labels[::-1].copy())
+    np.testing.assert_array_equal(load_cifar10(folder).train_images, images[::-1][:10])
+    # a batch the user edited since is no longer ours
+    (folder / "test_batch").write_bytes(b"edited")
+    with pytest.raises(FileExistsError, match="test_batch"):
+        write_cifar_batches(folder, images, labels)
+    assert (folder / "test_batch").read_bytes() == b"edited"
+
+
+def test_missing_data_message_says_what_the_folder_holds(tmp_path: Path,
+                                                         no_default_places: None) -> None:
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "train.csv").write_text("a,b")
+    with pytest.raises(DataNotFoundError, match=r"mydata \(data_dir\): holds no "
+                       r"cifar-10-batches-py/ .*\(it has: train.csv\)"):
+        load_cifar10(tmp_path / "mydata")
+    with pytest.raises(DataNotFoundError, match=r"nope \(data_dir\): does not exist"):
+        load_cifar10(tmp_path / "nope")
+
+
+def test_download_leaves_an_incomplete_folder_alone(tmp_path: Path) -> None:
+    target = tmp_path / "cifar-10-batches-py"
+    target.mkdir()
+    (target / "data_batch_1").write_bytes(b"partial")
+    with pytest.raises(FileExistsError, match="holds no test_batch; it is left untouched"):
+        download_cifar10(tmp_path, url="file:///nonexistent.tar.gz", md5=None)
+    assert _bytes_of(target) == {"data_batch_1": b"partial"}
 
 
 def test_cifar_tfds_source_with_mock() -> None:
@@ -426,25 +476,34 @@ def test_imagenet_without_prepared_data(tmp_path: Path) -> None:
 
 
 def test_imagenet_batches_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batching pipeline on a fake random-access source (no tfds needed)."""
+    """The grain pipeline on a fake random-access source (no tfds needed)."""
     from tern_jax.data import imagenet as inet
 
     examples = [{"image": _jpeg(40 + i, 30, seed=i), "label": i % 7} for i in range(10)]
-    monkeypatch.setattr(inet, "_open_imagenet", lambda split, data_dir: ("random", examples))
-    kw = dict(train=True, seed=3, num_epochs=1, image_size=16, num_workers=3)
+    monkeypatch.setattr(inet, "imagenet_source", lambda split, data_dir: examples)
+    kw = dict(train=True, seed=3, num_epochs=1, image_size=16, num_workers=0, num_threads=3)
     batches = list(imagenet_batches("train", 4, **kw))
     assert len(batches) == 2  # drop remainder in training
     assert batches[0][0].shape == (4, 16, 16, 3) and batches[0][0].dtype == np.float32
     again = list(imagenet_batches("train", 4, **kw))
     np.testing.assert_array_equal(batches[1][0], again[1][0])
     np.testing.assert_array_equal(batches[1][1], again[1][1])
-    evals = list(imagenet_batches("validation", 4, train=False, image_size=16, dtype=np.uint8))
+    evals = list(imagenet_batches("validation", 4, train=False, image_size=16, dtype=np.uint8,
+                                  num_workers=0))
     assert [len(b[1]) for b in evals] == [4, 4, 2] and evals[0][0].dtype == np.uint8
     np.testing.assert_array_equal(np.concatenate([b[1] for b in evals]), [i % 7 for i in range(10)])
-    sharded = list(
-        imagenet_batches("validation", 4, train=False, image_size=16, shard_index=1, num_shards=2)
-    )
-    np.testing.assert_array_equal(sharded[0][1], [1, 3, 5, 0])
+    # eval resizes the shorter side to 16 * 256 / 224 -> 18, then center-crops 16
+    np.testing.assert_array_equal(evals[2][0][1],
+                                  eval_transform(examples[9]["image"], size=16, resize_size=18))
+    # process 1 of 2 reads positions 4..7 of each global batch of 8; the rest is padding
+    sharded = list(imagenet_batches("validation", 4, train=False, image_size=16, shard_index=1,
+                                    num_shards=2, pad_remainder=True, num_workers=0))
+    assert len(sharded) == 2
+    np.testing.assert_array_equal(sharded[0][1], [4, 5, 6, 0])
+    np.testing.assert_array_equal(sharded[0][2], [1, 1, 1, 1])
+    np.testing.assert_array_equal(sharded[1][2], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="pad_remainder"):
+        imagenet_batches("validation", 4, train=False, shard_index=1, num_shards=2)
 
 
 def test_prefetch_to_device() -> None:

@@ -1,4 +1,4 @@
-"""Model zoo: shapes, exact parameter counts, naming, initialisation and BatchNorm state.
+"""Model zoo: shapes, exact parameter counts, naming, initialization and BatchNorm state.
 
 Compilation dominates on CPU, so most structural checks use ``jax.eval_shape`` (no
 computation) and forward passes reuse a few input shapes.
@@ -36,7 +36,7 @@ def _normal(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def _key(seed: int) -> jax.Array:
-    # Initialisers are distribution-agnostic to the PRNG implementation; "rbg" keys compile
+    # Initializers are distribution-agnostic to the PRNG implementation; "rbg" keys compile
     # much faster than the default threefry on CPU, which keeps these tests quick.
     return jax.random.key(seed, impl="rbg")
 
@@ -349,7 +349,7 @@ def test_imagenet_resnet18_forward_and_spatial_sizes() -> None:
 
 
 def test_imagenet_resnet_torchvision_init() -> None:
-    # Check the initialisers on one block only (a full init compiles every layer).
+    # Check the initializers on one block only (a full init compiles every layer).
     block = BasicBlock(128, stride=2, zero_init_residual=True)
     v = _flat(block.init(_key(7), jnp.zeros((1, 8, 8, 64)))["params"])
     k = np.asarray(v["conv2/kernel"])  # kaiming normal, fan_out = 3 * 3 * 128

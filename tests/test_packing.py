@@ -49,7 +49,7 @@ def test_extreme_codes_round_trip(n, levels):
 
 
 def test_out_of_range_codes_are_rejected():
-    with pytest.raises(ValueError, match=r"codes must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"values must be codes in \[0, 3\)"):
         packing.pack(np.array([0, 1, 3]), 3)
     with pytest.raises(ValueError, match="shift signed levels"):
         packing.pack(np.array([-1, 0, 1]), 3)

@@ -101,13 +101,31 @@ def test_resume_after_damage_never_trains_on_it(finished, tmp_path):
     assert list((run / "checkpoints").glob("damaged_2_*"))
 
 
-def test_no_usable_checkpoint_names_the_damage(finished, tmp_path):
+def test_no_usable_checkpoint_names_the_damaged_files(finished, tmp_path):
     run = _copy(finished, tmp_path)
-    for epoch in (1, 2):
-        for path in _array_files(run / "checkpoints" / str(epoch)):
-            _flip_bytes(path)
-    with pytest.raises(CheckpointDamaged, match=r"checkpoints/2.*checkpoints/1"):
+    damaged = []
+    for epoch in (2, 1):
+        path = _array_files(run / "checkpoints" / str(epoch))[0]
+        _flip_bytes(path)
+        damaged.append(str(path))
+    with pytest.raises(CheckpointDamaged) as info:
         restore_run(run)
+    message = str(info.value)
+    assert damaged[0] in message and damaged[1] in message and "SHA-256" in message
+
+
+def test_a_damaged_run_on_the_command_line_warns_in_one_line(finished, tmp_path, capsys):
+    from tern_jax import cli
+
+    run = _copy(finished, tmp_path)
+    path = _array_files(run / "checkpoints" / "2")[0]
+    _flip_bytes(path)
+    assert cli.main(["eval", "--workdir", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1," in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tern-jax: warning: ") and str(path) in lines[0]
+    assert "Traceback" not in captured.err
 
 
 def test_checkpoints_without_integrity_files_load_unverified(finished, tmp_path):
@@ -119,3 +137,20 @@ def test_checkpoints_without_integrity_files_load_unverified(finished, tmp_path)
         restored = restore_run(run)
     assert restored.epoch == 2
     assert any("unverified" in str(w.message) for w in caught)
+
+
+def test_a_new_run_refuses_a_folder_of_unrelated_files_and_leaves_it_untouched(tmp_path):
+    from tern_jax.fs import NotOwnedError
+    from tern_jax.train import run
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"my": "settings"}')
+    (project / "notes.txt").write_bytes(b"\x00precious\xff")
+    before = {p.name: p.read_bytes() for p in project.iterdir()}
+    for train in (train_and_evaluate, run):
+        with pytest.raises(NotOwnedError, match="holds files tern_jax did not write"):
+            train(_config(epochs=1), project, log=lambda *_: None)
+    with pytest.raises(NotOwnedError, match="is a file"):
+        train_and_evaluate(_config(epochs=1), project / "notes.txt", log=lambda *_: None)
+    assert {p.name: p.read_bytes() for p in project.iterdir()} == before

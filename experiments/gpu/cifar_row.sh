@@ -17,8 +17,10 @@ BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 DATA=${DATA:-/tmp/cifar}
+# the device machine's copy of the data set ships a script that writes cifar-10-batches-py
+MAKE_BATCHES=${MAKE_BATCHES:-../shared/data/cifar10/make_batches.py}
 if [ ! -d "$DATA/cifar-10-batches-py" ]; then
-  python3 ../shared/data/cifar10/make_batches.py "$DATA" > /dev/null || exit 1
+  python3 "$MAKE_BATCHES" "$DATA" > /dev/null || exit 1
 fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo cpu; } \
   | tee "$OUT/device.txt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tern_jax._args import check_optional_path
 from tern_jax.data.arrays import ArrayDataset, subset
 from tern_jax.data.augment import (
     apply_crop_flip,
@@ -90,9 +91,20 @@ def load_dataset(
         The :class:`ArrayDataset`.
 
     Raises:
+        TypeError: ``name`` is not a str, ``data_dir`` not a path, or ``kw`` holds an argument
+            the loader does not take.
         ValueError: unknown name (ImageNet is streamed: use :func:`imagenet_batches`).
     """
-    key = _ALIASES.get(name.lower())
+    if not isinstance(name, str):
+        raise TypeError(f"load_dataset: name must be a str, one of {', '.join(DATASETS)}; got "
+                        f"{type(name).__name__} {name!r}")
+    check_optional_path(data_dir, "data_dir", "load_dataset")
+    key = _ALIASES.get(name.strip().lower())
+    allowed = {"cifar10": ("source",), "digits": ("test_fraction", "seed")}.get(key, ())
+    unknown = sorted(set(kw) - set(allowed))
+    if key is not None and unknown:
+        raise TypeError(f"load_dataset: {name!r} takes no argument {', '.join(unknown)}; it "
+                        f"takes {', '.join(allowed)}")
     if key == "cifar10":
         return load_cifar10(data_dir, **kw)
     if key == "digits":
@@ -101,4 +113,5 @@ def load_dataset(
         raise ValueError(
             "ImageNet does not fit in memory; stream it with tern_jax.data.imagenet_batches()"
         )
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise ValueError(f"load_dataset: unknown dataset {name!r}; choose one of "
+                     f"{', '.join(DATASETS)}")

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tern_jax._args import check_int, check_optional_int
+
 
 class ArrayDataset(NamedTuple):
     """A small image-classification dataset that fits in (host or device) memory.
@@ -51,8 +53,6 @@ def _pick(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of ``min(n, n_total)`` distinct examples drawn at random (all if None)."""
     if n is None or n >= n_total:
         return np.arange(n_total)
-    if n < 0:
-        raise ValueError(f"subset size must be non-negative, got {n}")
     return np.sort(rng.choice(n_total, size=n, replace=False))
 
 
@@ -74,7 +74,17 @@ def subset(
     Returns:
         A new :class:`ArrayDataset` with the same ``num_classes``, ``mean``, ``std`` and
         ``name`` as ``ds``.
+
+    Raises:
+        TypeError: ``ds`` is not an :class:`ArrayDataset`, or a size or seed is not an integer.
+        ValueError: a size below 1 (``None`` keeps everything) or a negative seed.
     """
+    if not isinstance(ds, ArrayDataset):
+        raise TypeError(f"subset: ds must be an ArrayDataset (e.g. from load_dataset), got "
+                        f"{type(ds).__name__}")
+    n_train = check_optional_int(n_train, "n_train", "subset", minimum=1)
+    n_test = check_optional_int(n_test, "n_test", "subset", minimum=1)
+    seed = check_int(seed, "seed", "subset", minimum=0)
     rng = np.random.default_rng(seed)
     tr = _pick(ds.num_train, n_train, rng)
     te = _pick(ds.num_test, n_test, rng)

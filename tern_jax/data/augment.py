@@ -19,7 +19,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from tern_jax._args import check_array, check_bool, check_float_dtype, check_int, check_key
 
 __all__ = [
     "apply_crop_flip",
@@ -29,6 +32,40 @@ __all__ = [
     "normalize",
     "random_crop_flip",
 ]
+
+
+def _check_channel_stats(images, mean, std, func: str) -> None:
+    """``mean``/``std``: one value, or one per channel of ``images``; ``std`` positive."""
+    channels = images.shape[-1] if images.ndim else 1
+    for name, value in (("mean", mean), ("std", std)):
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError(f"{func}: {name} must be {channels} per-channel numbers in [0, 1] "
+                            f"units, got {type(value).__name__} {value!r}")
+        if hasattr(value, "shape"):
+            size = int(np.prod(value.shape))
+        elif isinstance(value, (tuple, list)):
+            size = len(value)
+        else:
+            size = 1
+        concrete = not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(value))
+        if concrete:
+            try:
+                arr = np.asarray(value, np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"{func}: {name} must be {channels} per-channel numbers, got "
+                                f"{value!r}") from None
+            size = arr.size
+            if name == "std" and np.any(arr <= 0):
+                raise ValueError(f"{func}: std must be positive (it divides the pixels), got "
+                                 f"{value!r}")
+        if size not in (1, channels):
+            raise ValueError(f"{func}: {name} must hold 1 or {channels} values (one per channel "
+                             f"of images{tuple(images.shape)}), got {size}: {value!r}")
+
+
+def _check_images(images, func: str, ndim: int | None = 4) -> None:
+    check_array(images, "images", func, ndim=ndim,
+                what="an (N, H, W, C) array of pixels" if ndim == 4 else "an array of pixels")
 
 
 def normalize(
@@ -48,6 +85,9 @@ def normalize(
     Returns:
         Array of the same shape as ``images`` and dtype ``dtype``.
     """
+    _check_images(images, "normalize", ndim=None)
+    _check_channel_stats(images, mean, std, "normalize")
+    check_float_dtype(dtype, "dtype", "normalize")
     mean_arr = jnp.asarray(mean, jnp.float32)
     std_arr = jnp.asarray(std, jnp.float32)
     x = images.astype(jnp.float32) * (1.0 / 255.0)
@@ -69,6 +109,10 @@ def crop_flip_params(
         ``offsets``, int32 ``(n, 2)`` as (row, column) of the window's top-left corner in the
         padded image, and ``flips``, bool ``(n,)``, True where the image is mirrored.
     """
+    check_key(rng, "rng", "crop_flip_params")
+    check_int(n, "n", "crop_flip_params", minimum=0)
+    check_int(pad, "pad", "crop_flip_params", minimum=0)
+    check_bool(flip, "flip", "crop_flip_params")
     k_off, k_flip = jax.random.split(rng)
     offsets = jax.random.randint(k_off, (n, 2), 0, 2 * pad + 1, dtype=jnp.int32)
     if flip:
@@ -93,7 +137,18 @@ def apply_crop_flip(
     Returns:
         ``(N, H, W, C)`` array of the same dtype as ``images``.
     """
+    func = "apply_crop_flip"
+    _check_images(images, func)
+    pad = check_int(pad, "pad", func, minimum=0)
     n, h, w, c = images.shape
+    check_array(offsets, "offsets", func, ndim=2, what=f"an int ({n}, 2) array")
+    if tuple(offsets.shape) != (n, 2) or not jnp.issubdtype(offsets.dtype, jnp.integer):
+        raise ValueError(f"{func}: offsets must be an int ({n}, 2) array (one window corner per "
+                         f"image), got shape {tuple(offsets.shape)}, dtype {offsets.dtype}")
+    check_array(flips, "flips", func, ndim=1, what=f"a bool ({n},) array")
+    if tuple(flips.shape) != (n,):
+        raise ValueError(f"{func}: flips must be a bool ({n},) array (one per image), got shape "
+                         f"{tuple(flips.shape)}")
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
     def crop_one(img: jax.Array, off: jax.Array) -> jax.Array:
@@ -121,6 +176,9 @@ def random_crop_flip(
     Returns:
         ``(N, H, W, C)`` array with the dtype of ``images``.
     """
+    _check_images(images, "random_crop_flip")
+    check_int(pad, "pad", "random_crop_flip", minimum=0)
+    check_bool(flip, "flip", "random_crop_flip")
     offsets, flips = crop_flip_params(rng, images.shape[0], pad, flip)
     return apply_crop_flip(images, offsets, flips, pad)
 
@@ -143,6 +201,13 @@ def augment_and_normalize(
     Returns:
         ``(N, H, W, C)`` array of dtype ``dtype``.
     """
+    func = "augment_and_normalize"
+    check_key(rng, "rng", func)
+    _check_images(images, func)
+    pad = check_int(pad, "pad", func, minimum=0)
+    flip = check_bool(flip, "flip", func)
+    _check_channel_stats(images, mean, std, func)
+    check_float_dtype(dtype, "dtype", func)
     if pad > 0 or flip:
         images = random_crop_flip(rng, images, pad=pad, flip=flip)
     return normalize(images, mean, std, dtype)
@@ -159,8 +224,12 @@ def epoch_permutation(rng: jax.Array, n: int, batch_size: int) -> jax.Array:
     Returns:
         int32 array ``(n // batch_size, batch_size)``; every index appears at most once.
     """
-    if batch_size <= 0 or batch_size > n:
-        raise ValueError(f"need 0 < batch_size <= n, got batch_size={batch_size}, n={n}")
+    check_key(rng, "rng", "epoch_permutation")
+    n = check_int(n, "n", "epoch_permutation", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", "epoch_permutation", minimum=1)
+    if batch_size > n:
+        raise ValueError(f"epoch_permutation: batch_size must be at most n={n} (the number of "
+                         f"examples), got batch_size={batch_size}")
     steps = n // batch_size
     perm = jax.random.permutation(rng, n)
     return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)

@@ -16,7 +16,7 @@ usual places) and tensorflow-datasets last.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import pickle
 import shutil
@@ -29,7 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from tern_jax import fs
+from tern_jax._args import check_bool, check_int, check_optional_path, check_path
 from tern_jax.data.arrays import ArrayDataset
+from tern_jax.data.errors import DataNotFoundError
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -76,9 +79,6 @@ _NUM_CLASSES = 10
 _ROW = 32 * 32 * 3
 
 
-class DataNotFoundError(FileNotFoundError):
-    """Raised when a dataset cannot be found anywhere; the message says how to provide it."""
-
 
 # --------------------------------------------------------------------------------------
 # Locating the folder
@@ -111,7 +111,7 @@ def find_cifar10_folder(path: str | os.PathLike[str]) -> Path | None:
     ``path`` may be the ``cifar-10-batches-py`` folder itself (or any folder holding the
     batch files), or its parent.
     """
-    p = Path(path).expanduser()
+    p = check_path(path, "path", "find_cifar10_folder")
     if _looks_like_batches_folder(p):
         return p
     child = p / FOLDER_NAME
@@ -212,10 +212,23 @@ def read_cifar_folder(
             ``None`` accepts any non-empty counts (tests use tiny folders).
 
     Raises:
+        DataNotFoundError: ``folder`` does not exist.
         ValueError: naming the offending file, when a batch file is missing, truncated,
             unpicklable, of the wrong size, or holds labels outside ``0..9``.
     """
-    folder = Path(folder)
+    folder = check_path(folder, "folder", "read_cifar_folder")
+    if expected_counts is not None:
+        if not (isinstance(expected_counts, (tuple, list)) and len(expected_counts) == 2):
+            raise TypeError(f"read_cifar_folder: expected_counts must be (n_train, n_test) or "
+                            f"None, got {expected_counts!r}")
+        expected_counts = tuple(check_int(c, f"expected_counts[{i}]", "read_cifar_folder",
+                                          minimum=1) for i, c in enumerate(expected_counts))
+    if not folder.exists():
+        raise DataNotFoundError(f"read_cifar_folder: the CIFAR-10 folder {folder} does not "
+                                "exist\n" + _how_to_provide())
+    if not folder.is_dir():
+        raise ValueError(f"read_cifar_folder: folder must be a cifar-10-batches-py folder, but "
+                         f"{folder} is a file")
     parts = [_read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE)
     train_images = np.concatenate([p[0] for p in parts])
@@ -239,11 +252,10 @@ def read_cifar_folder(
     )
 
 
-def _write_pickle(path: Path, entry: dict[str, Any], bytes_keys: bool) -> None:
+def _pickled(entry: dict[str, Any], bytes_keys: bool) -> bytes:
     if bytes_keys:
         entry = {k.encode("ascii"): v for k, v in entry.items()}
-    with open(path, "wb") as f:
-        pickle.dump(entry, f, protocol=2)
+    return pickle.dumps(entry, protocol=2)
 
 
 def write_cifar_batches(
@@ -271,21 +283,48 @@ def write_cifar_batches(
 
     Returns:
         The folder written.
+
+    Raises:
+        TypeError/ValueError naming the argument (images not uint8-range integers of shape
+        ``(N, 32, 32, 3)``, labels not integers in ``0..9``, a bad ``per_batch``);
+        :class:`tern_jax.fs.NotOwnedError` when the folder already holds a batch file this
+        function did not write (nothing is written then).
     """
+    func = "write_cifar_batches"
+    out = check_path(folder, "folder", func)
+    bytes_keys = check_bool(bytes_keys, "bytes_keys", func)
+    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+        images = np.asarray(images)
     images = np.asarray(images)
-    labels = np.asarray(labels)
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(f"images must have shape (N, 32, 32, 3), got {images.shape}")
+        raise ValueError(f"{func}: images must have shape (N, 32, 32, 3), got {images.shape}")
+    if not np.issubdtype(images.dtype, np.integer):
+        raise TypeError(f"{func}: images must be uint8 pixels (integers in 0..255), got dtype "
+                        f"{images.dtype}")
+    if images.size and (images.min() < 0 or images.max() > 255):
+        raise ValueError(f"{func}: images must be pixels in 0..255, got values in "
+                         f"[{images.min()}, {images.max()}]")
+    labels = np.asarray(labels)
     if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+        raise ValueError(f"{func}: labels must have shape ({images.shape[0]},), got "
+                         f"{labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{func}: labels must be integer classes in 0..9, got dtype "
+                        f"{labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
+        raise ValueError(f"{func}: labels must be classes in 0..{_NUM_CLASSES - 1}, got values "
+                         f"in [{labels.min()}, {labels.max()}]")
     n = images.shape[0]
-    per_batch = n // 6 if per_batch is None else int(per_batch)
+    per_batch = n // 6 if per_batch is None else check_int(per_batch, "per_batch", func)
     if per_batch < 1 or 5 * per_batch >= n:
         raise ValueError(
-            f"need 1 <= per_batch and 5 * per_batch < N (some test images); got per_batch="
-            f"{per_batch}, N={n}"
+            f"{func}: need 1 <= per_batch and 5 * per_batch < N (some test images); got "
+            f"per_batch={per_batch}, N={n}"
         )
-    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{func}: folder {out} is a file; give a folder to create")
+    for name in (*TRAIN_FILES, TEST_FILE, META_FILE):
+        fs.check_replaceable(out / name, fs.owned_file, "a CIFAR-10 batch (write_cifar_batches)")
     out.mkdir(parents=True, exist_ok=True)
     rows = np.ascontiguousarray(images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, _ROW))
 
@@ -297,30 +336,25 @@ def write_cifar_batches(
             "filenames": [f"image_{i:05d}.png" for i in range(lo, hi)],
         }
 
+    what = "a CIFAR-10 batch (write_cifar_batches)"
     for b, name in enumerate(TRAIN_FILES):
         lo, hi = b * per_batch, (b + 1) * per_batch
-        _write_pickle(out / name, entry(lo, hi, f"training batch {b + 1} of 5"), bytes_keys)
-    _write_pickle(out / TEST_FILE, entry(5 * per_batch, n, "testing batch 1 of 1"), bytes_keys)
+        fs.write_owned_bytes(out / name, _pickled(
+            entry(lo, hi, f"training batch {b + 1} of 5"), bytes_keys), what=what)
+    fs.write_owned_bytes(out / TEST_FILE, _pickled(
+        entry(5 * per_batch, n, "testing batch 1 of 1"), bytes_keys), what=what)
     meta = {
         "label_names": list(CIFAR10_CLASSES),
         "num_cases_per_batch": per_batch,
         "num_vis": _ROW,
     }
-    _write_pickle(out / META_FILE, meta, bytes_keys)
+    fs.write_owned_bytes(out / META_FILE, _pickled(meta, bytes_keys), what=what)
     return out
 
 
 # --------------------------------------------------------------------------------------
 # Download (explicit only; never triggered implicitly)
 # --------------------------------------------------------------------------------------
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_cifar10(
@@ -339,18 +373,32 @@ def download_cifar10(
 
     Returns:
         The extracted ``cifar-10-batches-py`` folder.  Does nothing when it already exists.
+
+    Raises:
+        TypeError: ``root`` is not a path, ``url`` not a str or ``md5`` not a str/None.
+        FileExistsError: ``root/cifar-10-batches-py`` exists but is incomplete (it is left as
+            it is; move it away and download again).
     """
-    root_dir = Path(root).expanduser() if root is not None else Path.home() / ".cache/tern_jax"
+    func = "download_cifar10"
+    root_dir = check_optional_path(root, "root", func) or Path.home() / ".cache/tern_jax"
+    if not isinstance(url, str) or not url:
+        raise TypeError(f"{func}: url must be a non-empty str, got {type(url).__name__} {url!r}")
+    if md5 is not None and not (isinstance(md5, str) and len(md5) == 32):
+        raise TypeError(f"{func}: md5 must be a 32-character hex str or None, got {md5!r}")
     target = root_dir / FOLDER_NAME
     if (target / TEST_FILE).is_file():
         return target
+    if target.exists():
+        raise FileExistsError(f"{func}: {target} exists but holds no {TEST_FILE}; it is left "
+                              "untouched. Move it away (or complete it) and download again")
     root_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root_dir) as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"
         with urllib.request.urlopen(url) as response, open(archive, "wb") as f:
             shutil.copyfileobj(response, f)
-        if md5 is not None and _md5(archive) != md5:
-            raise ValueError(f"downloaded {url} has MD5 {_md5(archive)}, expected {md5}")
+        got = fs.file_digest(archive, "md5")
+        if md5 is not None and got != md5:
+            raise ValueError(f"downloaded {url} has MD5 {got}, expected {md5}")
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 name = Path(member.name)
@@ -386,6 +434,17 @@ def _tfds_cifar10(data_dir: str | os.PathLike[str] | None) -> ArrayDataset:
     """
     import tensorflow_datasets as tfds  # lazy: heavy, optional
 
+    # tfds logs through absl while probing a folder; what matters is raised below
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return _tfds_read(tfds, data_dir)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _tfds_read(tfds, data_dir) -> ArrayDataset:
     builder = tfds.builder("cifar10", data_dir=None if data_dir is None else str(data_dir))
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
@@ -436,13 +495,26 @@ def _tfds_cifar10(data_dir: str | os.PathLike[str] | None) -> ArrayDataset:
 # --------------------------------------------------------------------------------------
 
 
+def _what_is_there(path: Path) -> str:
+    """Why ``path`` holds no CIFAR-10 batches, in a few words."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a folder"
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
+        return "is empty"
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return (f"holds no {FOLDER_NAME}/ nor data_batch_1..5/test_batch files (it has: {shown})")
+
+
 def _how_to_provide() -> str:
     return (
         "To provide CIFAR-10, do one of:\n"
         f"  * download {CIFAR10_URL} and extract it (tar xzf cifar-10-python.tar.gz), which "
-        f"creates {FOLDER_NAME}/; then pass --data_dir /path/to/it (the {FOLDER_NAME} folder "
-        "or the folder holding it), or put it in ./data, ~/.keras/datasets, ~/data or "
-        "~/.cache/tern_jax;\n"
+        f"creates {FOLDER_NAME}/; then pass data_dir=/path/to/it (the {FOLDER_NAME} folder "
+        "or the folder holding it; on the command line: --set data_dir=/path/to/it), or put "
+        "it in ./data, ~/.keras/datasets, ~/data or ~/.cache/tern_jax;\n"
         f"  * set the environment variable {ENV_VAR}=/path/to/it;\n"
         "  * or call tern_jax.data.download_cifar10() (fetches it into ~/.cache/tern_jax);\n"
         "  * or install tensorflow-datasets (pip install tensorflow-datasets) and prepare "
@@ -475,8 +547,10 @@ def load_cifar10(
             unknown ``source``.
         RuntimeError: tfds data exists only in a format that needs TensorFlow.
     """
+    data_dir = check_optional_path(data_dir, "data_dir", "load_cifar10")
     if source not in ("auto", "folder", "tfds"):
-        raise ValueError(f"unknown CIFAR-10 source {source!r}; use 'auto', 'folder' or 'tfds'")
+        raise ValueError(f"load_cifar10: source must be 'auto', 'folder' or 'tfds', got "
+                         f"{source!r} (unknown CIFAR-10 source)")
 
     if source == "tfds":
         try:
@@ -504,7 +578,7 @@ def load_cifar10(
         folder = find_cifar10_folder(path)
         if folder is not None:
             return read_cifar_folder(folder)
-        looked.append(f"  - {path} ({why})")
+        looked.append(f"  - {path} ({why}): {_what_is_there(path)}")
 
     if source == "auto":
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tern_jax._args import check_fraction, check_int
 from tern_jax.data.arrays import ArrayDataset
 
 __all__ = ["load_digits"]
@@ -25,8 +26,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
     Returns:
         An :class:`ArrayDataset` named ``"digits"`` with 10 classes.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    test_fraction = check_fraction(test_fraction, "test_fraction", "load_digits")
+    seed = check_int(seed, "seed", "load_digits", minimum=0, maximum=2**32 - 1)
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
 

@@ -1,38 +1,37 @@
-"""ImageNet (ILSVRC-2012) streamed from tensorflow-datasets, decoded on the host.
+"""ImageNet (ILSVRC-2012) streamed from tensorflow-datasets through grain.
 
 The images stay JPEG-compressed in the tfds ``imagenet2012`` dataset (which you download
-and prepare yourself, see :data:`PREPARE_INSTRUCTIONS`); a thread pool decodes them with
-Pillow and applies the standard transforms:
+and prepare yourself, see :data:`PREPARE_INSTRUCTIONS`); grain worker processes decode them
+with Pillow and apply the standard transforms:
 
 * train: random-resized-crop (scale ``(0.08, 1)``, aspect ratio ``(3/4, 4/3)``) to 224,
   then a random horizontal flip;
 * eval: resize the shorter side to 256, then center-crop 224;
 
-and batches are normalized with the ImageNet mean/std.  :func:`prefetch_to_device` keeps a
-few batches ahead on the accelerator.
-
 The per-image transforms (:func:`train_transform`, :func:`eval_transform`) are plain
-NumPy/Pillow functions, usable and testable without tensorflow-datasets.
+NumPy/Pillow functions, usable and testable without tensorflow-datasets or grain.
+:func:`imagenet_batches` builds the stream with :mod:`tern_jax.data.pipeline` (seeded
+global order, per-process shards, checkpointable iterator).
 
-A dataset prepared in ``array_record`` format (``tfds build imagenet2012
---file_format=array_record``) is read through tfds random-access data sources and needs
-no TensorFlow; one prepared in the default TFRecord format is read with ``tf.data`` and
-needs TensorFlow.
+Format: grain needs random access, so the dataset must be prepared in ``array_record``
+format (``tfds build imagenet2012 --file_format array_record``); this needs no TensorFlow at
+training time. A dataset prepared in the default TFRecord format gets a clear error naming
+the one-off conversion, ``tfds convert_format --dataset_version_dir <dir>
+--out_file_format array_record`` (the conversion itself needs TensorFlow).
 """
 
 from __future__ import annotations
 
-import collections
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tern_jax.data.cifar10 import DataNotFoundError
+from tern_jax.data.errors import DataNotFoundError
+from tern_jax.data.pipeline import batch_dataset, batch_iterator, normalize_images
+from tern_jax.data.streams import prefetch_to_device
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -43,9 +42,13 @@ __all__ = [
     "IMAGENET_STD",
     "PREPARE_INSTRUCTIONS",
     "center_crop_box",
+    "EvalTransform",
+    "TrainTransform",
     "decode_image",
     "eval_transform",
     "imagenet_batches",
+    "imagenet_dataset",
+    "imagenet_source",
     "normalize_batch",
     "prefetch_to_device",
     "random_resized_crop_box",
@@ -65,8 +68,10 @@ ImageNet must be downloaded and prepared by you with tensorflow-datasets:
      https://image-net.org/ (free account, non-commercial terms) and put them in
      <data_dir>/downloads/manual/
   3. tfds build imagenet2012 --data_dir <data_dir> --file_format array_record
-     (array_record can later be read without tensorflow; the default TFRecord format
-     needs tensorflow at training time too)
+     (the input pipeline, grain, needs random access: array_record, read without
+     tensorflow; a copy already prepared as TFRecord is converted once with
+     tfds convert_format --dataset_version_dir <data_dir>/imagenet2012/<version>
+       --out_file_format array_record)
   4. pass the same <data_dir> (data_dir=..., or --data_dir) to tern_jax; without it
      tensorflow-datasets uses $TFDS_DATA_DIR or ~/tensorflow_datasets."""
 
@@ -212,9 +217,30 @@ def normalize_batch(
     dtype: Any = np.float32,
 ) -> np.ndarray:
     """``(x / 255 - mean) / std`` per channel on the host, for uint8 NHWC batches."""
-    scale = np.asarray(1.0 / (255.0 * np.asarray(std)), np.float32)
-    shift = np.asarray(np.asarray(mean) / np.asarray(std), np.float32)
-    return (images.astype(np.float32) * scale - shift).astype(dtype)
+    return normalize_images(images, mean, std, dtype)
+
+
+class TrainTransform:
+    """:func:`train_transform` as the pipeline's ``transform(image, rng)`` (picklable)."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    def __call__(self, image: Any, rng: np.random.Generator) -> np.ndarray:
+        return train_transform(rng, image, size=self.size)
+
+
+class EvalTransform:
+    """:func:`eval_transform` as the pipeline's ``transform(image, rng)`` (``rng`` unused)."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    def __call__(self, image: Any, rng: np.random.Generator) -> np.ndarray:
+        del rng
+        return eval_transform(image, size=self.size, resize_size=round(self.size * 256 / 224))
+
+
 
 
 # --------------------------------------------------------------------------------------
@@ -222,12 +248,17 @@ def normalize_batch(
 # --------------------------------------------------------------------------------------
 
 
-def _open_imagenet(split: str, data_dir: str | os.PathLike[str] | None) -> tuple[str, Any]:
-    """Return ``("random", data_source)`` or ``("tf", builder)`` for the prepared dataset.
+def imagenet_source(split: str, data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The random-access tfds data source of ``imagenet2012`` (images left JPEG-encoded).
+
+    ``source[i]`` is ``{"image": <JPEG bytes>, "label": int}``; the source pickles into
+    grain's worker processes.
 
     Raises:
-        DataNotFoundError: tensorflow-datasets missing, or the dataset not prepared.
-        RuntimeError: prepared in TFRecord format but TensorFlow is not installed.
+        DataNotFoundError: tensorflow-datasets missing, or the dataset not prepared; the
+            message says how to prepare it.
+        ValueError: the dataset is prepared in a format without random access (TFRecord);
+            the message names the conversion command.
     """
     try:
         import tensorflow_datasets as tfds
@@ -237,84 +268,54 @@ def _open_imagenet(split: str, data_dir: str | os.PathLike[str] | None) -> tuple
             "(pip install tensorflow-datasets).\n" + PREPARE_INSTRUCTIONS
         ) from e
     builder = tfds.builder("imagenet2012", data_dir=None if data_dir is None else str(data_dir))
+    if not builder.is_prepared():
+        raise DataNotFoundError(
+            f"tensorflow-datasets has no prepared 'imagenet2012' in {builder.data_dir}.\n"
+            + PREPARE_INSTRUCTIONS)
     try:
-        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        return "random", source
-    except Exception as e:
-        if not builder.is_prepared():
-            raise DataNotFoundError(
-                f"tensorflow-datasets has no prepared 'imagenet2012' in {builder.data_dir}.\n"
-                + PREPARE_INSTRUCTIONS
-            ) from e
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                f"imagenet2012 in {builder.data_dir} is prepared in "
-                f"{builder.info.file_format} format, which only TensorFlow can read (not "
-                "installed).  Install tensorflow, or re-prepare it with "
-                "`tfds build imagenet2012 --file_format array_record`."
-            ) from e
-        return "tf", builder
+        return builder.as_data_source(split=split,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError as e:  # tfds: no random-access file format available
+        raise ValueError(
+            f"imagenet2012 in {builder.data_dir} is prepared as {builder.info.file_format}, "
+            "which has no random access; the grain input pipeline reads array_record. "
+            "Convert it once (the conversion needs tensorflow):\n"
+            f"  tfds convert_format --dataset_version_dir {builder.data_dir} "
+            "--out_file_format array_record") from e
 
 
-def _random_access_stream(
-    source: Any,
-    *,
-    train: bool,
-    seed: int,
-    num_epochs: int | None,
-    shard_index: int,
-    num_shards: int,
-) -> Iterator[tuple[tuple[int, int], Callable[[], tuple[Any, int]]]]:
-    """Yield ``((epoch, index), read)`` per example; ``read()`` fetches (image, label)."""
-    indices = np.arange(len(source))[shard_index::num_shards]
-    epoch = 0
-    while num_epochs is None or epoch < num_epochs:
-        order = indices
-        if train:
-            order = np.random.default_rng([seed, epoch]).permutation(indices)
-        for i in order:
-            i = int(i)
-
-            def read(i: int = i) -> tuple[Any, int]:
-                ex = source[i]
-                return ex["image"], int(ex["label"])
-
-            yield (epoch, i), read
-        epoch += 1
-
-
-def _tf_stream(
-    builder: Any,
+def imagenet_dataset(
     split: str,
+    batch_size: int,
     *,
-    train: bool,
-    seed: int,
-    num_epochs: int | None,
-    shard_index: int,
-    num_shards: int,
-    shuffle_buffer: int = 10_000,
-) -> Iterator[tuple[tuple[int, int], Callable[[], tuple[Any, int]]]]:
-    """Like :func:`_random_access_stream`, reading a TFRecord dataset with ``tf.data``."""
-    import tensorflow_datasets as tfds
+    data_dir: str | os.PathLike[str] | None = None,
+    train: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    start_epoch: int = 0,
+    image_size: int = 224,
+    dtype: Any = np.float32,
+    drop_remainder: bool | None = None,
+    pad_remainder: bool = False,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+) -> Any:
+    """This process's ImageNet batches as a grain ``MapDataset`` (element ``k``: step ``k``).
 
-    if num_shards > 1:
-        split = tfds.even_splits(split, n=num_shards, drop_remainder=True)[shard_index]
-    epoch = 0
-    while num_epochs is None or epoch < num_epochs:
-        ds = builder.as_dataset(
-            split=split,
-            decoders={"image": tfds.decode.SkipDecoding()},
-            shuffle_files=train,
-            read_config=tfds.ReadConfig(shuffle_seed=seed + epoch),
-        )
-        if train:
-            ds = ds.shuffle(shuffle_buffer, seed=seed + epoch)
-        for k, ex in enumerate(tfds.as_numpy(ds)):
-            item = (ex["image"], int(ex["label"]))
-            yield (epoch, k), (lambda item=item: item)
-        epoch += 1
+    The arguments are those of :func:`imagenet_batches`; see
+    :func:`tern_jax.data.pipeline.batch_dataset` for the order and sharding.
+    """
+    if num_epochs is None and not train:
+        num_epochs = 1
+    if drop_remainder is None:
+        drop_remainder = train and not pad_remainder
+    source = imagenet_source(split, data_dir)
+    transform = TrainTransform(image_size) if train else EvalTransform(image_size)
+    return batch_dataset(
+        source, batch_size, shuffle=train, seed=seed, num_epochs=num_epochs,
+        start_epoch=start_epoch, transform=transform, dtype=dtype, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, drop_remainder=drop_remainder, pad_remainder=pad_remainder,
+        shard_index=shard_index, num_shards=num_shards)
 
 
 def imagenet_batches(
@@ -325,164 +326,60 @@ def imagenet_batches(
     train: bool = True,
     seed: int = 0,
     num_epochs: int | None = None,
+    start_epoch: int = 0,
     image_size: int = 224,
     dtype: Any = np.float32,
     num_workers: int | None = None,
+    num_threads: int = 1,
     prefetch_batches: int = 2,
     drop_remainder: bool | None = None,
+    pad_remainder: bool = False,
     shard_index: int | None = None,
     num_shards: int | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream ImageNet batches ``(images, labels)`` from tfds ``imagenet2012``.
+) -> Any:
+    """Stream ImageNet batches ``(images, labels)`` from tfds ``imagenet2012`` with grain.
 
     Args:
         split: tfds split, e.g. ``"train"``, ``"validation"`` or ``"train[:1%]"``.
-        batch_size: examples per batch (per process when sharded).
+        batch_size: examples per batch of this process; the global batch over all
+            processes is ``batch_size * num_shards``.
         data_dir: tensorflow-datasets data dir holding the prepared dataset.
         train: train transform + shuffling (else eval transform, fixed order).
         seed: seed of the shuffling and of the per-image augmentation; the stream is
-            deterministic for a given seed (it does not depend on thread timing).
+            deterministic for a given seed, whatever the number of workers or processes.
         num_epochs: passes over the split; ``None`` means forever for ``train`` and once
             otherwise.
-        image_size: output side length (224).
+        start_epoch: the epoch the stream starts at (a run resumed at an epoch boundary).
+        image_size: output side length (224; eval resizes the shorter side to
+            ``image_size * 256 / 224`` first).
         dtype: ``np.float32`` (or another float dtype) for normalized images, or
             ``np.uint8`` for raw pixels (normalize on device, e.g. with
             :func:`tern_jax.data.augment.normalize` and :data:`IMAGENET_MEAN`/``STD``).
-        num_workers: decoding threads; default ``min(32, os.cpu_count())``.
-        prefetch_batches: batches decoded ahead of the one being consumed.
-        drop_remainder: drop a final partial batch; default ``train``.
+        num_workers: grain worker processes decoding and augmenting; ``0`` decodes in this
+            process; default ``min(8, os.cpu_count())``.
+        num_threads: threads per process, each building one batch at a time.
+        prefetch_batches: batches kept ready per worker.
+        drop_remainder: drop a final partial global batch; default ``train``.
+        pad_remainder: pad the final batch instead and yield ``(images, labels, mask)``
+            (what evaluation on several processes needs).
         shard_index, num_shards: this process's share of the data; default
             ``jax.process_index()`` / ``jax.process_count()``.
 
-    Yields:
+    Returns:
+        A checkpointable ``grain.DatasetIterator`` (``get_state`` / ``set_state``) yielding
         ``images`` ``(B, image_size, image_size, 3)`` of ``dtype`` and ``labels`` ``(B,)``
-        int32.
+        int32 (and the float32 ``mask`` with ``pad_remainder``).
 
     Raises:
         DataNotFoundError: tensorflow-datasets or the prepared dataset is missing; the
             message says how to prepare it.
-        RuntimeError: the dataset is in TFRecord format and TensorFlow is missing.
+        ValueError: the dataset is in TFRecord format (the message names the conversion),
+            or bad batch / shard arguments.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if shard_index is None or num_shards is None:
-        import jax
-
-        shard_index = jax.process_index() if shard_index is None else shard_index
-        num_shards = jax.process_count() if num_shards is None else num_shards
-    if num_epochs is None and not train:
-        num_epochs = 1
-    if drop_remainder is None:
-        drop_remainder = train
-    kind, handle = _open_imagenet(split, data_dir)  # fails early, before any thread starts
-    common: dict[str, Any] = dict(
-        train=train,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        num_shards=num_shards,
-    )
-    if kind == "random":
-        stream = _random_access_stream(handle, **common)
-    else:
-        stream = _tf_stream(handle, split, **common)
-    return _batched(
-        stream,
-        batch_size=batch_size,
-        train=train,
-        seed=seed,
-        image_size=image_size,
-        dtype=dtype,
-        num_workers=num_workers or min(32, os.cpu_count() or 1),
-        prefetch_batches=prefetch_batches,
-        drop_remainder=drop_remainder,
-    )
-
-
-def _batched(
-    stream: Iterator[tuple[tuple[int, int], Callable[[], tuple[Any, int]]]],
-    *,
-    batch_size: int,
-    train: bool,
-    seed: int,
-    image_size: int,
-    dtype: Any,
-    num_workers: int,
-    prefetch_batches: int,
-    drop_remainder: bool,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Read, decode and transform examples in a thread pool and assemble ordered batches."""
-
-    def work(key: tuple[int, int], read: Callable[[], tuple[Any, int]]) -> tuple[np.ndarray, int]:
-        image, label = read()
-        if train:
-            rng = np.random.default_rng([seed, key[0], key[1], 1])
-            return train_transform(rng, image, size=image_size), label
-        return eval_transform(image, size=image_size), label
-
-    raw = np.dtype(dtype) == np.uint8
-    window = batch_size * (prefetch_batches + 1)
-    pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="imagenet")
-    pending: collections.deque[Future[tuple[np.ndarray, int]]] = collections.deque()
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and len(pending) < window:
-                nxt = next(stream, None)
-                if nxt is None:
-                    exhausted = True
-                else:
-                    pending.append(pool.submit(work, *nxt))
-            if len(pending) < batch_size and (drop_remainder or not pending):
-                return
-            results = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-            images = np.stack([r[0] for r in results])
-            labels = np.asarray([r[1] for r in results], np.int32)
-            yield (images if raw else normalize_batch(images, dtype=dtype)), labels
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-# --------------------------------------------------------------------------------------
-# Device prefetch
-# --------------------------------------------------------------------------------------
-
-
-def prefetch_to_device(
-    iterator: Iterable[Any], size: int = 2, sharding: Any = None
-) -> Iterator[Any]:
-    """Keep ``size`` batches (any pytrees) ahead on device with ``jax.device_put``.
-
-    ``device_put`` is asynchronous, so the host-to-device copies of upcoming batches
-    overlap with the computation on the current one.
-
-    Args:
-        iterator: host batches (pytrees of NumPy arrays).
-        size: number of batches transferred ahead (at least 1).
-        sharding: optional ``jax.sharding.Sharding`` (or pytree of them) for ``device_put``;
-            ``None`` puts the batch on the default device.
-
-    Yields:
-        The same batches as ``jax.Array`` pytrees, in order.
-    """
-    import jax
-
-    if size < 1:
-        raise ValueError(f"size must be at least 1, got {size}")
-    queue: collections.deque[Any] = collections.deque()
-    it = iter(iterator)
-
-    def enqueue(n: int) -> None:
-        for _ in range(n):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            queue.append(jax.device_put(batch, sharding))
-
-    enqueue(size)
-    while queue:
-        yield queue.popleft()
-        enqueue(1)
+    dataset = imagenet_dataset(
+        split, batch_size, data_dir=data_dir, train=train, seed=seed, num_epochs=num_epochs,
+        start_epoch=start_epoch, image_size=image_size, dtype=dtype,
+        drop_remainder=drop_remainder, pad_remainder=pad_remainder, shard_index=shard_index,
+        num_shards=num_shards)
+    return batch_iterator(dataset, num_workers=num_workers, num_threads=num_threads,
+                          buffer_size=prefetch_batches)

@@ -1,4 +1,4 @@
-"""Host-side batch streams: batching arrays, padding the last test batch, device prefetch.
+"""Host-side batch helpers: padding the last evaluation batch, device prefetch.
 
 The in-memory datasets (CIFAR-10, digits) normally live on the device and are batched there;
 these helpers serve the streamed path (ImageNet, or any dataset with ``stream=True``), where
@@ -13,22 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_batches", "pad_batch", "prefetch_to_device"]
-
-
-def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
-                  shuffle_seed: int | None = None,
-                  drop_remainder: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(images, labels)`` batches of ``batch_size`` in order, or shuffled by a seed."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = np.arange(len(labels))
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(labels))
-    stop = len(labels) // batch_size * batch_size if drop_remainder else len(labels)
-    for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
-        yield images[idx], labels[idx].astype(np.int32)
+__all__ = ["pad_batch", "prefetch_to_device"]
 
 
 def pad_batch(images: np.ndarray, labels: np.ndarray, size: int):

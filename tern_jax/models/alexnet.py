@@ -27,7 +27,7 @@ any input of at least 63x63 works (smaller inputs collapse a max-pool to zero).
 
 Parameter paths: ``conv{1..5}/kernel``, ``bn{1..7}/{scale,bias}``,
 ``fc{6,7}/kernel``, ``head/{kernel,bias}``. Convolutions and hidden dense layers
-have no bias (the following BN has one). Initialisation: He-normal fan-out for
+have no bias (the following BN has one). Initialization: He-normal fan-out for
 convolutions, He-normal fan-in for ``fc6``/``fc7``, and PyTorch's ``nn.Linear``
 default (uniform, bound ``1/sqrt(fan_in)``) for the ``head`` kernel with a zero
 bias. BatchNorm: ``epsilon=1e-5``, flax ``momentum=0.9``.
@@ -44,6 +44,7 @@ from flax import linen as nn
 from tern_jax.models.common import (
     Dtype,
     batch_norm,
+    check_model_fields,
     classifier,
     conv,
     he_normal_fan_in,
@@ -87,6 +88,10 @@ class AlexNet(nn.Module):
     num_classes: int = 1000
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:  # fail at construction for a bad field
+        check_model_fields(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:

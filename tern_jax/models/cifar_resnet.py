@@ -13,7 +13,7 @@ Shortcuts are the parameter-free "option A" of the paper: an identity when the
 shape is unchanged; otherwise the input is subsampled with ``x[:, ::2, ::2, :]``
 and the new channels are filled with zeros (appended after the existing ones).
 
-Initialisation follows the authors' CIFAR code (fb.resnet.torch): convolutions
+Initialization follows the authors' CIFAR code (fb.resnet.torch): convolutions
 ``N(0, sqrt(2 / (k * k * out_channels)))`` (He/"kaiming" normal, fan-out), no
 convolution bias, BatchNorm scale 1 and bias 0, and a He-normal (fan-in) kernel
 with zero bias for the classifier. BatchNorm uses PyTorch's defaults: momentum 0.1
@@ -31,7 +31,7 @@ expressions on their paths::
     head/kernel                      (64, num_classes)
     head/bias                        (num_classes,)
 
-The models know nothing about ternarisation; quantisers act on the parameter
+The models know nothing about ternarization; quantizers act on the parameter
 tree from outside.
 """
 
@@ -40,7 +40,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from tern_jax.models.common import Dtype, batch_norm, classifier, conv, he_normal_fan_in
+from tern_jax.models.common import (
+    Dtype,
+    batch_norm,
+    check_model_fields,
+    classifier,
+    conv,
+    he_normal_fan_in,
+)
 
 CIFAR_STAGE_WIDTHS: tuple[int, int, int] = (16, 32, 64)
 
@@ -121,6 +128,7 @@ class CifarResNet(nn.Module):
 
     def __post_init__(self) -> None:  # fail at construction for a bad depth
         blocks_per_stage(self.depth)
+        check_model_fields(self)
         super().__post_init__()
 
     @nn.compact

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from tern_jax._args import check_bool, check_float_dtype, check_int
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -73,7 +75,7 @@ def conv(
 
 
 def batch_norm(train: bool, *, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults; scale initialised to 0 with ``zero_scale``, else 1."""
+    """BatchNorm with PyTorch's defaults; scale initialized to 0 with ``zero_scale``, else 1."""
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
@@ -100,3 +102,26 @@ def classifier(
         dtype=dtype,
         name=name,
     )
+
+
+def check_model_fields(module: nn.Module) -> None:
+    """Checks a zoo model's common fields at construction (called from ``__post_init__``).
+
+    ``num_classes`` and ``width`` are integers >= 1, ``dtype`` a floating dtype,
+    ``dropout_rate`` a number in ``[0, 1)``, ``zero_init_residual`` a bool; raises
+    ``TypeError``/``ValueError`` naming the class and the field.
+    """
+    cls = type(module).__name__
+    check_int(module.num_classes, "num_classes", cls, minimum=1)
+    check_float_dtype(module.dtype, "dtype", cls)
+    if hasattr(module, "width"):
+        check_int(module.width, "width", cls, minimum=1)
+    if hasattr(module, "zero_init_residual"):
+        check_bool(module.zero_init_residual, "zero_init_residual", cls)
+    if hasattr(module, "dropout_rate"):
+        rate = module.dropout_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise TypeError(f"{cls}: dropout_rate must be a number in [0, 1), got "
+                            f"{type(rate).__name__} {rate!r}")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{cls}: dropout_rate must be a number in [0, 1), got {rate}")

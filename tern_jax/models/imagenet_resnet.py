@@ -35,7 +35,7 @@ flattened::
 
 (``i`` in 1..4, ``j`` from 0, ``k`` in 1..2 or 1..3.)
 
-Initialisation follows torchvision: convolutions He-normal with fan-out, BatchNorm
+Initialization follows torchvision: convolutions He-normal with fan-out, BatchNorm
 scale 1 / bias 0 (optionally scale 0 for the last BN of each block,
 ``zero_init_residual``), and PyTorch's default ``nn.Linear`` init for ``fc``
 (kernel and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``). BatchNorm uses
@@ -52,6 +52,7 @@ from flax import linen as nn
 from tern_jax.models.common import (
     Dtype,
     batch_norm,
+    check_model_fields,
     classifier,
     conv,
     torch_linear_bias_init,
@@ -100,7 +101,7 @@ class _ResidualBlock(nn.Module):
         features: width of the block's 3x3 convolution; the output has
             ``features * expansion`` channels.
         stride: stride of the block (on its 3x3 convolution and the ``downsample``).
-        zero_init_residual: initialise the scale of the block's last BN to zero.
+        zero_init_residual: initialize the scale of the block's last BN to zero.
         dtype: computation dtype (parameters stay float32).
     """
 
@@ -159,7 +160,7 @@ class ImageNetResNet(nn.Module):
     Attributes:
         depth: 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck).
         num_classes: size of the ``fc`` output (1000 for ImageNet).
-        zero_init_residual: initialise the last BN scale of every block to zero
+        zero_init_residual: initialize the last BN scale of every block to zero
             (torchvision's option of the same name; off by default).
         dtype: computation dtype (parameters stay float32).
 
@@ -174,6 +175,7 @@ class ImageNetResNet(nn.Module):
 
     def __post_init__(self) -> None:  # fail at construction for a bad depth
         resnet_spec(self.depth)
+        check_model_fields(self)
         super().__post_init__()
 
     @nn.compact

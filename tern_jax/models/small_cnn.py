@@ -11,7 +11,7 @@ Layout for an ``(N, 8, 8, 1)`` input::
 
 Parameter paths: ``stem_conv/kernel``, ``stem_bn/{scale,bias}``, ``conv2/kernel``,
 ``bn2/{scale,bias}``, ``conv3/kernel``, ``bn3/{scale,bias}``, ``head/{kernel,bias}``.
-Initialisation as in the CIFAR ResNets (He et al. 2016): He-normal fan-out
+Initialization as in the CIFAR ResNets (He et al. 2016): He-normal fan-out
 convolutions without bias, BN scale 1 / bias 0, He-normal fan-in head kernel with
 zero bias. BatchNorm: ``epsilon=1e-5``, flax ``momentum=0.9``.
 """
@@ -21,7 +21,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from tern_jax.models.common import Dtype, batch_norm, classifier, conv, he_normal_fan_in
+from tern_jax.models.common import (
+    Dtype,
+    batch_norm,
+    check_model_fields,
+    classifier,
+    conv,
+    he_normal_fan_in,
+)
 
 
 class SmallCNN(nn.Module):
@@ -39,6 +46,10 @@ class SmallCNN(nn.Module):
     num_classes: int = 10
     width: int = 32
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:  # fail at construction for a bad field
+        check_model_fields(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:

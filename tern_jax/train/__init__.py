@@ -7,6 +7,7 @@ One concept per module, each importing only the ones listed before it:
 * ``task``: the task seam (batch -> loss and metrics); image classification;
 * ``stack``: :class:`ModelStack` (the models trained together) and :class:`TrainState`;
 * ``step``: the pure ``train_step`` / ``eval_step``;
+* ``distributed``: several processes: start-up, global batches, one writer, failures;
 * ``inputs``: device-resident arrays or host streams;
 * ``run_folder``: config, metrics, results and verified checkpoints of a run;
 * ``restore``: a run's models read back without data; ``warm_start``: init from weights;

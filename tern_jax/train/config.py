@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 import typing
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import NamedTuple
 from tern_jax.rules import Rule
 
 __all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "is_full_precision", "variant_rules",
-           "load_config", "override", "quickstart_config"]
+           "is_language_model", "presets_for", "load_config", "override", "quickstart_config"]
 
 # First conv and classifier of every model in tern_jax.models (CIFAR/digits: stem_conv, head;
 # torchvision ResNets: conv1, fc; AlexNet: conv1, head). Full paths only: a block's inner
@@ -47,16 +48,33 @@ PRESETS: dict[str, tuple[Rule, ...] | None] = {
 }
 
 
-def variant_rules(name: str) -> tuple[Rule, ...] | None:
-    """The rules of a preset variant; a clear error for an unknown name."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]
+def is_language_model(model) -> bool:
+    """Whether a config's ``model`` names a transformer language model (``transformer_*``)."""
+    return isinstance(model, str) and model.strip().lower().startswith("transformer")
 
 
-def is_full_precision(variant: str) -> bool:
+def presets_for(model: str | None) -> dict[str, tuple[Rule, ...] | None]:
+    """The variant presets of a model family: :data:`PRESETS` (CNNs), or for a transformer
+    :data:`tern_jax.presets_lm.TRANSFORMER_RULES` (same names, rules fitted to embeddings and
+    rank-3 attention kernels)."""
+    if is_language_model(model):
+        from tern_jax.presets_lm import TRANSFORMER_RULES
+
+        return TRANSFORMER_RULES
+    return PRESETS
+
+
+def variant_rules(name: str, model: str | None = None) -> tuple[Rule, ...] | None:
+    """The rules of a preset variant (of ``model``'s family); a clear error for an unknown name."""
+    presets = presets_for(model)
+    if name not in presets:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(presets)}")
+    return presets[name]
+
+
+def is_full_precision(variant: str, model: str | None = None) -> bool:
     """Whether a variant trains without ternarization (its preset has no rules)."""
-    return variant_rules(variant) is None
+    return variant_rules(variant, model) is None
 
 
 class Slot(NamedTuple):
@@ -85,6 +103,112 @@ class Slot(NamedTuple):
         return cls(found.group(1), int(found.group(2)))
 
 
+#: Accepted ranges of numeric fields: (lowest, lowest allowed?, highest, highest allowed?).
+_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "train_subset": (1, True, None, False), "test_subset": (1, True, None, False),
+    "epochs": (1, True, None, False), "batch_size": (1, True, None, False),
+    "learning_rate": (0, False, None, False), "momentum": (0, True, 1, False),
+    "weight_decay": (0, True, None, False), "warmup_epochs": (0, True, None, False),
+    "label_smoothing": (0, True, 1, False), "finetune_epochs": (0, True, None, False),
+    "finetune_learning_rate": (0, False, None, False), "distill_weight": (0, True, None, False),
+    # threshold_warmup and threshold_warmup_start: checked together in Config.__post_init__
+    "distill_temperature": (0, False, None, False), "eval_batch_size": (1, True, None, False),
+    "eval_every": (1, True, None, False), "checkpoint_every": (0, True, None, False),
+    "keep_checkpoints": (1, True, None, False), "scan_steps": (0, True, None, False),
+    "seeds": (0, True, None, False),
+    "seq_len": (1, True, None, False), "steps_per_epoch": (1, True, None, False),
+}
+
+_NOTES = {
+    "train_subset": " (None: the whole set)", "test_subset": " (None: the whole set)",
+    "checkpoint_every": " (0: only at the end)",
+    "keep_checkpoints": " (a run must keep its last checkpoint)",
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _range_text(name: str, kind: str) -> str:
+    low, low_in, high, high_in = _RANGES[name]
+    if high is None:
+        bound = f"{'>=' if low_in else '>'} {low}"
+        return f"{kind} {bound}"
+    return f"{kind} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _in_range(name: str, value) -> bool:
+    low, low_in, high, high_in = _RANGES[name]
+    ok_low = value >= low if low_in else value > low
+    ok_high = high is None or (value <= high if high_in else value < high)
+    return ok_low and ok_high
+
+
+def _check_fields(config) -> None:
+    """Every field of the right type and in its range; the message names the field."""
+    hints = typing.get_type_hints(type(config))
+    for name, hint in hints.items():
+        value = getattr(config, name)
+        text = str(hint)
+        optional = "None" in text
+        if optional and value is None:
+            continue
+        suffix = " or None" if optional else ""
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be true or false, got {value!r}")
+        elif hint is str or text == "str | None":
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string{suffix}, got {value!r}")
+            if not value.strip():
+                raise ValueError(f"{name} must be a non-empty string{suffix}, got {value!r}")
+        elif hint is int or text == "int | None":
+            what = (_range_text(name, "an integer") if name in _RANGES else "an integer")
+            what += suffix + _NOTES.get(name, "")
+            if not _is_int(value):
+                raise TypeError(f"{name} must be {what}, got {value!r}")
+            if name in _RANGES and not _in_range(name, value):
+                raise ValueError(f"{name} must be {what}, got {value!r}")
+        elif hint is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if name in _RANGES and not _in_range(name, value):
+                raise ValueError(f"{name} must be {_range_text(name, 'a number')}, got {value!r}")
+        elif text.startswith("tuple[tuple"):
+            pairs_ok = isinstance(value, (tuple, list)) and all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and _is_int(p[0]) and p[0] >= 1
+                and _is_number(p[1]) and p[1] > 0 for p in value)
+            if not pairs_ok:
+                raise ValueError(f"{name} must be (epoch, factor) pairs with epoch >= 1 and "
+                                 f"factor > 0, e.g. ((80, 0.1), (120, 0.1)); got {value!r}")
+        elif text.startswith("tuple[int"):
+            if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+                raise TypeError(f"{name} must be a tuple of integers, e.g. (0, 1), got {value!r}")
+            bad = [v for v in value if name in _RANGES and not _in_range(name, v)]
+            if bad or len(set(value)) != len(value):
+                raise ValueError(f"{name} must be distinct integers >= 0, got {value!r}")
+        elif text.startswith("tuple[str"):
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{name} must be a tuple of names, e.g. ('fp', 'tern'), got "
+                                f"{value!r}")
+            if len(set(value)) != len(value):
+                raise ValueError(f"{name} must not repeat a name, got {value!r}")
+    # model and dataset names are checked by the task that builds them (task_for)
+    if config.compute_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"compute_dtype must be 'float32', 'bfloat16' or 'float16', got "
+                         f"{config.compute_dtype!r}")
+    if config.init_variant not in PRESETS:
+        raise ValueError(f"init_variant must be one of {', '.join(PRESETS)}, got "
+                         f"{config.init_variant!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a training run. Defaults: the offline digits quickstart."""
@@ -97,6 +221,12 @@ class Config:
     test_subset: int | None = None
     augment: bool = True  # pad-4 random crop + flip (CIFAR recipe); on device
     stream: bool = False  # feed batches from the host (ImageNet path) instead of device memory
+    # language models (model="transformer_*", dataset="text"|"tiny_shakespeare"): a local text
+    # file or folder (None: the Python standard library's sources), the window length (None:
+    # the model's max_len) and the steps of an "epoch" (None: one pass over the text)
+    text_path: str | None = None
+    seq_len: int | None = None
+    steps_per_epoch: int | None = None
     # model
     model: str = "small_cnn"
     compute_dtype: str = "float32"  # "bfloat16" for mixed precision on GPU/TPU
@@ -145,8 +275,9 @@ class Config:
     progress: bool = True
 
     def __post_init__(self):
+        _check_fields(self)
         for v in self.variants:
-            variant_rules(v)
+            variant_rules(v, self.model)
         if not self.variants or not self.seeds:
             raise ValueError("a run needs at least one variant and one seed")
         if self.batch_size < 1 or self.epochs < 1:
@@ -172,7 +303,7 @@ class Config:
                     f"finetune_schedule must be 'cosine' or 'constant', got "
                     f"{self.finetune_schedule!r} (milestones belong to the first stage)"
                 )
-            if all(is_full_precision(v) for v in self.variants):
+            if all(is_full_precision(v, self.model) for v in self.variants):
                 raise ValueError("finetune_epochs > 0 needs a ternary variant to fine-tune, "
                                  "e.g. variants=fp,tern")
             if self.init_from or self.pretrained:
@@ -214,12 +345,18 @@ def _parse(value: str, annotation):
     if "tuple[tuple" in str(annotation):
         pairs = [p for p in text.replace(" ", "").split(",") if p]
         out = []
-        for p in pairs:
-            epoch, factor = p.split(":")
-            out.append((int(epoch), float(factor)))
+        try:
+            for p in pairs:
+                epoch, factor = p.split(":")
+                out.append((int(epoch), float(factor)))
+        except ValueError:
+            raise ValueError("expected EPOCH:FACTOR pairs such as 80:0.1,120:0.1") from None
         return tuple(out)
     if "tuple[int" in str(annotation):
-        return tuple(int(t) for t in text.split(",") if t)
+        try:
+            return tuple(int(t) for t in text.split(",") if t)
+        except ValueError:
+            raise ValueError("expected comma-separated integers such as 0,1") from None
     if "tuple[str" in str(annotation):
         return tuple(t for t in text.split(",") if t)
     if "bool" in str(annotation):
@@ -229,9 +366,15 @@ def _parse(value: str, annotation):
             return False
         raise ValueError(f"expected true/false, got {value!r}")
     if "int" in str(annotation) and "float" not in str(annotation):
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
     if "float" in str(annotation):
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
     return text
 
 

@@ -5,8 +5,11 @@ Two forms, one interface for the loop:
 * :class:`DeviceInputs` (CIFAR-10, digits): the whole set lives in device memory; an epoch is
   a per-model permutation and per-model augmentation keys (models of one seed see the same
   batches), and batches are gathered and augmented on the device inside the jitted step;
-* :class:`StreamInputs` (ImageNet, or ``stream=True``): the host yields batches, every model
-  sees the same batch, a few are prefetched onto the devices.
+* :class:`StreamInputs` (ImageNet, or ``stream=True``): grain pipelines
+  (:mod:`tern_jax.data.pipeline`) yield batches on the host, every model sees the same batch.
+  With several processes each reads only its share (``batch_size / process_count`` rows of
+  every global batch) and the global batch is assembled on the devices with
+  ``jax.make_array_from_process_local_data``; the global batches are those of one process.
 
 Both give padded evaluation batches with a mask, so one compiled eval step fits every batch.
 """
@@ -97,7 +100,12 @@ class DeviceInputs:
 
 
 class StreamInputs:
-    """Host batch streams (every model sees the same batch), prefetched to the devices."""
+    """Host batch streams (every model sees the same batch), placed as global arrays.
+
+    ``train(epoch)`` yields this process's ``(images, labels)`` of each step; ``test()`` its
+    ``(images, labels, mask)`` of each padded evaluation batch (the same count and shape on
+    every process).
+    """
 
     streamed = True
 
@@ -115,34 +123,67 @@ class StreamInputs:
         self.mesh = mesh
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
-        from tern_jax.data.streams import prefetch_to_device
+        from tern_jax.train.distributed import global_batches
 
-        host = ({"image": x, "label": y} for x, y in self._train(epoch))
-        return prefetch_to_device(host, size=2)
+        stream = self._train(epoch)
+        try:
+            host = ({"image": x, "label": y} for x, y in stream)
+            yield from global_batches(host, NamedSharding(self.mesh, P("data")))
+        finally:
+            _close(stream)
 
-    def test_batches(self) -> Iterator[tuple[dict, np.ndarray]]:
-        from tern_jax.data.streams import pad_batch
+    def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
+        from tern_jax.train.distributed import global_batch
 
-        for images, labels in self._test():
-            images, labels, mask = pad_batch(images, labels, self.eval_batch_size)
-            yield {"image": images, "label": labels}, mask
+        stream = self._test()
+        try:
+            for images, labels, mask in stream:
+                yield global_batch(({"image": images, "label": labels}, mask),
+                                   NamedSharding(self.mesh, P("data")))
+        finally:
+            _close(stream)
+
+
+def _close(stream) -> None:
+    """Stops a grain iterator's worker processes (a loop may leave an epoch early)."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def _process_batches(config: Config, mesh: Mesh) -> tuple[int, int]:
+    """This process's rows of a training and of an evaluation batch.
+
+    The evaluation batch is rounded up to a multiple of the device count (padding is masked).
+    """
+    processes, devices = jax.process_count(), mesh.size
+    eval_batch = -(-config.eval_batch_size // devices) * devices
+    return config.batch_size // processes, eval_batch // processes
 
 
 def load_inputs(config: Config, seeds, mesh: Mesh) -> DeviceInputs | StreamInputs:
     """The dataset ``config.dataset`` in the form the config asks for."""
+    from tern_jax.train.config import is_language_model
+
+    if is_language_model(config.model):
+        from tern_jax.train.text_inputs import TextInputs, load_text_dataset
+
+        return TextInputs(load_text_dataset(config), config, seeds, mesh)
     if config.dataset.lower().startswith("imagenet"):
         from tern_jax.data import imagenet
         from tern_jax.data.specs import dataset_spec
 
+        batch, eval_batch = _process_batches(config, mesh)
+
         def train(epoch):
             return imagenet.imagenet_batches(
-                "train", config.batch_size, data_dir=config.data_dir, train=True,
-                seed=1000 * epoch + config.seeds[0], num_epochs=1, dtype=np.uint8)
+                "train", batch, data_dir=config.data_dir, train=True, seed=config.seeds[0],
+                start_epoch=epoch, num_epochs=1, dtype=np.uint8)
 
         def test():
             return imagenet.imagenet_batches(
-                "validation", config.eval_batch_size, data_dir=config.data_dir, train=False,
-                num_epochs=1, dtype=np.uint8)
+                "validation", eval_batch, data_dir=config.data_dir, train=False,
+                pad_remainder=True, dtype=np.uint8)
 
         spec = dataset_spec("imagenet")
         return StreamInputs(train, test, num_train=config.train_subset
@@ -152,18 +193,23 @@ def load_inputs(config: Config, seeds, mesh: Mesh) -> DeviceInputs | StreamInput
                             num_test=imagenet.IMAGENET_VAL_SIZE)
 
     from tern_jax.data import load_dataset, subset
-    from tern_jax.data.streams import array_batches
+    from tern_jax.data.pipeline import ArraySource, batch_dataset, batch_iterator
 
     ds = load_dataset(config.dataset, config.data_dir)
     if config.train_subset or config.test_subset:
         ds = subset(ds, config.train_subset, config.test_subset, seed=0)
     if not config.stream:
         return DeviceInputs(ds, config, seeds, mesh)
+    batch, eval_batch = _process_batches(config, mesh)
+    train_source = ArraySource(ds.train_images, ds.train_labels)
+    test_source = ArraySource(ds.test_images, ds.test_labels)
     return StreamInputs(
-        lambda epoch: array_batches(ds.train_images, ds.train_labels, config.batch_size,
-                                    shuffle_seed=epoch),
-        lambda: array_batches(ds.test_images, ds.test_labels, config.eval_batch_size,
-                              drop_remainder=False),
+        lambda epoch: batch_iterator(batch_dataset(
+            train_source, batch, shuffle=True, seed=config.seeds[0], start_epoch=epoch),
+            num_workers=0),
+        lambda: batch_iterator(batch_dataset(
+            test_source, eval_batch, shuffle=False, drop_remainder=False, pad_remainder=True),
+            num_workers=0),
         num_train=len(ds.train_labels), num_classes=ds.num_classes,
         image_shape=ds.train_images.shape[1:], mean=ds.mean, std=ds.std, config=config,
         mesh=mesh, num_test=len(ds.test_labels))

@@ -24,9 +24,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tern_jax.train import distributed, warm_start
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
-from tern_jax.train import warm_start
 from tern_jax.train.config import Config
 from tern_jax.train.inputs import DeviceInputs, StreamInputs, constrain_batch, load_inputs
 from tern_jax.train.run_folder import RunFolder
@@ -219,7 +219,8 @@ def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous
             epoch, state = folder.restore(manager, trainer.abstract_state())
         finally:
             manager.close()
-        _set_aside_newer(folder, epoch)
+        if distributed.is_main():  # one process moves files; the others only read
+            _set_aside_newer(folder, epoch)
         log(f"resumed from the checkpoint of epoch {epoch} in {folder.path}")
         return epoch, state
     state = trainer.init_state()
@@ -254,18 +255,22 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
             f"{config.name} has two stages (finetune_epochs={config.finetune_epochs}); run it "
             "with tern_jax.train.run(config, workdir), which trains each stage in its own folder")
     folder = RunFolder(workdir)
+    folder.check_trainable()
     previous = _check_resumable(folder, config, resume)
+    main = distributed.is_main()  # several processes: process 0 writes, prints and plots
+    log = distributed.main_log(log)
     trainer = Trainer(config, devices=devices)
     start_epoch, state = _initial_state(trainer, folder, config, previous, log)
-    folder.write_config(config)
-    metrics_lib.truncate(folder.metrics_file, start_epoch)
+    if main:
+        folder.write_config(config)
+        metrics_lib.truncate(folder.metrics_file, start_epoch)
 
     log(f"{config.name}: {trainer.stack.num_models} model(s) {config.model} "
-        f"[{', '.join(trainer.names)}] on {trainer.inputs.num_train} images, "
+        f"[{', '.join(trainer.names)}] on {trainer.inputs.num_train} training examples, "
         f"{trainer.steps_per_epoch} steps/epoch, {config.epochs} epochs, "
         f"{trainer.mesh.size} device(s) ({jax.devices()[0].device_kind})")
     progress = None
-    if config.progress:
+    if config.progress and main:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=config.epochs * trainer.steps_per_epoch,
@@ -286,7 +291,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
             record = metrics_lib.epoch_record(
                 epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
                 seconds, trainer.stack.slots, train_loss, train_acc, evaluation)
-            metrics_lib.append(folder.metrics_file, record)
+            if main:
+                metrics_lib.append(folder.metrics_file, record)
             if progress is not None:
                 progress.write(metrics_lib.epoch_line(record))
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
@@ -295,8 +301,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
         if progress is not None:
             progress.close()
         manager.close()
+    if main:
+        folder.write_results(metrics_lib.final_results(folder.metrics_file, config))
+    distributed.barrier(f"results {folder.path}")  # the others read what process 0 wrote
     results = metrics_lib.final_results(folder.metrics_file, config)
-    folder.write_results(results)
     log(metrics_lib.results_table(results))
     return results
-

@@ -168,6 +168,13 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    import io
+
+    from tern_jax import fs
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
+    # replaces only a plot tern_jax wrote there before (never a user's file)
+    fs.write_owned_bytes(out_png, buffer.getvalue(), what="a plot (tern-jax plot)")
     return out_png

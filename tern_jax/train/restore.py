@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tern_jax.train.config import Config
+from tern_jax.train.config import Config, is_language_model
 from tern_jax.train.run_folder import RunFolder, final_stage
 from tern_jax.train.stack import ModelStack, TrainState
 
@@ -41,8 +41,11 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
                                 "workdir")
     if folder.latest_checkpoint() is None:
         raise FileNotFoundError(f"{folder.path} has no completed checkpoint yet")
-    spec = dataset_spec(config.dataset)
-    task = task_for(config, spec.num_classes, spec.image_shape)
+    if is_language_model(config.model):  # a text model needs no dataset spec
+        task = task_for(config)
+    else:
+        spec = dataset_spec(config.dataset)
+        task = task_for(config, spec.num_classes, spec.image_shape)
     # the optimizer only shapes the state; one step per epoch is enough for that
     stack = ModelStack.from_config(config, task, steps_per_epoch=1)
     manager = folder.manager(config.keep_checkpoints)

@@ -7,24 +7,24 @@ Layout (all paths relative, so a folder copied or moved elsewhere still resumes)
     results.json     final-epoch results, written atomically
     checkpoints/N/   orbax checkpoint of epoch N, with integrity.json inside
 
-Every checkpoint carries a SHA-256 per array (``integrity.json``), checked on restore: a
-damaged latest checkpoint (flipped bytes, a truncated or deleted file) is never trained on;
+Every checkpoint carries a SHA-256 per file and per array (``integrity.json``), checked on
+restore (files before orbax reads them, arrays after): a damaged latest checkpoint (flipped
+bytes, a truncated or deleted file) is never trained on;
 the previous complete one is used with a warning, and when none is usable the error names
 the damaged files. Checkpoints written before integrity files existed load unverified.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from tern_jax import fs
 from tern_jax.train.config import Config, from_json
 
 __all__ = ["RunFolder", "CheckpointDamaged", "DamagedCheckpointWarning", "STAGES",
@@ -62,25 +62,6 @@ def _as_dict(state) -> dict:
             "opt_state": state.opt_state}
 
 
-@contextlib.contextmanager
-def _quiet_libraries():
-    """Keeps orbax/absl/tensorstore from flooding the console while we handle their errors."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
 class RunFolder:
     """One run's folder; paths are resolved when used, never stored."""
 
@@ -103,6 +84,30 @@ class RunFolder:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
+
+    def holds_run(self) -> bool:
+        """Whether ``config.json`` here is a run's (written by tern_jax: a Config's fields)."""
+        import dataclasses
+
+        try:
+            saved = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return False
+        fields = {f.name for f in dataclasses.fields(Config)}
+        return isinstance(saved, dict) and {"name", "model", "variants"} <= set(saved) <= fields
+
+    def check_trainable(self) -> None:
+        """Refuses a folder a run must not write into: a file, or a folder holding files
+        tern_jax did not write (a new or empty folder, or an earlier run's, is fine)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise fs.NotOwnedError(f"workdir {self.path} is a file; give a folder for the run")
+        if self.path.is_dir():
+            names = sorted(p.name for p in self.path.iterdir())
+            if names and not self.holds_run():
+                shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                raise fs.NotOwnedError(
+                    f"workdir {self.path} holds files tern_jax did not write ({shown}); give a "
+                    "new or empty folder, or the folder of an earlier run")
 
     def read_config(self) -> Config | None:
         if not self.config_file.is_file():
@@ -148,14 +153,28 @@ class RunFolder:
         from tern_jax.fs import write_text_atomic
 
         tree = _as_dict(state)
-        digests = _digests(tree)
-        manager.save(epoch, args=ocp.args.StandardSave(tree))
+        main = jax.process_index() == 0  # several processes: one writes the shared files
+        digests = _digests(tree) if main else None
+        manager.save(epoch, args=ocp.args.StandardSave(tree))  # every process takes part
         manager.wait_until_finished()
         step_dir = self.checkpoint_dir / str(epoch)
-        if step_dir.is_dir():
+        if step_dir.is_dir() and main:
+            files = {str(p.relative_to(step_dir)): fs.file_digest(p)
+                     for p in sorted(step_dir.rglob("*")) if p.is_file()}
             write_text_atomic(step_dir / INTEGRITY_FILE,
-                              json.dumps({"format": "tern_jax.integrity.v1",
-                                          "sha256": digests}, indent=1))
+                              json.dumps({"format": "tern_jax.integrity.v1", "sha256": digests,
+                                          "files": files}, indent=1))
+
+    @staticmethod
+    def _check_files(step_dir: Path, files: dict) -> None:
+        """Every file orbax wrote is there with its bytes, checked before orbax reads any: a
+        damaged file is named here instead of surfacing as a storage library's traceback."""
+        for name, digest in files.items():
+            path = step_dir / name
+            if not path.is_file():
+                raise CheckpointDamaged(f"{path} is missing")
+            if fs.file_digest(path) != digest:
+                raise CheckpointDamaged(f"{path} fails its SHA-256 check (damaged on disk)")
 
     def _restore_one(self, manager, epoch: int, abstract: dict) -> dict:
         import orbax.checkpoint as ocp
@@ -165,14 +184,16 @@ class RunFolder:
         expected = None
         if integrity.is_file():
             try:
-                expected = json.loads(integrity.read_text())["sha256"]
+                record = json.loads(integrity.read_text())
+                expected = record["sha256"]
             except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointDamaged(f"{integrity} is unreadable ({_first_line(e)})") from e
+                raise CheckpointDamaged(f"{integrity} is unreadable ({fs.error_summary(e)})") from e
+            self._check_files(step_dir, record.get("files", {}))
         try:
-            with _quiet_libraries():
+            with fs.quiet_libraries():
                 restored = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # tensorstore/orbax raise many types for damaged files
-            raise CheckpointDamaged(f"{step_dir}: cannot be read ({_first_line(e)})") from e
+            raise CheckpointDamaged(f"{step_dir}: cannot be read ({fs.error_summary(e)})") from e
         if expected is None:
             warnings.warn(f"{step_dir} has no {INTEGRITY_FILE} (written before integrity "
                           "checks); restored unverified", stacklevel=3)

@@ -77,6 +77,8 @@ class ModelStack:
       branches: how expanded kernels (``t_ex > 1``) run: ``"folded"``, one op on
         ``Σ_k Ŵ_k`` (fast), or ``"vmapped"``, the paper's ``Σ_k op(x, Ŵ_k)``, one ternary op
         per branch (:func:`tern_jax.layers.vmapped_branches`); the same function.
+      model: the config's model name; it picks the family of variant presets
+        (:func:`~tern_jax.train.config.presets_for`: transformers have their own).
     """
 
     task: Task
@@ -88,6 +90,7 @@ class ModelStack:
     threshold_warmup: Any = None
     schedule: Any = None
     branches: str = "folded"
+    model: str | None = None
 
     def __post_init__(self):
         if self.model_axis not in ("vmap", "unroll"):
@@ -98,7 +101,8 @@ class ModelStack:
             raise ValueError(f"branches must be 'folded' or 'vmapped', got {self.branches!r}")
         variants = tuple(dict.fromkeys(s.variant for s in self.slots))
         object.__setattr__(self, "variants", variants)
-        object.__setattr__(self, "rule_sets", tuple(variant_rules(v) for v in variants))
+        object.__setattr__(self, "rule_sets", tuple(variant_rules(v, self.model)
+                                                     for v in variants))
         object.__setattr__(self, "variant_index",
                            np.array([variants.index(s.variant) for s in self.slots], np.int32))
         teacher = None
@@ -196,7 +200,8 @@ class ModelStack:
         schedule = optim.make_schedule(config, steps_per_epoch)
         return cls(task, config.slots, optim.make_optimizer(config, schedule), mode,
                    config.distill_weight, config.distill_temperature,
-                   optim.make_threshold_warmup(config, steps_per_epoch), schedule)
+                   optim.make_threshold_warmup(config, steps_per_epoch), schedule,
+                   model=config.model)
 
     def restart_optimizer(self, params, batch_stats) -> TrainState:
         """A state from given weights with fresh optimizer states (warm starts)."""

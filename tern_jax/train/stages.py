@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tern_jax.train import distributed
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train.config import FULL_PRECISION, Config, is_full_precision
 from tern_jax.train.loop import train_and_evaluate
@@ -30,7 +31,7 @@ def stage_configs(config: Config, workdir) -> tuple[Config, Config]:
     ``distill_weight > 0`` the full-precision model continues alongside as the teacher.
     """
     workdir = Path(workdir).absolute()
-    ternary = tuple(v for v in config.variants if not is_full_precision(v))
+    ternary = tuple(v for v in config.variants if not is_full_precision(v, config.model))
     pretrain = dataclasses.replace(
         config, name=f"{config.name}/{STAGES[0]}", variants=(FULL_PRECISION,), finetune_epochs=0,
         distill_weight=0.0, threshold_warmup=0.0)
@@ -67,8 +68,12 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     if not config.finetune_epochs:
         return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log)
     folder = RunFolder(workdir)
+    folder.check_trainable()
     _check_two_stage(folder, config, resume)
-    folder.write_config(config)
+    distributed.barrier(f"checked {folder.path}")  # every process read the folder first
+    if distributed.is_main():  # several processes: process 0 writes and prints
+        folder.write_config(config)
+    log = distributed.main_log(log)
     pretrain, finetune = stage_configs(config, folder.path)
     log(f"{config.name}: two stages, {config.epochs} epochs full precision, then "
         f"{config.finetune_epochs} epochs fine-tuning {', '.join(finetune.variants)} from it")
@@ -78,13 +83,15 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
                                 devices=devices, log=log)
     variants = ({FULL_PRECISION: first["variants"][FULL_PRECISION]}
                 if FULL_PRECISION in config.variants else {})
-    variants.update({v: r for v, r in second["variants"].items() if not is_full_precision(v)})
+    variants.update({v: r for v, r in second["variants"].items()
+                     if not is_full_precision(v, config.model)})
     results = {"name": config.name, "model": config.model, "dataset": config.dataset,
                "epochs": first["epochs"] + second["epochs"],
                "stages": {STAGES[0]: first["epochs"], STAGES[1]: second["epochs"]},
                "seeds": list(config.seeds),
                "train_seconds": first["train_seconds"] + second["train_seconds"],
                "variants": variants}
-    folder.write_results(results)
+    if distributed.is_main():
+        folder.write_results(results)
     log(metrics_lib.results_table(results))
     return results

@@ -105,8 +105,16 @@ class ImageClassification:
                 "count": jnp.sum(mask)}
 
 
-def task_for(config, num_classes: int, image_shape, mean=None, std=None) -> Task:
-    """The task a config trains: image classification with ``config.model``."""
+def task_for(config, num_classes: int | None = None, image_shape=None, mean=None,
+             std=None) -> Task:
+    """The task a config trains: image classification with ``config.model``, or for a
+    transformer the language model of :mod:`tern_jax.train.language_model`."""
+    from tern_jax.train.config import is_language_model
+
+    if is_language_model(config.model):
+        from tern_jax.train.language_model import language_model_task
+
+        return language_model_task(config)
     import jax.numpy as jnp
 
     from tern_jax.models import get_model

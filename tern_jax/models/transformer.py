@@ -1,0 +1,324 @@
+"""A small decoder-only transformer language model in Flax NNX, and sampling from it.
+
+Byte-level by default (256 symbols). Like the CNNs of :mod:`tern_jax.models` it knows nothing
+of ternarization: rules select its weights by path (:mod:`tern_jax.presets_lm`). Layout for
+tokens ``(B, T)``, ``T <= max_len``::
+
+    embed (vocab, d)                                   -> (B, T, d)
+    blocks/i, i < num_layers (pre-norm, residual):
+        attn_norm (RMSNorm), attn: causal multi-head self-attention with rotary positions
+            query, key, value kernels (d, heads, head_dim); out kernel (heads, head_dim, d)
+        mlp_norm (RMSNorm), mlp: up (d, mlp_ratio*d), GELU, down (mlp_ratio*d, d)
+    final_norm (RMSNorm)
+    head (d, vocab), or embed.attend (the embedding's transpose) when tie_embeddings  -> logits
+
+Parameter paths (``nnx.state(model, nnx.Param)``): ``embed/embedding``,
+``blocks/0/attn/query/kernel``, ``blocks/0/attn/out/kernel``, ``blocks/0/mlp/up/kernel``,
+``blocks/0/attn_norm/scale``, ..., ``final_norm/scale``, ``head/kernel``. No biases (as LLaMA
+and BitNet); positions are rotary (RoPE, Su et al. 2021), so there is no position table.
+Initialization as GPT-2: every kernel and the embedding ``N(0, 0.02)``, the residual outputs
+(``attn/out``, ``mlp/down``) ``N(0, 0.02/sqrt(2·num_layers))``.
+
+Example::
+
+    config = transformer_config("transformer_tiny")
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    logits = model(tokens)                          # (B, T, 256) float32
+    text = generate(model, b"def ", steps=100, key=jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "TRANSFORMER_CONFIGS",
+    "Transformer",
+    "TransformerConfig",
+    "generate",
+    "transformer_config",
+]
+
+# nnx.List (flax >= 0.12) marks a list of submodules as part of the graph; older flax took a
+# plain list.
+_ModuleList = getattr(nnx, "List", list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes of a :class:`Transformer`.
+
+    Attributes:
+      vocab_size: number of symbols (256 for bytes).
+      max_len: the longest sequence the model takes (its context window).
+      d_model: width of the residual stream.
+      num_heads: attention heads; ``head_dim = d_model // num_heads`` (even, for rotary
+        positions).
+      num_layers: transformer blocks.
+      mlp_ratio: hidden width of the MLP as a multiple of ``d_model``.
+      tie_embeddings: the output head is the embedding's transpose (no ``head/kernel``).
+      dtype: computation dtype (``"float32"``, ``"bfloat16"``); parameters stay float32 and
+        logits come back float32.
+    """
+
+    vocab_size: int = 256
+    max_len: int = 128
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 4
+    mlp_ratio: int = 4
+    tie_embeddings: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "mlp_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"TransformerConfig.{name} must be a positive integer, got "
+                                 f"{value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig: d_model={self.d_model} is not divisible by "
+                f"num_heads={self.num_heads}; pick num_heads dividing d_model"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"TransformerConfig: head_dim = d_model/num_heads = {self.head_dim} must be even "
+                "(rotary positions rotate pairs of features)"
+            )
+        if not isinstance(self.tie_embeddings, bool):
+            raise TypeError(f"TransformerConfig.tie_embeddings must be True or False, got "
+                            f"{self.tie_embeddings!r}")
+        try:
+            dtype = jnp.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"TransformerConfig.dtype must name a float dtype such as "
+                             f"'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+#: Named sizes. ``transformer_tiny`` is for tests (seconds on a CPU); ``transformer_small`` is
+#: the CPU experiment's model (``experiments/results/lm``: 131k parameters, a 64-byte
+#: context); ``transformer_base`` (0.85M parameters, 128 bytes) is for longer runs.
+TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
+    "transformer_tiny": TransformerConfig(max_len=32, d_model=32, num_heads=2, num_layers=2),
+    "transformer_small": TransformerConfig(max_len=64, d_model=64, num_heads=2, num_layers=2),
+    "transformer_base": TransformerConfig(max_len=128, d_model=128, num_heads=4, num_layers=4),
+}
+
+
+def transformer_config(name: str, **overrides: Any) -> TransformerConfig:
+    """The named :class:`TransformerConfig` (:data:`TRANSFORMER_CONFIGS`) with ``overrides``."""
+    if not isinstance(name, str) or name.strip().lower() not in TRANSFORMER_CONFIGS:
+        raise ValueError(f"unknown transformer {name!r}; choose one of "
+                         f"{', '.join(TRANSFORMER_CONFIGS)}")
+    base = TRANSFORMER_CONFIGS[name.strip().lower()]
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown TransformerConfig fields {unknown}; fields: {sorted(fields)}")
+    return dataclasses.replace(base, **overrides)
+
+
+_init = nnx.initializers.normal(0.02)
+
+
+def _rotary(x: jax.Array) -> jax.Array:
+    """Rotary position embedding of ``x`` ``(B, T, heads, head_dim)`` at positions ``0..T-1``."""
+    half = x.shape[-1] // 2
+    inv_freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = jnp.arange(x.shape[1], dtype=jnp.float32)[:, None] * inv_freq  # (T, half)
+    sin = jnp.sin(angle)[None, :, None, :].astype(x.dtype)
+    cos = jnp.cos(angle)[None, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
+class CausalSelfAttention(nnx.Module):
+    """Multi-head causal self-attention; kernels of rank 3, one axis for the heads."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        d, h, hd = config.d_model, config.num_heads, config.head_dim
+        dtype = jnp.dtype(config.dtype)
+        out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * config.num_layers))
+
+        def projection():
+            return nnx.LinearGeneral(d, (h, hd), use_bias=False, kernel_init=_init,
+                                     dtype=dtype, rngs=rngs)
+
+        self.query, self.key, self.value = projection(), projection(), projection()
+        self.out = nnx.LinearGeneral((h, hd), d, axis=(-2, -1), use_bias=False,
+                                     kernel_init=out_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = _rotary(self.query(x)), _rotary(self.key(x)), self.value(x)
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        d, hidden = config.d_model, config.mlp_ratio * config.d_model
+        dtype = jnp.dtype(config.dtype)
+        out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * config.num_layers))
+        self.up = nnx.Linear(d, hidden, use_bias=False, kernel_init=_init, dtype=dtype,
+                             rngs=rngs)
+        self.down = nnx.Linear(hidden, d, use_bias=False, kernel_init=out_init, dtype=dtype,
+                               rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        self.attn_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.attn = CausalSelfAttention(config, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only transformer: ``model(tokens)`` -> float32 logits ``(B, T, vocab_size)``.
+
+    ``tokens`` are integers in ``[0, vocab_size)`` of shape ``(B, T)`` with ``T <= max_len``;
+    position ``t``'s logits predict token ``t + 1`` from tokens ``0..t``.
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig (e.g. transformer_config("
+                            f"'transformer_tiny')), got {type(config).__name__}")
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        self.embed = nnx.Embed(config.vocab_size, config.d_model, embedding_init=_init,
+                               dtype=dtype, rngs=rngs)
+        self.blocks = _ModuleList([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        if not config.tie_embeddings:
+            self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
+                                   kernel_init=_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integers of shape (batch, length), got dtype "
+                             f"{tokens.dtype} shape {tokens.shape}")
+        if tokens.shape[1] > self.config.max_len:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} is above the model's max_len="
+                f"{self.config.max_len}; pass at most max_len tokens (or build the model with a "
+                "larger max_len)"
+            )
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_norm(x)
+        logits = self.embed.attend(x) if self.config.tie_embeddings else self.head(x)
+        return logits.astype(jnp.float32)
+
+
+def _prompt_tokens(prompt, vocab_size: int) -> np.ndarray:
+    if isinstance(prompt, str):
+        prompt = prompt.encode("utf-8")
+    if isinstance(prompt, (bytes, bytearray)):
+        tokens = np.frombuffer(bytes(prompt), np.uint8).astype(np.int32)
+    else:
+        tokens = np.asarray(prompt)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise TypeError(f"prompt must be bytes, a str (encoded as UTF-8) or a 1-D integer "
+                            f"array, got {type(prompt).__name__}")
+        tokens = tokens.astype(np.int32)
+    if tokens.size == 0:
+        raise ValueError("prompt is empty; give at least one byte (e.g. b'\\n') to start from")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"prompt tokens must lie in [0, {vocab_size}), got values in "
+                         f"[{tokens.min()}, {tokens.max()}]")
+    return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
+def _sample(graphdef, state, window, length, key, temperature, *, steps):
+    """``steps`` tokens after ``window[:length]``, the window sliding once it is full."""
+    model = nnx.merge(graphdef, state)
+    max_len = window.shape[0]
+
+    def step(carry, i):
+        window, length = carry
+        logits = model(window[None])[0, length - 1]
+        sampled = jax.random.categorical(jax.random.fold_in(key, i),
+                                         logits / jnp.maximum(temperature, 1e-6))
+        token = jnp.where(temperature > 0, sampled, jnp.argmax(logits)).astype(window.dtype)
+        appended = window.at[jnp.minimum(length, max_len - 1)].set(token)
+        shifted = jnp.concatenate([window[1:], token[None]])
+        window = jnp.where(length < max_len, appended, shifted)
+        return (window, jnp.minimum(length + 1, max_len)), token
+
+    _, tokens = jax.lax.scan(step, (window, length), jnp.arange(steps))
+    return tokens
+
+
+def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
+             temperature: float = 1.0) -> bytes:
+    """Samples ``steps`` bytes after ``prompt`` with the model's weights; returns them as bytes.
+
+    Deterministic for a given ``key``: token ``i`` is drawn with ``fold_in(key, i)`` from
+    ``softmax(logits / temperature)``; ``temperature=0`` takes the most likely token. The model
+    sees at most the last ``max_len`` tokens (a sliding window). To sample with other weights
+    (ternarized, or loaded from a packed checkpoint), pass a model holding them::
+
+        generate(tern_jax.nnx_utils.ternarized(model, rules), b"def ", steps=200, key=key)
+        nnx.update(model, tern_jax.load_ternary(path)); generate(model, ...)
+
+    Args:
+      model: a byte-level :class:`Transformer` (``vocab_size <= 256``).
+      prompt: bytes, a str (encoded as UTF-8) or a 1-D integer array; at least one token.
+      steps: number of bytes to generate (>= 1).
+      key: a ``jax.random`` key.
+      temperature: >= 0.
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a tern_jax Transformer, got {type(model).__name__}")
+    if model.config.vocab_size > 256:
+        raise ValueError(f"generate samples bytes; the model has vocab_size="
+                         f"{model.config.vocab_size} > 256")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (bytes to generate), got {steps!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+            temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
+                         f"{temperature!r}")
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed and key.shape == ()) and not raw:
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)), got "
+                        f"{type(key).__name__} {getattr(key, 'dtype', '')}")
+    config = model.config
+    tokens = _prompt_tokens(prompt, config.vocab_size)[-config.max_len:]
+    window = np.zeros(config.max_len, np.int32)
+    window[: tokens.size] = tokens
+    graphdef, state = nnx.split(model)
+    out = _sample(graphdef, state, jnp.asarray(window), jnp.int32(tokens.size), key,
+                  jnp.float32(temperature), steps=int(steps))
+    return np.asarray(out, np.uint8).tobytes()

@@ -1,0 +1,271 @@
+"""Finished training runs read back from disk: curves, final accuracies, the paper's table.
+
+A *run folder* is what ``tern-jax train`` writes and ``experiments/collect.py`` copies into
+``experiments/results/``: ``config.json``, ``metrics.jsonl`` (one JSON line per epoch, each
+with every model's figures) and ``results.json`` (final-epoch accuracies per variant). A
+two-stage run (full precision, then ternary fine-tuned from it) keeps its epochs in the
+``pretrain/`` and ``finetune/`` subfolders and a merged ``results.json`` at the top::
+
+    from tern_jax import report
+
+    runs = report.load_runs("experiments/results")
+    print(report.compare_table(runs))       # Markdown, beside the paper's CIFAR-10 numbers
+    report.plot_curves(runs)                # test accuracy per epoch, fp solid, ternary dashed
+
+Accuracies are final-epoch figures (never the best epoch) in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+from tern_jax.train.metrics import read
+
+__all__ = ["PAPER_CIFAR10", "Stage", "Run", "Curve", "load_runs", "curves", "final_accuracy",
+           "compare_table", "plot_curves"]
+
+#: He, Gong & Fan (WACV 2019), CIFAR-10 top-1 test accuracy in percent: full precision
+#: (``fp``), every layer ternarized (``tern``, t_ex = 1), and TTQ (Zhu et al. 2017) as the
+#: paper quotes it. Keyed by the model names of :mod:`tern_jax.models`.
+PAPER_CIFAR10 = {
+    "resnet20": {"fp": 91.70, "tern": 91.65, "ttq": 91.13},
+    "resnet32": {"fp": 92.36, "tern": 92.48, "ttq": 92.37},
+    "resnet44": {"fp": 92.47, "tern": 92.71, "ttq": 92.98},
+    "resnet56": {"fp": 92.68, "tern": 92.86, "ttq": 93.56},
+}
+
+_STAGES = ("pretrain", "finetune")
+_FULL_PRECISION = "fp"
+
+
+class Stage(NamedTuple):
+    """One training program of a run: its folder, config and per-epoch records."""
+
+    name: str        # "" for a one-stage run, else "pretrain" or "finetune"
+    path: Path
+    config: dict     # config.json ({} if missing)
+    records: list    # the metrics.jsonl lines, in order
+
+
+class Run(NamedTuple):
+    """A run folder: its name (path relative to the root searched), results and stages."""
+
+    name: str
+    path: Path
+    config: dict     # the top-level config.json ({} if missing)
+    results: dict    # results.json ({} while a run has not finished)
+    stages: tuple    # of Stage: one, or (pretrain, finetune)
+
+    @property
+    def model(self) -> str | None:
+        return self.results.get("model") or self.config.get("model")
+
+    @property
+    def dataset(self) -> str | None:
+        return self.results.get("dataset") or self.config.get("dataset")
+
+
+class Curve(NamedTuple):
+    """One model's training curve; a two-stage run's stages as one timeline."""
+
+    run: str
+    model: str       # the model's name in the run, e.g. "tern/seed0"
+    variant: str
+    epochs: list     # epoch numbers, continuing across stages
+    test_acc: list   # percent, None for epochs without evaluation
+    train_loss: list
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); a run folder's config.json and "
+                         "results.json are written by tern-jax train") from e
+    return value if isinstance(value, dict) else {}
+
+
+def _stage(name: str, path: Path) -> Stage:
+    return Stage(name, path, _read_json(path / "config.json"), read(path / "metrics.jsonl"))
+
+
+def _is_stage_pair(path: Path) -> bool:
+    return all((path / s / "metrics.jsonl").exists() for s in _STAGES)
+
+
+def _load_run(root: Path, path: Path) -> Run:
+    if (path / "metrics.jsonl").exists():
+        stages = (_stage("", path),)
+    else:
+        stages = tuple(_stage(s, path / s) for s in _STAGES)
+    name = path.relative_to(root).as_posix() if path != root else path.name
+    return Run(name, path, _read_json(path / "config.json"), _read_json(path / "results.json"),
+               stages)
+
+
+def load_runs(root) -> list[Run]:
+    """Every run folder under ``root`` (``root`` itself included), sorted by path.
+
+    A folder is a run when it holds ``metrics.jsonl``, or ``pretrain/metrics.jsonl`` and
+    ``finetune/metrics.jsonl`` (a two-stage run, read as one run). Other files (tables,
+    pictures, checkpoints) are ignored. An existing folder without runs gives ``[]``.
+
+    Raises:
+      TypeError: ``root`` is not a path.
+      FileNotFoundError: ``root`` is not an existing folder.
+    """
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"load_runs: root must be a folder path (str or Path), got "
+                        f"{type(root).__name__}; pass e.g. 'experiments/results'")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_runs: root {str(root)!r} is not an existing folder; pass "
+                                "the folder that holds the run folders (experiments/results)")
+    runs, pending = [], [root]
+    while pending:
+        path = pending.pop()
+        if (path / "metrics.jsonl").exists() or _is_stage_pair(path):
+            runs.append(_load_run(root, path))
+            continue  # a run's own subfolders are its stages, not runs
+        pending.extend(p for p in path.iterdir() if p.is_dir())
+    return sorted(runs, key=lambda r: r.path.as_posix())
+
+
+def _check_runs(runs, func: str) -> list[Run]:
+    if isinstance(runs, Run):
+        return [runs]
+    runs = list(runs) if isinstance(runs, (list, tuple)) else runs
+    if not isinstance(runs, list) or not all(isinstance(r, Run) for r in runs):
+        raise TypeError(f"{func}: runs must be a Run or a list of Run (from "
+                        f"tern_jax.report.load_runs), got {type(runs).__name__}")
+    return runs
+
+
+def curves(runs) -> list[Curve]:
+    """Per model of each run, test accuracy (%) and train loss per epoch.
+
+    The fine-tuning epochs of a two-stage run continue after the full-precision ones, and the
+    full-precision curve of its first stage is the parent of every fine-tuned curve.
+    """
+    out = []
+    for run in _check_runs(runs, "curves"):
+        offset = 0
+        by_model: dict[str, Curve] = {}  # a model trained on in a later stage continues
+        for stage in run.stages:
+            if not stage.records:
+                continue
+            for record in stage.records:
+                for m in record.get("models", []):
+                    c = by_model.setdefault(m["name"], Curve(run.name, m["name"], m["variant"],
+                                                              [], [], []))
+                    c.epochs.append(offset + int(record["epoch"]))
+                    acc = m.get("test_acc")
+                    c.test_acc.append(None if acc is None else 100.0 * acc)
+                    c.train_loss.append(m.get("train_loss"))
+            offset += int(stage.records[-1]["epoch"])
+        out.extend(by_model.values())
+    return out
+
+
+def final_accuracy(run: Run) -> dict[str, float]:
+    """Final-epoch test accuracy (%) per variant, mean over seeds.
+
+    From ``results.json`` when the run finished; otherwise from the last evaluated epoch of
+    each model in ``metrics.jsonl`` (a run still in progress), so a partial run still shows.
+    """
+    _check_runs(run, "final_accuracy")
+    if run.results.get("variants"):
+        return {v: 100.0 * s["mean"] for v, s in run.results["variants"].items()}
+    last: dict[str, dict[str, float]] = {}
+    for c in curves(run):
+        evaluated = [a for a in c.test_acc if a is not None]
+        if evaluated:
+            last.setdefault(c.variant, {})[c.model] = evaluated[-1]
+    return {v: sum(per_model.values()) / len(per_model) for v, per_model in last.items()}
+
+
+def _epochs(run: Run) -> str:
+    stages = run.results.get("stages")
+    if stages:
+        return "+".join(str(stages[s]) for s in _STAGES if s in stages)
+    if run.results.get("epochs"):
+        return str(run.results["epochs"])
+    return str(max((r["epoch"] for s in run.stages for r in s.records), default=0))
+
+
+def compare_table(runs, paper: dict | None = None) -> str:
+    """A Markdown table: each variant of each run, its accuracy, and the paper's figures.
+
+    ``paper`` maps a model name to ``{"fp": %, "tern": %}`` (default :data:`PAPER_CIFAR10`);
+    its columns are filled only for CIFAR-10 runs of a model it lists, and show "-" otherwise;
+    a model of ``paper`` that no run trained gets a "not run" row, so the table always shows
+    the target.
+    A two-stage run's epochs read "pretrain+finetune" (e.g. ``200+80``).
+    """
+    runs = _check_runs(runs, "compare_table")
+    paper = PAPER_CIFAR10 if paper is None else paper
+    if not isinstance(paper, dict):
+        raise TypeError(f"compare_table: paper must be a dict of model -> {{'fp': %, 'tern': %}}"
+                        f", got {type(paper).__name__}; the default is PAPER_CIFAR10")
+    lines = ["| run | model | variant | epochs | test acc % | paper fp % | paper ternary % |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    run_models = {run.model for run in runs if run.dataset in (None, "cifar10")}
+    for run in runs:
+        ref = paper.get(run.model, {}) if run.dataset in (None, "cifar10") else {}
+        for variant, acc in final_accuracy(run).items():
+            fp, tern = ref.get("fp"), ref.get("tern")
+            lines.append(f"| {run.name} | {run.model or '-'} | {variant} | {_epochs(run)} | "
+                         f"{acc:.2f} | {'-' if fp is None else f'{fp:.2f}'} | "
+                         f"{'-' if tern is None else f'{tern:.2f}'} |")
+    for model, ref in paper.items():  # the paper's rows nobody has run yet
+        if model not in run_models:
+            lines.append(f"| not run | {model} | - | - | - | {ref['fp']:.2f} | "
+                         f"{ref['tern']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs, ax=None, *, metric: str = "test_acc"):
+    """Draws every model's curve of ``runs`` on ``ax`` (a new figure if ``None``).
+
+    One colour per variant (the same in every call, so panels compare), full precision solid
+    and ternary variants dashed; labels name the run only when several are drawn. ``metric`` is
+    ``"test_acc"`` (percent, epochs without evaluation skipped) or ``"train_loss"``. Returns
+    the matplotlib ``Axes``. Needs matplotlib (``pip install 'tern_jax[plot]'``).
+    """
+    if metric not in ("test_acc", "train_loss"):
+        raise ValueError(f"plot_curves: metric must be 'test_acc' or 'train_loss', got "
+                         f"{metric!r}")
+    runs = _check_runs(runs, "plot_curves")
+    import matplotlib.pyplot as plt  # only plotting needs matplotlib
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    drawn = 0
+    for c in curves(runs):
+        points = [(e, y) for e, y in zip(c.epochs, getattr(c, metric)) if y is not None]
+        if not points:
+            continue
+        style = "-" if c.variant == _FULL_PRECISION else "--"
+        label = c.model if len(runs) == 1 else f"{c.run}: {c.model}"
+        ax.plot(*zip(*points), style, color=_colour(c.variant), marker=".", linewidth=1.2,
+                label=label)
+        drawn += 1
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)" if metric == "test_acc" else "train loss")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+    return ax
+
+
+_VARIANT_COLOURS = {"fp": "C0", "tern": "C3", "tern_pc": "C1", "twn": "C2", "absmean": "C4"}
+
+
+def _colour(variant: str) -> str:
+    """A fixed colour per variant; unknown variants get one of the rest by their name."""
+    if variant in _VARIANT_COLOURS:
+        return _VARIANT_COLOURS[variant]
+    return f"C{5 + sum(map(ord, variant)) % 5}"

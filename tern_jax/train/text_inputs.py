@@ -1,0 +1,101 @@
+"""Inputs of a language-model run: a byte corpus on the devices, random windows per step.
+
+The same interface as :class:`tern_jax.train.inputs.DeviceInputs`, so the loop runs text as it
+runs images: the training split lives in device memory; an epoch's plan is, per model seed,
+the random start offsets of every step's windows (models of one seed see the same windows);
+``batch_at`` gathers them on the device inside the jitted step. An *epoch* is
+``config.steps_per_epoch`` steps (evaluation and checkpoints happen between epochs), or one
+pass over the training bytes when that is None.
+
+Evaluation: ``config.test_subset`` non-overlapping windows of ``seq_len + 1`` bytes evenly
+spaced over the validation split (all of them when None), in padded batches with a mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tern_jax.train.config import Config
+from tern_jax.train.inputs import constrain_batch
+from tern_jax.train.language_model import check_config, seq_len
+
+__all__ = ["TextInputs", "load_text_dataset"]
+
+
+def load_text_dataset(config: Config):
+    """The :class:`tern_jax.data.text.TextDataset` a language-model config names."""
+    from tern_jax.data.text import load_text
+
+    check_config(config)
+    if config.dataset == "tiny_shakespeare":
+        return load_text("tiny_shakespeare", data_dir=config.data_dir)
+    if config.text_path is not None:
+        return load_text(text_path=config.text_path)
+    return load_text("python_stdlib")
+
+
+class TextInputs:
+    """A byte corpus in device memory, batched as random windows there."""
+
+    streamed = False
+    mean = std = None
+
+    def __init__(self, dataset, config: Config, seeds, mesh: Mesh):
+        from tern_jax.data.text import eval_windows
+
+        self.dataset = dataset
+        self.seq_len = seq_len(config)
+        self.num_classes = dataset.vocab_size
+        self.image_shape = (self.seq_len,)  # what one example is: seq_len tokens
+        self.batch_size = config.batch_size
+        self.mesh = mesh
+        self.seeds = np.asarray(seeds, np.int32)
+        if dataset.train.size < self.seq_len + 1:
+            raise ValueError(f"{dataset.name}: the training split holds {dataset.train.size} "
+                             f"bytes, fewer than one window of seq_len={self.seq_len} + 1")
+        self.num_train = int(dataset.train.size - self.seq_len)  # distinct window starts
+        self.steps_per_epoch = config.steps_per_epoch or max(
+            int(dataset.train.size) // (self.batch_size * self.seq_len), 1)
+        replicated = NamedSharding(mesh, P())
+        self.arrays = {"tokens": jax.device_put(np.asarray(dataset.train), replicated)}
+        windows = eval_windows(dataset.validation, self.seq_len, config.test_subset)
+        self.num_test = int(windows.shape[0])
+        size = min(config.eval_batch_size, self.num_test)
+        batches = math.ceil(self.num_test / size)
+        padded = np.zeros((batches * size, windows.shape[1]), np.int32)
+        padded[: self.num_test] = windows
+        mask = (np.arange(batches * size) < self.num_test).astype(np.float32)
+        self._test = jax.device_put(
+            ({"tokens": padded.reshape(batches, size, -1)}, mask.reshape(batches, size)),
+            replicated)
+        self.epoch_plan = jax.jit(self._epoch_plan)
+
+    def _epoch_plan(self, epoch):
+        """Window starts ``(steps, M, B)`` and (unused) keys ``(steps, M)`` per model seed."""
+        def per_model(seed):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), 11)
+            starts = jax.random.randint(key, (self.steps_per_epoch, self.batch_size), 0,
+                                        self.num_train + 1)
+            return starts, jax.random.split(key, self.steps_per_epoch)
+
+        starts, keys = jax.vmap(per_model)(jnp.asarray(self.seeds))
+        return jnp.swapaxes(starts, 0, 1), jnp.swapaxes(keys, 0, 1)
+
+    def batch_at(self, arrays: dict, idx: jax.Array, keys: jax.Array) -> dict:
+        """The windows ``(M, B, seq_len + 1)`` starting at ``idx`` (M, B)."""
+        del keys  # no augmentation of text
+        offsets = jnp.arange(self.seq_len + 1)
+        tokens = arrays["tokens"][idx[..., None] + offsets].astype(jnp.int32)
+        return constrain_batch({"tokens": tokens}, self.mesh)
+
+    def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
+        batches, mask = self._test
+        for b in range(mask.shape[0]):
+            yield jax.tree.map(lambda a, b=b: a[b], batches), mask[b]

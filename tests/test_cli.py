@@ -1,0 +1,166 @@
+"""The command line: every wrong flag, ``--set`` field or path ends with exit status 2 and one
+line on stderr (no traceback unless ``--debug``), and nothing it did not write is replaced.
+
+Each call here fails in its argument checks, before any model is built or trained.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+from tern_jax import cli
+from tern_jax.train.config import quickstart_config
+
+
+def _run(capsys, *argv):
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+def _fake_run(folder):
+    """A run folder as training leaves it: config.json and one epoch of metrics."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(quickstart_config().to_json())
+    record = {"epoch": 1, "lr": 0.1, "seconds": 1.0, "models": [
+        {"name": "tern/seed0", "variant": "tern", "seed": 0, "train_loss": 1.0,
+         "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5, "zero_fraction": 0.4}]}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return folder
+
+
+# (id, argv after "tern-jax", text the one line must hold); {tmp} is the test's folder
+BAD_CALLS = [
+    ("unknown-flag", ["train", "--workdir", "{tmp}/w", "--bogus"], "unrecognized arguments"),
+    ("missing-workdir", ["train"], "--workdir"),
+    ("unknown-command", ["fly"], "invalid choice"),
+    ("set-unknown-field", ["train", "--workdir", "{tmp}/w", "--set", "lr=0.1"],
+     "unknown config field 'lr'"),
+    ("set-not-field-value", ["train", "--workdir", "{tmp}/w", "--set", "epochs"],
+     "not of the form field=value"),
+    ("set-wrong-type", ["train", "--workdir", "{tmp}/w", "--set", "epochs=abc"],
+     "bad value for epochs: 'abc' (expected an integer)"),
+    ("set-float-for-int", ["train", "--workdir", "{tmp}/w", "--set", "batch_size=1.5"],
+     "bad value for batch_size"),
+    ("set-bool", ["train", "--workdir", "{tmp}/w", "--set", "augment=maybe"],
+     "bad value for augment"),
+    ("set-negative-learning-rate", ["train", "--workdir", "{tmp}/w", "--set",
+                                    "learning_rate=-0.1"], "learning_rate must be a number > 0"),
+    ("set-nan-learning-rate", ["train", "--workdir", "{tmp}/w", "--set", "learning_rate=nan"],
+     "learning_rate must be a finite number"),
+    ("set-checkpoint_every", ["train", "--workdir", "{tmp}/w", "--set", "checkpoint_every=-1"],
+     "checkpoint_every must be an integer >= 0"),
+    ("set-keep_checkpoints", ["train", "--workdir", "{tmp}/w", "--set", "keep_checkpoints=0"],
+     "keep_checkpoints must be an integer >= 1"),
+    ("set-train_subset", ["train", "--workdir", "{tmp}/w", "--set", "train_subset=0"],
+     "train_subset must be an integer >= 1 or None"),
+    ("set-epochs", ["train", "--workdir", "{tmp}/w", "--set", "epochs=0"],
+     "epochs must be an integer >= 1"),
+    ("set-momentum", ["train", "--workdir", "{tmp}/w", "--set", "momentum=1.5"],
+     "momentum must be a number in [0, 1)"),
+    ("set-seeds", ["train", "--workdir", "{tmp}/w", "--set", "seeds=0,0"],
+     "seeds must be distinct integers >= 0"),
+    ("set-milestones", ["train", "--workdir", "{tmp}/w", "--set", "milestones=80"],
+     "EPOCH:FACTOR pairs"),
+    ("set-variant", ["train", "--workdir", "{tmp}/w", "--set", "variants=fp,tern9"],
+     "unknown variant 'tern9'"),
+    ("set-model", ["train", "--workdir", "{tmp}/w", "--set", "model=resnet7"],
+     "unknown model 'resnet7'"),
+    ("set-dataset", ["train", "--workdir", "{tmp}/w", "--set", "dataset=mnist"],
+     "unknown dataset 'mnist'"),
+    ("set-compute_dtype", ["train", "--workdir", "{tmp}/w", "--set", "compute_dtype=int8"],
+     "compute_dtype must be"),
+    ("set-label_smoothing", ["train", "--workdir", "{tmp}/w", "--set", "label_smoothing=1"],
+     "label_smoothing must be a number in [0, 1)"),
+    ("set-name-empty", ["train", "--workdir", "{tmp}/w", "--set", "name="],
+     "name must be a non-empty string"),
+    ("config-missing", ["train", "--config", "{tmp}/nope.py", "--workdir", "{tmp}/w"],
+     "config '{tmp}/nope.py' not found"),
+    ("data_dir-missing", ["train", "--workdir", "{tmp}/w", "--set", "dataset=cifar10", "--set",
+                          "data_dir={tmp}/nodata"], "data_dir {tmp}/nodata does not exist"),
+    ("data_dir-file", ["train", "--workdir", "{tmp}/w", "--set", "dataset=cifar10", "--set",
+                       "data_dir={tmp}/afile"], "data_dir {tmp}/afile is a file"),
+    ("workdir-file", ["train", "--workdir", "{tmp}/afile"], "--workdir {tmp}/afile is a file"),
+    ("workdir-unrelated", ["train", "--workdir", "{tmp}/project"],
+     "--workdir {tmp}/project holds files tern_jax did not write (notes.txt)"),
+    ("quickstart-workdir-unrelated", ["quickstart", "--workdir", "{tmp}/project"],
+     "holds files tern_jax did not write"),
+    ("eval-workdir-missing", ["eval", "--workdir", "{tmp}/nothing"],
+     "--workdir {tmp}/nothing does not exist"),
+    ("eval-not-a-run", ["eval", "--workdir", "{tmp}/project"], "holds no run (no config.json)"),
+    ("eval-epoch", ["eval", "--workdir", "{tmp}/w", "--epoch", "-1"],
+     "argument --epoch: expected a positive integer, got -1"),
+    ("export-out-exists", ["export", "--workdir", "{tmp}/project", "--model", "tern/seed0",
+                           "--out", "{tmp}/afile"], "--out {tmp}/afile already exists"),
+    ("summary-model", ["summary", "--model", "resnet7"], "unknown model 'resnet7'"),
+    ("summary-variant", ["summary", "--variant", "tern9"], "unknown variant 'tern9'"),
+    ("summary-num_classes", ["summary", "--num_classes", "0"],
+     "argument --num_classes: expected a positive integer"),
+    ("summary-image_size", ["summary", "--image_size", "x"],
+     "argument --image_size: expected a positive integer"),
+    ("plot-missing-run", ["plot", "{tmp}/nothing", "--out", "{tmp}/c.png"],
+     "run folder {tmp}/nothing does not exist"),
+    ("plot-out-users-file", ["plot", "{tmp}/run", "--out", "{tmp}/afile"],
+     "{tmp}/afile is an existing file that tern_jax did not write as a plot"),
+    ("plot-out-users-folder", ["plot", "{tmp}/run", "--out", "{tmp}/project"],
+     "{tmp}/project is an existing folder that tern_jax did not write"),
+]
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    (tmp_path / "afile").write_text("the user's file")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("the user's notes")
+    _fake_run(tmp_path / "run")
+    return tmp_path
+
+
+def _tree(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.mark.parametrize("argv, expected", [c[1:] for c in BAD_CALLS],
+                         ids=[c[0] for c in BAD_CALLS])
+def test_a_bad_flag_exits_2_with_one_line(tmp, capsys, argv, expected):
+    before = _tree(tmp)
+    status, err = _run(capsys, *[a.format(tmp=tmp) for a in argv])
+    assert status == 2
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "error: " in err and "Traceback" not in err
+    assert expected.format(tmp=tmp) in err, err
+    assert _tree(tmp) == before  # a refused call writes and deletes nothing
+    assert not (tmp / "w").exists()
+
+
+def test_debug_shows_the_traceback_instead(tmp, capsys):
+    with pytest.raises(ValueError, match="learning_rate must be a number > 0"):
+        cli.main(["train", "--workdir", str(tmp / "w"), "--set", "learning_rate=-1", "--debug"])
+    with pytest.raises(ValueError, match="learning_rate"):
+        cli.main(["--debug", "train", "--workdir", str(tmp / "w"), "--set", "learning_rate=-1"])
+
+
+def test_plot_without_matplotlib_is_one_line(tmp, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    status, err = _run(capsys, "plot", str(tmp / "run"), "--out", str(tmp / "c.png"))
+    assert status == 2 and err.count("\n") == 1
+    assert "plotting needs matplotlib" in err and "pip install 'tern-jax[plot]'" in err
+    status, err = _run(capsys, "train", "--workdir", str(tmp / "w2"), "--plot")
+    assert status == 2 and "plotting needs matplotlib" in err and not (tmp / "w2").exists()
+
+
+def test_plot_replaces_only_its_own_plot(tmp, capsys):
+    out = tmp / "curves.png"
+    assert cli.main(["plot", str(tmp / "run"), "--out", str(out)]) == 0
+    first = out.read_bytes()
+    assert first.startswith(b"\x89PNG")
+    assert cli.main(["plot", str(tmp / "run"), "--out", str(out), "--title", "again"]) == 0
+    assert out.read_bytes() != first  # its own plot is replaced
+    out.write_bytes(b"edited by the user")
+    capsys.readouterr()
+    status, err = _run(capsys, "plot", str(tmp / "run"), "--out", str(out))
+    assert status == 2 and "did not write as a plot" in err
+    assert out.read_bytes() == b"edited by the user"

@@ -1,0 +1,51 @@
+"""The package's import layering (tern_jax/__init__.py) is the real one: no module imports up."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "tern_jax"
+
+# floor of each top-level part; a module may import only parts on its own floor or below
+FLOORS = {"core": 1, "packing": 1, "_args": 1, "fs": 1,
+          "rules": 2, "summary": 2, "checkpoint": 2, "layers": 2, "nnx_utils": 2,
+          "presets_lm": 2, "models": 3, "data": 3, "train": 4, "cli": 5, "__main__": 5,
+          "report": 4}
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else ""
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tern_jax"):
+            yield node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("tern_jax"):
+                    yield alias.name
+
+
+def test_every_module_imports_only_its_floor_or_below():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue  # the package root re-exports the public API
+        part = rel.parts[0].removesuffix(".py")
+        assert part in FLOORS, f"{rel}: add its part {part!r} to the layering"
+        for module in _imports(path):
+            other = _part(module)
+            if not other or other == part:
+                continue
+            assert other in FLOORS, f"{rel} imports unknown part {module}"
+            if FLOORS[other] > FLOORS[part]:
+                violations.append(f"{rel} imports {module}")
+    assert not violations, violations
+
+
+def test_core_imports_nothing_but_jax():
+    source = (PACKAGE / "core.py").read_text()
+    assert "import flax" not in source and "from tern_jax" not in source
+    assert "import numpy" not in source and "open(" not in source

@@ -1,0 +1,113 @@
+"""The language model through the project's trainer: config, task, run, resume, sample, export."""
+
+import dataclasses
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tern_jax.cli import main
+from tern_jax.models.transformer import TransformerConfig
+from tern_jax.train import Config, run
+from tern_jax.train.language_model import LanguageModel
+from tern_jax.train.stack import ModelStack
+from tern_jax.train.task import task_for
+from tern_jax.train.text_inputs import load_text_dataset
+
+TEXT = b"".join(b"def f%d(x):\n    return x * %d\n\n" % (i, i) for i in range(200))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "code.py"
+    path.write_bytes(TEXT)
+    return path
+
+
+def _config(text_file, **changes):
+    fields = dict(name="lm_test", dataset="text", text_path=str(text_file),
+                  model="transformer_tiny", variants=("fp", "tern"), seeds=(0,), epochs=2,
+                  steps_per_epoch=4, batch_size=8, seq_len=16, optimizer="adam",
+                  learning_rate=3e-3, weight_decay=0.0, schedule="constant", augment=False,
+                  test_subset=16, eval_batch_size=8, checkpoint_every=1, progress=False)
+    fields.update(changes)
+    return Config(**fields)
+
+
+def test_language_model_configs_are_checked_before_any_text_is_read(text_file):
+    with pytest.raises(ValueError, match="seq_len=64 is above the model's max_len=32"):
+        task_for(_config(text_file, seq_len=64))
+    with pytest.raises(ValueError, match="seq_len=64 is above the model's max_len=32"):
+        load_text_dataset(_config(text_file, seq_len=64))
+    with pytest.raises(ValueError, match="is a language model; dataset must be one of"):
+        task_for(_config(text_file, dataset="cifar10", text_path=None))
+    with pytest.raises(ValueError, match="text_path is read by dataset='text'"):
+        task_for(_config(text_file, dataset="tiny_shakespeare"))
+    with pytest.raises(ValueError, match="unknown variant 'tern_t4'; choose from fp, tern, "):
+        _config(text_file, variants=("fp", "tern_t4"))
+    with pytest.raises(ValueError, match="unknown transformer 'transformer_huge'"):
+        task_for(_config(text_file, model="transformer_huge", variants=("fp",)))
+
+
+def test_the_task_scores_bits_per_byte_and_ignores_padded_windows():
+    task = LanguageModel(TransformerConfig(max_len=8, d_model=8, num_heads=2, num_layers=1))
+    tokens = jnp.asarray(np.arange(18).reshape(2, 9) % 256, jnp.int32)
+    uniform = jnp.zeros((2, 8, 256))
+    batch = {"tokens": tokens}
+    assert float(task.loss(uniform, batch)) == pytest.approx(8.0, rel=1e-6)  # log2(256) bits
+    sums = task.eval_sums(uniform, batch, jnp.asarray([1.0, 0.0]))
+    assert float(sums["count"]) == 8 and float(sums["loss"]) == pytest.approx(64.0, rel=1e-6)
+
+
+def test_the_transformer_presets_reach_the_trainer(text_file):
+    config = _config(text_file, variants=("fp", "tern_pc", "tern_fl"))
+    stack = ModelStack(LanguageModel(TransformerConfig(max_len=32, d_model=32, num_heads=2,
+                                                       num_layers=2)),
+                       config.slots, None, model=config.model)
+    tern_pc = stack.rule_sets[1]
+    assert any(r.axis == (1, 2) for r in tern_pc)  # rank-3 attention kernels per output
+    assert stack.rule_sets[2][0].method is None  # embeddings and head in full precision
+
+
+def test_a_language_model_trains_resumes_samples_and_exports(text_file, tmp_path, capsys):
+    results = run(_config(text_file), tmp_path / "full", log=lambda *a: None)
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    first, last = records[0]["models"], records[-1]["models"]
+    for before, after in zip(first, last):
+        assert 0 < after["test_loss"] < before["test_loss"] < math.log2(256) + 0.5
+    assert last[1]["zero_fraction"] > 0 and last[0]["zero_fraction"] == 0
+    assert set(results["variants"]) == {"fp", "tern"}
+
+    # an interrupted run resumed gives the uninterrupted run's metrics
+    run(_config(text_file, epochs=1), tmp_path / "cut", log=lambda *a: None)
+    run(_config(text_file), tmp_path / "cut", resume=True, log=lambda *a: None)
+    resumed = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").open()]
+    for a, b in zip(resumed[-1]["models"], last):
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+    workdir = str(tmp_path / "full")
+    argv = ["sample", "--workdir", workdir, "--model", "tern/seed0", "--prompt", "def ",
+            "--steps", "24", "--seed", "3"]
+    assert main(argv) == 0
+    first_text = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first_text and first_text.startswith("def ")
+
+    packed = str(tmp_path / "tern_packed")
+    assert main(["export", "--workdir", workdir, "--model", "tern/seed0", "--out", packed]) == 0
+    capsys.readouterr()
+    greedy = argv[:-2] + ["--temperature", "0"]
+    assert main(greedy) == 0
+    latent = capsys.readouterr().out
+    assert main(greedy + ["--packed", packed]) == 0
+    assert capsys.readouterr().out == latent
+
+
+def test_sampling_an_image_run_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(
+        json.dumps(dataclasses.asdict(Config()), default=list))
+    status = main(["sample", "--workdir", str(tmp_path), "--model", "tern/seed0"])
+    assert status == 2
+    assert "'small_cnn', an image model; sample needs" in capsys.readouterr().err

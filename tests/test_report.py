@@ -1,0 +1,155 @@
+"""tern_jax.report reads run folders (one- and two-stage) into curves and the paper's table."""
+
+import json
+
+import matplotlib
+import pytest
+
+from tern_jax import report
+
+matplotlib.use("Agg")
+
+
+def _model(name, variant, loss, acc):
+    return {"name": name, "variant": variant, "seed": 0, "train_loss": loss, "train_acc": 0.5,
+            "test_loss": None if acc is None else 1.0, "test_acc": acc, "zero_fraction": None}
+
+
+def _write_run(path, model, variants_acc, epochs, *, results=True, dataset="cifar10"):
+    """A run folder like tern-jax train writes: variants_acc maps variant -> per-epoch acc."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model": model, "dataset": dataset}))
+    with open(path / "metrics.jsonl", "w") as f:
+        for e in range(epochs):
+            models = [_model(f"{v}/seed0", v, 2.0 - e * 0.1, accs[e])
+                      for v, accs in variants_acc.items()]
+            f.write(json.dumps({"epoch": e + 1, "lr": 0.1, "seconds": 1.0,
+                                "models": models}) + "\n")
+    if results:
+        final = {v: {"mean": accs[-1], "test_acc": [accs[-1]]} for v, accs in variants_acc.items()}
+        (path / "results.json").write_text(json.dumps(
+            {"name": path.name, "model": model, "dataset": dataset, "epochs": epochs,
+             "variants": final}))
+
+
+def _write_two_stage(path):
+    _write_run(path / "pretrain", "resnet20", {"fp": [0.5, 0.9]}, 2, results=True)
+    _write_run(path / "finetune", "resnet20", {"tern": [0.8, 0.85, 0.91]}, 3, results=True)
+    (path / "results.json").write_text(json.dumps(
+        {"name": path.name, "model": "resnet20", "dataset": "cifar10", "epochs": 5,
+         "stages": {"pretrain": 2, "finetune": 3},
+         "variants": {"fp": {"mean": 0.9}, "tern": {"mean": 0.91}}}))
+
+
+def test_load_runs_finds_one_and_two_stage_runs_and_skips_other_files(tmp_path):
+    _write_run(tmp_path / "set_a" / "scratch", "resnet8", {"fp": [0.3, 0.5], "tern": [0.2, 0.4]},
+               2)
+    _write_two_stage(tmp_path / "set_b" / "r20")
+    (tmp_path / "set_a" / "table.md").write_text("| run |")
+    (tmp_path / "empty").mkdir()
+    runs = report.load_runs(tmp_path)
+    assert [r.name for r in runs] == ["set_a/scratch", "set_b/r20"]
+    assert [s.name for s in runs[0].stages] == [""]
+    assert [s.name for s in runs[1].stages] == ["pretrain", "finetune"]
+    assert runs[1].model == "resnet20" and runs[1].dataset == "cifar10"
+    assert len(runs[1].stages[1].records) == 3
+
+
+def test_load_runs_of_a_run_folder_itself_and_of_an_empty_folder(tmp_path):
+    _write_run(tmp_path / "one", "resnet8", {"fp": [0.3]}, 1)
+    assert [r.name for r in report.load_runs(tmp_path / "one")] == ["one"]
+    (tmp_path / "nothing").mkdir()
+    assert report.load_runs(tmp_path / "nothing") == []
+
+
+def test_load_runs_rejects_a_missing_folder_and_a_non_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="root .*missing.*not an existing folder"):
+        report.load_runs(tmp_path / "missing")
+    with pytest.raises(TypeError, match="root must be a folder path.*got int"):
+        report.load_runs(3)
+
+
+def test_curves_continue_a_two_stage_run_after_its_pretraining(tmp_path):
+    _write_two_stage(tmp_path / "r20")
+    curves = {c.model: c for c in report.curves(report.load_runs(tmp_path))}
+    assert curves["fp/seed0"].epochs == [1, 2]
+    assert curves["fp/seed0"].test_acc == pytest.approx([50.0, 90.0])
+    assert curves["tern/seed0"].epochs == [3, 4, 5]
+    assert curves["tern/seed0"].test_acc == pytest.approx([80.0, 85.0, 91.0])
+    assert curves["tern/seed0"].train_loss == pytest.approx([2.0, 1.9, 1.8])
+
+
+def test_final_accuracy_uses_results_and_falls_back_to_the_last_evaluated_epoch(tmp_path):
+    _write_run(tmp_path / "done", "resnet8", {"fp": [0.3, 0.5]}, 2)
+    _write_run(tmp_path / "running", "resnet8", {"tern": [0.2, 0.4, None]}, 3, results=False)
+    done, running = report.load_runs(tmp_path)
+    assert report.final_accuracy(done) == pytest.approx({"fp": 50.0})
+    assert report.final_accuracy(running) == pytest.approx({"tern": 40.0})
+
+
+def test_compare_table_puts_paper_figures_beside_cifar10_runs_and_lists_unrun_models(tmp_path):
+    _write_two_stage(tmp_path / "r20")
+    _write_run(tmp_path / "small", "resnet8", {"tern": [0.55]}, 1)
+    table = report.compare_table(report.load_runs(tmp_path)).splitlines()
+    assert table[0].startswith("| run | model | variant | epochs | test acc %")
+    assert "| r20 | resnet20 | fp | 2+3 | 90.00 | 91.70 | 91.65 |" in table
+    assert "| r20 | resnet20 | tern | 2+3 | 91.00 | 91.70 | 91.65 |" in table
+    assert "| small | resnet8 | tern | 1 | 55.00 | - | - |" in table
+    assert "| not run | resnet32 | - | - | - | 92.36 | 92.48 |" in table
+    assert not any(row.startswith("| not run | resnet20") for row in table)
+
+
+def test_compare_table_leaves_paper_columns_empty_for_another_dataset(tmp_path):
+    _write_run(tmp_path / "digits", "resnet20", {"fp": [0.9]}, 1, dataset="digits")
+    table = report.compare_table(report.load_runs(tmp_path), paper={"resnet20": {
+        "fp": 1.0, "tern": 2.0}})
+    assert "| digits | resnet20 | fp | 1 | 90.00 | - | - |" in table
+    assert "| not run | resnet20 | - | - | - | 1.00 | 2.00 |" in table
+
+
+def test_compare_table_rejects_a_bad_paper_and_bad_runs(tmp_path):
+    with pytest.raises(TypeError, match="paper must be a dict.*got list"):
+        report.compare_table([], paper=[1])
+    with pytest.raises(TypeError, match="runs must be a Run or a list of Run.*got str"):
+        report.compare_table("experiments/results")
+
+
+def test_paper_cifar10_holds_the_published_table():
+    assert report.PAPER_CIFAR10["resnet20"] == {"fp": 91.70, "tern": 91.65, "ttq": 91.13}
+    assert report.PAPER_CIFAR10["resnet56"]["tern"] == 92.86
+    assert sorted(report.PAPER_CIFAR10) == ["resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def test_plot_curves_draws_fp_solid_and_ternary_dashed_skipping_unevaluated_epochs(tmp_path):
+    _write_run(tmp_path / "run", "resnet8", {"fp": [0.3, None, 0.5], "tern": [0.2, None, 0.4]},
+               3)
+    ax = report.plot_curves(report.load_runs(tmp_path))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"fp/seed0", "tern/seed0"}
+    assert lines["fp/seed0"].get_linestyle() == "-"
+    assert lines["tern/seed0"].get_linestyle() == "--"
+    assert lines["fp/seed0"].get_color() != lines["tern/seed0"].get_color()
+    assert list(lines["tern/seed0"].get_xdata()) == [1, 3]
+    assert list(lines["tern/seed0"].get_ydata()) == pytest.approx([20.0, 40.0])
+    loss_ax = report.plot_curves(report.load_runs(tmp_path), metric="train_loss")
+    assert list(loss_ax.get_lines()[0].get_ydata()) == pytest.approx([2.0, 1.9, 1.8])
+
+
+def test_plot_curves_rejects_an_unknown_metric():
+    with pytest.raises(ValueError, match="metric must be 'test_acc' or 'train_loss', got 'acc'"):
+        report.plot_curves([], metric="acc")
+
+
+def test_plot_curves_names_the_run_in_labels_when_several_are_drawn(tmp_path):
+    _write_run(tmp_path / "a", "resnet8", {"fp": [0.3]}, 1)
+    _write_run(tmp_path / "b", "resnet8", {"fp": [0.4]}, 1)
+    ax = report.plot_curves(report.load_runs(tmp_path))
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["a: fp/seed0", "b: fp/seed0"]
+    assert len({line.get_color() for line in ax.get_lines()}) == 1  # same variant, same colour
+
+
+def test_load_runs_names_a_damaged_json_file(tmp_path):
+    _write_run(tmp_path / "bad", "resnet8", {"fp": [0.3]}, 1)
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="results.json is not valid JSON"):
+        report.load_runs(tmp_path)
