@@ -49,3 +49,34 @@ def test_core_imports_nothing_but_jax():
     source = (PACKAGE / "core.py").read_text()
     assert "import flax" not in source and "from tern_jax" not in source
     assert "import numpy" not in source and "open(" not in source
+
+
+def test_the_modules_of_train_import_each_other_without_cycles():
+    """train/ is one concept per module; a stage or the loop never reaches back up."""
+    graph = {}
+    for path in sorted((PACKAGE / "train").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        name = path.stem
+        graph[name] = {m.split(".")[2] for m in _imports(path)
+                       if m.startswith("tern_jax.train.") and m.count(".") == 2} - {name}
+        # "from tern_jax.train import distributed, warm_start" names modules too
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "tern_jax.train":
+                graph[name] |= {a.name for a in node.names
+                                if (PACKAGE / "train" / f"{a.name}.py").exists()}
+    state = {}
+
+    def visit(node, trail):
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", f"import cycle: {' -> '.join(trail + [node])}"
+        state[node] = "open"
+        for other in graph.get(node, ()):
+            visit(other, trail + [node])
+        state[node] = "done"
+
+    for node in graph:
+        visit(node, [])
+    assert graph["loop"] and "stages" not in graph["loop"] and "loop" in graph["stages"]

@@ -30,9 +30,11 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-__all__ = ["barrier", "exit_after_failure", "failures_end_the_job", "global_batch",
-           "global_batches", "in_job", "initialize", "is_main"]
+__all__ = ["barrier", "constrain_batch", "exit_after_failure", "failures_end_the_job",
+           "global_batch", "global_batches", "in_job", "initialize", "is_main", "main_log"]
 
 _FAILED_KEY = "tern_jax/failed"
 _ACK_KEY = "tern_jax/stopped/"
@@ -353,3 +355,11 @@ def exit_after_failure(status: int, timeout: float = 10.0) -> None:
                 time.sleep(0.05)
             time.sleep(0.5)  # their os._exit follows their post by microseconds
     os._exit(status)
+
+
+def constrain_batch(batch, mesh: Mesh, *, model_axis: bool = True):
+    """Shards a batch's example axis over the mesh's ``data`` axis (inside jit; 1 device: no-op)."""
+    if mesh.size == 1:
+        return batch
+    spec = P(None, "data") if model_axis else P("data")
+    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))

@@ -26,16 +26,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tern_jax.train.config import Config
+from tern_jax.train.distributed import constrain_batch
 
-__all__ = ["DeviceInputs", "StreamInputs", "load_inputs", "constrain_batch"]
-
-
-def constrain_batch(batch, mesh: Mesh, *, model_axis: bool = True):
-    """Shards a batch's example axis over the mesh's ``data`` axis (inside jit; 1 device: no-op)."""
-    if mesh.size == 1:
-        return batch
-    spec = P(None, "data") if model_axis else P("data")
-    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
+__all__ = ["DeviceInputs", "StreamInputs", "load_inputs"]
 
 
 class DeviceInputs:

@@ -28,7 +28,8 @@ from tern_jax.train import distributed, warm_start
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
 from tern_jax.train.config import Config
-from tern_jax.train.inputs import DeviceInputs, StreamInputs, constrain_batch, load_inputs
+from tern_jax.train.distributed import constrain_batch
+from tern_jax.train.inputs import DeviceInputs, StreamInputs, load_inputs
 from tern_jax.train.run_folder import RunFolder
 from tern_jax.train.stack import ModelStack, TrainState
 from tern_jax.train.task import task_for

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tern_jax.train.config import Config
-from tern_jax.train.inputs import constrain_batch
+from tern_jax.train.distributed import constrain_batch
 from tern_jax.train.language_model import check_config, seq_len
 
 __all__ = ["TextInputs", "load_text_dataset"]
