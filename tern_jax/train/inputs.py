@@ -16,7 +16,6 @@ Both give padded evaluation batches with a mask, so one compiled eval step fits 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import jax
@@ -52,15 +51,12 @@ class DeviceInputs:
         self.arrays = jax.device_put(
             {"image": np.asarray(dataset.train_images),
              "label": np.asarray(dataset.train_labels, np.int32)}, replicated)
-        size = min(config.eval_batch_size, self.num_test)
-        batches = math.ceil(self.num_test / size)
-        from tern_jax.data.streams import pad_batch
+        from tern_jax.data.streams import device_eval_batches
 
-        images, labels, mask = pad_batch(dataset.test_images, np.asarray(dataset.test_labels),
-                                         batches * size)
-        self._test = jax.device_put(
-            ({"image": images.reshape((batches, size) + images.shape[1:]),
-              "label": labels.reshape(batches, size)}, mask.reshape(batches, size)), replicated)
+        self._test = device_eval_batches(
+            {"image": np.asarray(dataset.test_images),
+             "label": np.asarray(dataset.test_labels, np.int32)},
+            config.eval_batch_size, replicated)
         self.epoch_plan = jax.jit(self._epoch_plan)
 
     def _epoch_plan(self, epoch):
@@ -87,9 +83,9 @@ class DeviceInputs:
         return batch
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
-        batches, mask = self._test
-        for b in range(mask.shape[0]):
-            yield jax.tree.map(lambda a, b=b: a[b], batches), mask[b]
+        from tern_jax.data.streams import iterate_batches
+
+        return iterate_batches(*self._test)
 
 
 class StreamInputs:

@@ -13,7 +13,6 @@ spaced over the validation split (all of them when None), in padded batches with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import jax
@@ -48,6 +47,7 @@ class TextInputs:
     mean = std = None
 
     def __init__(self, dataset, config: Config, seeds, mesh: Mesh):
+        from tern_jax.data.streams import device_eval_batches
         from tern_jax.data.text import eval_windows
 
         self.dataset = dataset
@@ -67,14 +67,8 @@ class TextInputs:
         self.arrays = {"tokens": jax.device_put(np.asarray(dataset.train), replicated)}
         windows = eval_windows(dataset.validation, self.seq_len, config.test_subset)
         self.num_test = int(windows.shape[0])
-        size = min(config.eval_batch_size, self.num_test)
-        batches = math.ceil(self.num_test / size)
-        padded = np.zeros((batches * size, windows.shape[1]), np.int32)
-        padded[: self.num_test] = windows
-        mask = (np.arange(batches * size) < self.num_test).astype(np.float32)
-        self._test = jax.device_put(
-            ({"tokens": padded.reshape(batches, size, -1)}, mask.reshape(batches, size)),
-            replicated)
+        self._test = device_eval_batches({"tokens": windows.astype(np.int32)},
+                                          config.eval_batch_size, replicated)
         self.epoch_plan = jax.jit(self._epoch_plan)
 
     def _epoch_plan(self, epoch):
@@ -96,6 +90,6 @@ class TextInputs:
         return constrain_batch({"tokens": tokens}, self.mesh)
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
-        batches, mask = self._test
-        for b in range(mask.shape[0]):
-            yield jax.tree.map(lambda a, b=b: a[b], batches), mask[b]
+        from tern_jax.data.streams import iterate_batches
+
+        return iterate_batches(*self._test)
