@@ -7,15 +7,15 @@ ternarization and residual expansion, as pure functions over arrays and paramete
 Layers of the package, each importing only downward (checked by ``tests/test_layering.py``):
 
 1. ``core`` (jax only: quantizers, codes, the straight-through gradient); ``packing`` (NumPy);
-   ``_args`` and ``fs`` (argument checks, safe file writes);
-2. ``rules`` (rules over parameter pytrees) <- ``summary``, ``checkpoint``, ``layers``,
-   ``nnx_utils``, ``presets_lm``;
+   ``_args``, ``_imports`` and ``fs`` (argument checks, import paths, safe file writes);
+2. ``rules`` (rules over parameter pytrees) <- ``presets`` (every named rule set; its former
+   home ``presets_lm`` still imports), ``summary``, ``checkpoint``, ``layers``, ``nnx_utils``;
 3. ``models``, ``data`` (models know nothing of ternarization; data knows no model);
 4. ``train`` (configs, the loop, run folders), one concept per module;
 5. ``cli``.
 """
 
-from tern_jax import layers
+from tern_jax import layers, nnx_utils, presets, presets_lm
 from tern_jax.checkpoint import CheckpointError, load_ternary, save_ternary
 from tern_jax.core import (
     METHODS,
@@ -30,7 +30,14 @@ from tern_jax.core import (
     ternarize,
     ternary_codes,
 )
-from tern_jax.rules import DEFAULT_RULES, Rule, UnusedRuleWarning, match_params, quantize_params
+from tern_jax.rules import (
+    DEFAULT_RULES,
+    Match,
+    Rule,
+    UnusedRuleWarning,
+    match_params,
+    quantize_params,
+)
 from tern_jax.summary import Summary, summary
 
 __version__ = "0.1.0"
@@ -39,6 +46,7 @@ __all__ = [
     "METHODS",
     "DEFAULT_RULES",
     "CheckpointError",
+    "Match",
     "Rule",
     "Summary",
     "TernaryCodes",
@@ -51,6 +59,9 @@ __all__ = [
     "expansion_codes",
     "fold",
     "layers",
+    "nnx_utils",
+    "presets",
+    "presets_lm",
     "load_ternary",
     "match_params",
     "quantize_params",

@@ -69,7 +69,7 @@ def _check_run_workdir(workdir: str) -> None:
 
 def _check_data_dir(config) -> None:
     """The data folder the config names exists and is a folder (its content: the loader)."""
-    if config.data_dir is None or config.dataset == "digits":
+    if config.data_dir is None:  # a dataset that reads no data_dir refuses one (Config)
         return
     path = Path(config.data_dir).expanduser()
     if not path.exists():
@@ -203,15 +203,17 @@ def _sample(args) -> int:
     from tern_jax.models.transformer import Transformer, generate
     from tern_jax.nnx_utils import with_params
     from tern_jax.train import restore_run
-    from tern_jax.train.config import is_language_model, variant_rules
+    from tern_jax.train.config import variant_rules
+    from tern_jax.train.families import LANGUAGE_MODEL, family_of
     from tern_jax.train.language_model import model_config
     from tern_jax.train.run_folder import RunFolder, final_stage
 
     _check_run_workdir(args.workdir)
     saved = final_stage(RunFolder(args.workdir)).read_config()
-    if saved is not None and not is_language_model(saved.model):
-        raise UsageError(f"{args.workdir} trained {saved.model!r}, an image model; sample needs "
-                         "the run of a language model (model='transformer_*')")
+    if saved is not None and family_of(saved.model) is not LANGUAGE_MODEL:
+        raise UsageError(f"{args.workdir} trained {saved.model!r}, a model of "
+                         f"{family_of(saved.model).task}; sample needs the run of a language "
+                         "model (model='transformer_*')")
     restored = restore_run(args.workdir, args.epoch)
     config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)

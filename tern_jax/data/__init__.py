@@ -1,11 +1,14 @@
 """Data layer: in-memory datasets (CIFAR-10, digits), on-device augmentation, ImageNet streams.
 
-``load_dataset(name)`` returns an :class:`ArrayDataset` for the small datasets that fit in
-memory; ImageNet is streamed with :func:`imagenet_batches` instead.
+Every dataset a run can name is declared once in :mod:`tern_jax.data.specs` (a
+:class:`Dataset`: its specs and its loader). ``load_dataset(name)`` returns an
+:class:`ArrayDataset` for the small datasets that fit in memory; ImageNet is streamed with
+:func:`imagenet_batches` instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -39,12 +42,18 @@ from tern_jax.data.imagenet import (
     prefetch_to_device,
     train_transform,
 )
+from tern_jax.data.specs import DATASETS as _REGISTRY
+from tern_jax.data.specs import IMAGES, TOKENS, Dataset, dataset_spec
 
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "DATASETS",
+    "IMAGES",
+    "TOKENS",
+    "Dataset",
+    "dataset_spec",
     "IMAGENET_MEAN",
     "IMAGENET_NUM_CLASSES",
     "IMAGENET_STD",
@@ -69,21 +78,20 @@ __all__ = [
     "write_cifar_batches",
 ]
 
-#: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("cifar10", "digits")
-
-_ALIASES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10", "digits": "digits"}
+#: Names of the built-in datasets (:data:`tern_jax.data.specs.DATASETS` declares each).
+DATASETS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def load_dataset(
     name: str, data_dir: str | os.PathLike[str] | None = None, **kw: Any
 ) -> ArrayDataset:
-    """Load an in-memory dataset by name.
+    """Load an in-memory image dataset by name.
 
     Args:
         name: ``"cifar10"`` (see :func:`load_cifar10`; ``kw`` may hold ``source``) or
             ``"digits"`` (see :func:`load_digits`; ``kw`` may hold ``test_fraction``,
-            ``seed``; ``data_dir`` is ignored, the data ships with scikit-learn).
+            ``seed``; it takes no ``data_dir``: the data ships with scikit-learn), or the import
+            path of a :class:`Dataset`.
         data_dir: where to look for the data.
         **kw: passed on to the loader.
 
@@ -93,25 +101,28 @@ def load_dataset(
     Raises:
         TypeError: ``name`` is not a str, ``data_dir`` not a path, or ``kw`` holds an argument
             the loader does not take.
-        ValueError: unknown name (ImageNet is streamed: use :func:`imagenet_batches`).
+        ValueError: unknown name, or a dataset that is streamed (ImageNet: use
+            :func:`imagenet_batches`) or not of images.
     """
     if not isinstance(name, str):
         raise TypeError(f"load_dataset: name must be a str, one of {', '.join(DATASETS)}; got "
                         f"{type(name).__name__} {name!r}")
     check_optional_path(data_dir, "data_dir", "load_dataset")
-    key = _ALIASES.get(name.strip().lower())
-    allowed = {"cifar10": ("source",), "digits": ("test_fraction", "seed")}.get(key, ())
+    try:
+        spec = dataset_spec(name)
+    except ValueError as e:
+        raise ValueError(f"load_dataset: {e}") from None
+    if spec.streamed:
+        raise ValueError(f"{spec.name} does not fit in memory; stream it with "
+                         "tern_jax.data.imagenet_batches()")
+    if spec.kind != IMAGES:
+        raise ValueError(f"load_dataset loads images; {spec.name} holds {spec.kind} "
+                         "(tern_jax.data.text.load_text reads it)")
+    allowed = [p for p in inspect.signature(spec.load).parameters if p != "data_dir"]
     unknown = sorted(set(kw) - set(allowed))
-    if key is not None and unknown:
+    if unknown:
         raise TypeError(f"load_dataset: {name!r} takes no argument {', '.join(unknown)}; it "
                         f"takes {', '.join(allowed)}")
-    if key == "cifar10":
-        return load_cifar10(data_dir, **kw)
-    if key == "digits":
-        return load_digits(**kw)
-    if name.lower().startswith("imagenet"):
-        raise ValueError(
-            "ImageNet does not fit in memory; stream it with tern_jax.data.imagenet_batches()"
-        )
-    raise ValueError(f"load_dataset: unknown dataset {name!r}; choose one of "
-                     f"{', '.join(DATASETS)}")
+    if "data_dir" in spec.fields:
+        kw["data_dir"] = data_dir
+    return spec.load(**kw)

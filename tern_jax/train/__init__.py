@@ -3,15 +3,17 @@
 One concept per module, each importing only the ones listed before it (checked by
 ``tests/test_layering.py`` for cycles):
 
-* ``presets``: variant presets (named rule sets), :class:`Slot` (variant, seed);
-* ``config``: :class:`Config`, ``--set`` parsing, config files; ``recipes``: the paper's;
+* ``task``: the seams: :class:`Task` (batch -> loss and metrics; image classification) and
+  :class:`Inputs` (what the loop asks of the data); ``language_model``: the text task;
+* ``families``: the model families (task, input kind, presets, fields), held against the
+  datasets of :mod:`tern_jax.data.specs`;
+* ``config``: :class:`Config` (fields checked from their types), :class:`Slot` (variant,
+  seed), ``--set`` parsing, config files; ``recipes``: the paper's;
 * ``optim``: optimizer, learning-rate schedule, threshold warm-up;
-* ``language_model``, ``task``: the task seam (batch -> loss and metrics): image
-  classification, byte-level language modelling;
 * ``stack``: :class:`ModelStack` (the models trained together) and :class:`TrainState`;
 * ``step``: the pure ``train_step`` / ``eval_step``;
 * ``distributed``: several processes: start-up, global batches, one writer, failures;
-* ``text_inputs``, ``inputs``: device-resident arrays or host streams;
+* ``text_inputs``, ``inputs``: the :class:`Inputs`: device-resident arrays or host streams;
 * ``metrics``: per-epoch records, final tables, curves;
 * ``run_folder``: config, metrics, results and verified checkpoints of a run;
 * ``restore``: a run's models read back without data; ``warm_start``: init from weights;
@@ -29,16 +31,17 @@ from tern_jax.train.config import (
     override,
     quickstart_config,
 )
+from tern_jax.train.families import ModelFamily
 from tern_jax.train.loop import Trainer, TrainingDiverged, train_and_evaluate
 from tern_jax.train.restore import Restored, restore_run
 from tern_jax.train.run_folder import CheckpointDamaged, DamagedCheckpointWarning, latest_checkpoint
 from tern_jax.train.stack import ModelStack, TrainState
 from tern_jax.train.stages import run, stage_configs
 from tern_jax.train.step import eval_step, train_step
-from tern_jax.train.task import ImageClassification, Task
+from tern_jax.train.task import ImageClassification, Inputs, Task
 
 __all__ = ["FULL_PRECISION", "PRESETS", "CheckpointDamaged", "Config", "DamagedCheckpointWarning",
-           "ImageClassification", "ModelStack", "Restored", "Slot", "Task", "TrainState",
-           "Trainer", "TrainingDiverged", "eval_step", "is_full_precision", "latest_checkpoint",
-           "load_config", "override", "quickstart_config", "restore_run", "run", "stage_configs",
-           "train_and_evaluate", "train_step"]
+           "ImageClassification", "Inputs", "ModelFamily", "ModelStack", "Restored", "Slot",
+           "Task", "TrainState", "Trainer", "TrainingDiverged", "eval_step", "is_full_precision",
+           "latest_checkpoint", "load_config", "override", "quickstart_config", "restore_run",
+           "run", "stage_configs", "train_and_evaluate", "train_step"]

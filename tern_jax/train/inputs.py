@@ -1,11 +1,11 @@
 """Inputs of a run: the dataset a config names, as device-resident arrays or host streams.
 
-Two forms, one interface for the loop:
+Two forms of the :class:`~tern_jax.train.task.Inputs` protocol (text: :mod:`text_inputs`):
 
 * :class:`DeviceInputs` (CIFAR-10, digits): the whole set lives in device memory; an epoch is
   a per-model permutation and per-model augmentation keys (models of one seed see the same
   batches), and batches are gathered and augmented on the device inside the jitted step;
-* :class:`StreamInputs` (ImageNet, or ``stream=True``): grain pipelines
+* :class:`StreamInputs` (a streamed dataset such as ImageNet, or ``stream=True``): grain pipelines
   (:mod:`tern_jax.data.pipeline`) yield batches on the host, every model sees the same batch.
   With several processes each reads only its share (``batch_size / process_count`` rows of
   every global batch) and the global batch is assembled on the devices with
@@ -24,8 +24,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tern_jax.data.arrays import subset
+from tern_jax.data.augment import epoch_permutation, random_crop_flip
+from tern_jax.data.pipeline import ArraySource, batch_dataset, batch_iterator
+from tern_jax.data.specs import TOKENS, Dataset, dataset_spec
+from tern_jax.data.streams import device_eval_batches, iterate_batches
 from tern_jax.train.config import Config
-from tern_jax.train.distributed import constrain_batch
+from tern_jax.train.distributed import constrain_batch, global_batch, global_batches
+from tern_jax.train.task import Inputs
+from tern_jax.train.text_inputs import TextInputs
 
 __all__ = ["DeviceInputs", "StreamInputs", "load_inputs"]
 
@@ -51,8 +58,6 @@ class DeviceInputs:
         self.arrays = jax.device_put(
             {"image": np.asarray(dataset.train_images),
              "label": np.asarray(dataset.train_labels, np.int32)}, replicated)
-        from tern_jax.data.streams import device_eval_batches
-
         self._test = device_eval_batches(
             {"image": np.asarray(dataset.test_images),
              "label": np.asarray(dataset.test_labels, np.int32)},
@@ -61,8 +66,6 @@ class DeviceInputs:
 
     def _epoch_plan(self, epoch):
         """Batch indices ``(steps, M, B)`` and augmentation keys ``(steps, M)`` per model seed."""
-        from tern_jax.data.augment import epoch_permutation
-
         def per_model(seed):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), 7)
             k_perm, k_aug = jax.random.split(key)
@@ -77,14 +80,10 @@ class DeviceInputs:
         batch = {"image": arrays["image"][idx], "label": arrays["label"][idx]}
         batch = constrain_batch(batch, self.mesh)
         if self.augment:
-            from tern_jax.data.augment import random_crop_flip
-
             batch["image"] = jax.vmap(random_crop_flip)(keys, batch["image"])
         return batch
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
-        from tern_jax.data.streams import iterate_batches
-
         return iterate_batches(*self._test)
 
 
@@ -112,8 +111,6 @@ class StreamInputs:
         self.mesh = mesh
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
-        from tern_jax.train.distributed import global_batches
-
         stream = self._train(epoch)
         try:
             host = ({"image": x, "label": y} for x, y in stream)
@@ -122,8 +119,6 @@ class StreamInputs:
             _close(stream)
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
-        from tern_jax.train.distributed import global_batch
-
         stream = self._test()
         try:
             for images, labels, mask in stream:
@@ -150,46 +145,38 @@ def _process_batches(config: Config, mesh: Mesh) -> tuple[int, int]:
     return config.batch_size // processes, eval_batch // processes
 
 
-def load_inputs(config: Config, seeds, mesh: Mesh) -> DeviceInputs | StreamInputs:
-    """The dataset ``config.dataset`` in the form the config asks for."""
-    from tern_jax.train.config import is_language_model
+def _check_images(dataset: Dataset, data) -> None:
+    """The loaded images are those the dataset declares (restoring trusts the declaration)."""
+    if (data.num_classes, data.image_shape) != (dataset.num_classes,
+                                                tuple(dataset.input_shape)):
+        raise ValueError(
+            f"dataset {dataset.name!r} declares {dataset.num_classes} classes of "
+            f"{tuple(dataset.input_shape)} images but loaded {data.num_classes} classes of "
+            f"{data.image_shape} images; make its declaration match its data")
 
-    if is_language_model(config.model):
-        from tern_jax.train.text_inputs import TextInputs, load_text_dataset
 
-        return TextInputs(load_text_dataset(config), config, seeds, mesh)
-    if config.dataset.lower().startswith("imagenet"):
-        from tern_jax.data import imagenet
-        from tern_jax.data.specs import dataset_spec
-
-        batch, eval_batch = _process_batches(config, mesh)
-
-        def train(epoch):
-            return imagenet.imagenet_batches(
-                "train", batch, data_dir=config.data_dir, train=True, seed=config.seeds[0],
-                start_epoch=epoch, num_epochs=1, dtype=np.uint8)
-
-        def test():
-            return imagenet.imagenet_batches(
-                "validation", eval_batch, data_dir=config.data_dir, train=False,
-                pad_remainder=True, dtype=np.uint8)
-
-        spec = dataset_spec("imagenet")
-        return StreamInputs(train, test, num_train=config.train_subset
-                            or imagenet.IMAGENET_TRAIN_SIZE, num_classes=spec.num_classes,
-                            image_shape=spec.image_shape, mean=imagenet.IMAGENET_MEAN,
-                            std=imagenet.IMAGENET_STD, config=config, mesh=mesh,
-                            num_test=imagenet.IMAGENET_VAL_SIZE)
-
-    from tern_jax.data import load_dataset, subset
-    from tern_jax.data.pipeline import ArraySource, batch_dataset, batch_iterator
-
-    ds = load_dataset(config.dataset, config.data_dir)
+def load_inputs(config: Config, seeds, mesh: Mesh) -> Inputs:
+    """The dataset ``config.dataset`` (its :class:`~tern_jax.data.specs.Dataset`) in the form
+    it and the config ask for: tokens, a host stream, or images in device memory."""
+    dataset = dataset_spec(config.dataset)
+    if dataset.kind == TOKENS:
+        return TextInputs(dataset.open(config), config, seeds, mesh)
+    batch, eval_batch = _process_batches(config, mesh)
+    if dataset.streamed:
+        batches = dataset.open(config)
+        return StreamInputs(
+            lambda epoch: batches(True, batch, seed=config.seeds[0], start_epoch=epoch),
+            lambda: batches(False, eval_batch),
+            num_train=config.train_subset or dataset.num_train,
+            num_classes=dataset.num_classes, image_shape=dataset.input_shape,
+            mean=dataset.mean, std=dataset.std, config=config, mesh=mesh,
+            num_test=dataset.num_test)
+    ds = dataset.open(config)
+    _check_images(dataset, ds)
     if config.train_subset or config.test_subset:
         ds = subset(ds, config.train_subset, config.test_subset, seed=0)
     if not config.stream:
         return DeviceInputs(ds, config, seeds, mesh)
-    batch, eval_batch = _process_batches(config, mesh)
     train_source = ArraySource(ds.train_images, ds.train_labels)
     test_source = ArraySource(ds.test_images, ds.test_labels)
     return StreamInputs(

@@ -29,10 +29,11 @@ from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
 from tern_jax.train.config import Config
 from tern_jax.train.distributed import constrain_batch
-from tern_jax.train.inputs import DeviceInputs, StreamInputs, load_inputs
+from tern_jax.train.families import task_for
+from tern_jax.train.inputs import load_inputs
 from tern_jax.train.run_folder import RunFolder
 from tern_jax.train.stack import ModelStack, TrainState
-from tern_jax.train.task import task_for
+from tern_jax.train.task import Inputs
 
 __all__ = ["TrainingDiverged", "Trainer", "train_and_evaluate"]
 
@@ -48,7 +49,7 @@ class Trainer:
     themselves. Every jitted function here is a :mod:`tern_jax.train.step` function.
     """
 
-    def __init__(self, config: Config, inputs: DeviceInputs | StreamInputs | None = None, *,
+    def __init__(self, config: Config, inputs: Inputs | None = None, *,
                  devices=None):
         devices = devices if devices is not None else jax.devices()
         if config.batch_size % len(devices):
@@ -63,8 +64,7 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} exceeds the "
                              f"{self.inputs.num_train} training images")
         self.steps_per_epoch = self.inputs.steps_per_epoch
-        task = task_for(config, self.inputs.num_classes, self.inputs.image_shape,
-                        self.inputs.mean, self.inputs.std)
+        task = task_for(config, self.inputs)
         self.stack = ModelStack.from_config(config, task, self.steps_per_epoch)
         self.schedule = self.stack.schedule
         self.replicated = NamedSharding(self.mesh, P())

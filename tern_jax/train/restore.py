@@ -1,6 +1,7 @@
 """Reading a run's trained models back: no data is loaded, only the checkpoint.
 
-The models are rebuilt from the config and the dataset's spec (classes, input shape) with
+The models are rebuilt from the config and the dataset's declared specs (classes, input shape,
+:mod:`tern_jax.data.specs`) with
 ``jax.eval_shape``, so restoring is as cheap as reading the arrays.
 """
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tern_jax.train.config import Config, is_language_model
+from tern_jax.train.config import Config
+from tern_jax.train.families import task_for
 from tern_jax.train.run_folder import RunFolder, final_stage
 from tern_jax.train.stack import ModelStack, TrainState
 
@@ -31,9 +33,6 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
     A multi-stage run folder resolves to its last stage (the ternary models of the two-stage
     recipe); pass ``WORKDIR/pretrain`` for its full-precision models.
     """
-    from tern_jax.data.specs import dataset_spec
-    from tern_jax.train.task import task_for
-
     folder = final_stage(RunFolder(workdir))
     config = folder.read_config()
     if config is None:
@@ -41,11 +40,7 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
                                 "workdir")
     if folder.latest_checkpoint() is None:
         raise FileNotFoundError(f"{folder.path} has no completed checkpoint yet")
-    if is_language_model(config.model):  # a text model needs no dataset spec
-        task = task_for(config)
-    else:
-        spec = dataset_spec(config.dataset)
-        task = task_for(config, spec.num_classes, spec.image_shape)
+    task = task_for(config)  # from the declared specs of the model and the dataset
     # the optimizer only shapes the state; one step per epoch is enough for that
     stack = ModelStack.from_config(config, task, steps_per_epoch=1)
     manager = folder.manager(config.keep_checkpoints)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +20,17 @@ import numpy as np
 import optax
 from flax import struct
 
+from tern_jax.layers import vmapped_branches
 from tern_jax.rules import match_params, quantize_params
-from tern_jax.train.config import FULL_PRECISION, Config, Slot, variant_rules
+from tern_jax.train import optim
+from tern_jax.train.config import (
+    FULL_PRECISION,
+    Config,
+    ModelAxis,
+    Slot,
+    check_fields,
+    variant_rules,
+)
 from tern_jax.train.task import Task
 
 __all__ = ["TrainState", "ModelStack"]
@@ -68,8 +77,9 @@ class ModelStack:
       slots: one :class:`~tern_jax.train.config.Slot` (variant, seed) per model, model-axis
         order.
       tx: the optimizer (one state per model).
-      model_axis: ``"vmap"`` (one batched program) or ``"unroll"`` (a loop stacked afterwards,
-        faster on CPU, where the grouped convolutions a vmap becomes run slowly).
+      model_axis: ``"vmap"`` (one batched program), ``"unroll"`` (a loop stacked afterwards,
+        faster on CPU, where the grouped convolutions a vmap becomes run slowly) or ``"auto"``
+        (:attr:`vmapped`).
       distill_weight, distill_temperature: knowledge distillation of every ternary model from
         the full-precision model of its seed (weight 0: off).
       threshold_warmup: ``step -> factor`` multiplying every threshold, or ``None``.
@@ -78,42 +88,60 @@ class ModelStack:
         ``Σ_k Ŵ_k`` (fast), or ``"vmapped"``, the paper's ``Σ_k op(x, Ŵ_k)``, one ternary op
         per branch (:func:`tern_jax.layers.vmapped_branches`); the same function.
       model: the config's model name; it picks the family of variant presets
-        (:func:`~tern_jax.train.config.presets_for`: transformers have their own).
+        (:mod:`tern_jax.train.families`: transformers have their own).
     """
 
     task: Task
     slots: tuple[Slot, ...]
     tx: optax.GradientTransformation
-    model_axis: str = "vmap"
+    model_axis: ModelAxis = "vmap"
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     threshold_warmup: Any = None
     schedule: Any = None
-    branches: str = "folded"
+    branches: Literal["folded", "vmapped"] = "folded"
     model: str | None = None
 
     def __post_init__(self):
-        if self.model_axis not in ("vmap", "unroll"):
-            raise ValueError(f"model_axis must be 'vmap' or 'unroll', got {self.model_axis!r}")
+        check_fields(self, ("model_axis", "branches"))
         if not self.slots:
             raise ValueError("a model stack needs at least one slot")
-        if self.branches not in ("folded", "vmapped"):
-            raise ValueError(f"branches must be 'folded' or 'vmapped', got {self.branches!r}")
-        variants = tuple(dict.fromkeys(s.variant for s in self.slots))
-        object.__setattr__(self, "variants", variants)
-        object.__setattr__(self, "rule_sets", tuple(variant_rules(v, self.model)
-                                                     for v in variants))
-        object.__setattr__(self, "variant_index",
-                           np.array([variants.index(s.variant) for s in self.slots], np.int32))
-        teacher = None
-        if self.distill_weight:
-            by_seed = {s.seed: i for i, s in enumerate(self.slots) if s.variant == FULL_PRECISION}
-            missing = sorted({s.seed for s in self.slots} - set(by_seed))
-            if missing:
-                raise ValueError(f"distillation needs a full-precision model for every seed; "
-                                 f"seeds {missing} have none")
-            teacher = np.array([by_seed[s.seed] for s in self.slots], np.int32)
-        object.__setattr__(self, "teacher_index", teacher)
+        self.teacher_index  # noqa: B018 (a distilling stack fails here, not in the step)
+
+    @functools.cached_property
+    def variants(self) -> tuple[str, ...]:
+        """The distinct variants, in slot order."""
+        return tuple(dict.fromkeys(s.variant for s in self.slots))
+
+    @functools.cached_property
+    def rule_sets(self) -> tuple:
+        """The rules of each of :attr:`variants` (``None``: full precision)."""
+        return tuple(variant_rules(v, self.model) for v in self.variants)
+
+    @functools.cached_property
+    def variant_index(self) -> np.ndarray:
+        """For each slot, the index of its variant in :attr:`variants`."""
+        return np.array([self.variants.index(s.variant) for s in self.slots], np.int32)
+
+    @functools.cached_property
+    def teacher_index(self) -> np.ndarray | None:
+        """For each slot, the slot of the full-precision model of its seed (distillation)."""
+        if not self.distill_weight:
+            return None
+        by_seed = {s.seed: i for i, s in enumerate(self.slots) if s.variant == FULL_PRECISION}
+        missing = sorted({s.seed for s in self.slots} - set(by_seed))
+        if missing:
+            raise ValueError(f"distillation needs a full-precision model for every seed; "
+                             f"seeds {missing} have none")
+        return np.array([by_seed[s.seed] for s in self.slots], np.int32)
+
+    @functools.cached_property
+    def vmapped(self) -> bool:
+        """Whether the model axis is a ``jax.vmap`` (``"auto"``: on GPU/TPU; on CPU the loop is
+        faster: measured here, XLA:CPU runs a vmapped (grouped) conv ~4x slower)."""
+        if self.model_axis == "auto":
+            return jax.default_backend() != "cpu"
+        return self.model_axis == "vmap"
 
     @property
     def num_models(self) -> int:
@@ -142,8 +170,6 @@ class ModelStack:
         """One model's forward pass on its ternarized (per its variant) parameters."""
         q = self.quantize(params, variant, threshold_scale)
         if self.branches == "vmapped":
-            from tern_jax.layers import vmapped_branches
-
             with vmapped_branches():
                 return self.task.apply(q, model_state, batch, train=train)
         return self.task.apply(q, model_state, batch, train=train)
@@ -157,7 +183,7 @@ class ModelStack:
 
     def over_models(self, fn, in_axes=0):
         """``fn`` mapped over the model axis: ``jax.vmap``, or an unrolled loop stacked after."""
-        if self.model_axis == "vmap" or self.num_models == 1:
+        if self.vmapped or self.num_models == 1:
             return jax.vmap(fn, in_axes=in_axes)
         axes = in_axes if isinstance(in_axes, tuple) else None
 
@@ -192,13 +218,8 @@ class ModelStack:
     @classmethod
     def from_config(cls, config: Config, task: Task, steps_per_epoch: int) -> ModelStack:
         """The stack of ``config.slots`` with the config's optimizer and settings."""
-        from tern_jax.train import optim
-
-        mode = config.model_axis
-        if mode == "auto":  # measured here: XLA:CPU runs a vmapped (grouped) conv ~4x slower
-            mode = "unroll" if jax.default_backend() == "cpu" else "vmap"
         schedule = optim.make_schedule(config, steps_per_epoch)
-        return cls(task, config.slots, optim.make_optimizer(config, schedule), mode,
+        return cls(task, config.slots, optim.make_optimizer(config, schedule), config.model_axis,
                    config.distill_weight, config.distill_temperature,
                    optim.make_threshold_warmup(config, steps_per_epoch), schedule,
                    model=config.model)

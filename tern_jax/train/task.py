@@ -18,18 +18,62 @@ A task is any object with these members (a :class:`typing.Protocol`, so no base 
   the examples (or tokens) where ``mask`` is 1, so padded evaluation batches add nothing.
 
 ``batch`` is a dict of arrays; the image task reads ``batch["image"]`` and ``batch["label"]``.
+
+Beside it, the *inputs* of a run (:class:`Inputs`): what the loop asks of the data, whatever
+the dataset. Two forms, told apart by ``streamed``:
+
+* :class:`DeviceResident` (``streamed = False``): the training set lives in device memory
+  (``arrays``); ``epoch_plan(epoch) -> (idx, keys)`` gives every step's example indices
+  ``(steps, M, B)`` and keys ``(steps, M)`` per model, and ``batch_at(arrays, idx, keys)``
+  gathers (and augments) one step's batch ``(M, B, ...)`` inside the jitted step;
+* :class:`Streamed` (``streamed = True``): ``train_batches(epoch)`` yields the host batches
+  every model sees, as global arrays.
+
+Both give ``test_batches()``: padded evaluation batches with their mask. Image inputs also
+carry the pixel statistics ``mean`` and ``std`` the image task normalizes with;
+:mod:`tern_jax.train.inputs` and :mod:`tern_jax.train.text_inputs` implement them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["Task", "ImageClassification", "task_for"]
+from tern_jax.data.augment import normalize
+
+__all__ = ["Task", "Inputs", "DeviceResident", "Streamed", "ImageClassification"]
+
+
+class Inputs(Protocol):
+    """See the module docstring: the members every form of inputs has."""
+
+    streamed: bool
+    num_train: int  # training examples (distinct windows for text)
+    num_test: int | None  # evaluation examples
+    steps_per_epoch: int
+
+    def test_batches(self) -> Iterator[tuple[dict, jax.Array]]: ...
+
+
+class DeviceResident(Inputs, Protocol):
+    """Inputs held in device memory, batched inside the jitted step."""
+
+    arrays: dict
+
+    def epoch_plan(self, epoch: int) -> tuple[jax.Array, jax.Array]: ...
+
+    def batch_at(self, arrays: dict, idx: jax.Array, keys: jax.Array) -> dict: ...
+
+
+class Streamed(Inputs, Protocol):
+    """Inputs fed from the host, one global batch per step."""
+
+    def train_batches(self, epoch: int) -> Iterator[dict]: ...
 
 
 class Task(Protocol):
@@ -73,8 +117,6 @@ class ImageClassification:
         if self.mean is None or self.std is None:
             raise ValueError("uint8 images need the dataset's mean and std to be normalized; "
                              "build the task with mean= and std=")
-        from tern_jax.data.augment import normalize
-
         return normalize(images, self.mean, self.std)
 
     def apply(self, params, model_state, batch, *, train):
@@ -103,23 +145,3 @@ class ImageClassification:
         correct = jnp.argmax(outputs, -1) == batch["label"]
         return {"loss": jnp.sum(ce * mask), "correct": jnp.sum(correct * mask),
                 "count": jnp.sum(mask)}
-
-
-def task_for(config, num_classes: int | None = None, image_shape=None, mean=None,
-             std=None) -> Task:
-    """The task a config trains: image classification with ``config.model``, or for a
-    transformer the language model of :mod:`tern_jax.train.language_model`."""
-    from tern_jax.train.config import is_language_model
-
-    if is_language_model(config.model):
-        from tern_jax.train.language_model import language_model_task
-
-        return language_model_task(config)
-    import jax.numpy as jnp
-
-    from tern_jax.models import get_model
-
-    model = get_model(config.model, num_classes, dtype=jnp.dtype(config.compute_dtype))
-    return ImageClassification(model, num_classes, tuple(image_shape),
-                               None if mean is None else tuple(mean),
-                               None if std is None else tuple(std), config.label_smoothing)

@@ -1,7 +1,7 @@
 """Inputs of a language-model run: a byte corpus on the devices, random windows per step.
 
-The same interface as :class:`tern_jax.train.inputs.DeviceInputs`, so the loop runs text as it
-runs images: the training split lives in device memory; an epoch's plan is, per model seed,
+:class:`~tern_jax.train.task.DeviceResident` inputs, as
+:class:`tern_jax.train.inputs.DeviceInputs` are, so the loop runs text as it runs images: the training split lives in device memory; an epoch's plan is, per model seed,
 the random start offsets of every step's windows (models of one seed see the same windows);
 ``batch_at`` gathers them on the device inside the jitted step. An *epoch* is
 ``config.steps_per_epoch`` steps (evaluation and checkpoints happen between epochs), or one
@@ -21,39 +21,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tern_jax.data.streams import device_eval_batches, iterate_batches
+from tern_jax.data.text import eval_windows
 from tern_jax.train.config import Config
 from tern_jax.train.distributed import constrain_batch
-from tern_jax.train.language_model import check_config, seq_len
+from tern_jax.train.language_model import seq_len
 
-__all__ = ["TextInputs", "load_text_dataset"]
-
-
-def load_text_dataset(config: Config):
-    """The :class:`tern_jax.data.text.TextDataset` a language-model config names."""
-    from tern_jax.data.text import load_text
-
-    check_config(config)
-    if config.dataset == "tiny_shakespeare":
-        return load_text("tiny_shakespeare", data_dir=config.data_dir)
-    if config.text_path is not None:
-        return load_text(text_path=config.text_path)
-    return load_text("python_stdlib")
+__all__ = ["TextInputs"]
 
 
 class TextInputs:
     """A byte corpus in device memory, batched as random windows there."""
 
     streamed = False
-    mean = std = None
 
     def __init__(self, dataset, config: Config, seeds, mesh: Mesh):
-        from tern_jax.data.streams import device_eval_batches
-        from tern_jax.data.text import eval_windows
-
         self.dataset = dataset
         self.seq_len = seq_len(config)
-        self.num_classes = dataset.vocab_size
-        self.image_shape = (self.seq_len,)  # what one example is: seq_len tokens
         self.batch_size = config.batch_size
         self.mesh = mesh
         self.seeds = np.asarray(seeds, np.int32)
@@ -90,6 +74,4 @@ class TextInputs:
         return constrain_batch({"tokens": tokens}, self.mesh)
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
-        from tern_jax.data.streams import iterate_batches
-
         return iterate_batches(*self._test)
