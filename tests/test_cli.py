@@ -70,6 +70,12 @@ BAD_CALLS = [
      "unknown model 'resnet7'"),
     ("set-dataset", ["train", "--workdir", "{tmp}/w", "--set", "dataset=mnist"],
      "unknown dataset 'mnist'"),
+    ("set-text_path-on-images", ["train", "--workdir", "{tmp}/w", "--set",
+                                 "text_path={tmp}/afile"],
+     "text_path='{tmp}/afile' is not read by this run (image classification, model 'small_cnn' "
+     "on dataset 'digits'); it is read by dataset text"),
+    ("set-image-model-on-text", ["train", "--workdir", "{tmp}/w", "--set", "dataset=text"],
+     "model 'small_cnn' (image classification) reads images, but dataset 'text' holds tokens"),
     ("set-compute_dtype", ["train", "--workdir", "{tmp}/w", "--set", "compute_dtype=int8"],
      "compute_dtype must be"),
     ("set-label_smoothing", ["train", "--workdir", "{tmp}/w", "--set", "label_smoothing=1"],

@@ -11,10 +11,9 @@ import pytest
 from tern_jax.cli import main
 from tern_jax.models.transformer import TransformerConfig
 from tern_jax.train import Config, run
+from tern_jax.train.families import task_for
 from tern_jax.train.language_model import LanguageModel
 from tern_jax.train.stack import ModelStack
-from tern_jax.train.task import task_for
-from tern_jax.train.text_inputs import load_text_dataset
 
 TEXT = b"".join(b"def f%d(x):\n    return x * %d\n\n" % (i, i) for i in range(200))
 
@@ -38,17 +37,40 @@ def _config(text_file, **changes):
 
 def test_language_model_configs_are_checked_before_any_text_is_read(text_file):
     with pytest.raises(ValueError, match="seq_len=64 is above the model's max_len=32"):
-        task_for(_config(text_file, seq_len=64))
-    with pytest.raises(ValueError, match="seq_len=64 is above the model's max_len=32"):
-        load_text_dataset(_config(text_file, seq_len=64))
-    with pytest.raises(ValueError, match="is a language model; dataset must be one of"):
-        task_for(_config(text_file, dataset="cifar10", text_path=None))
-    with pytest.raises(ValueError, match="text_path is read by dataset='text'"):
-        task_for(_config(text_file, dataset="tiny_shakespeare"))
+        _config(text_file, seq_len=64)
+    with pytest.raises(ValueError, match="model 'transformer_tiny' .language model. reads "
+                                         "tokens, but dataset 'cifar10' holds images"):
+        _config(text_file, dataset="cifar10", text_path=None)
+    with pytest.raises(ValueError, match="text_path=.* is not read by this run .language "
+                                         "model, model 'transformer_tiny' on dataset "
+                                         "'tiny_shakespeare'.; it is read by dataset text"):
+        _config(text_file, dataset="tiny_shakespeare")
     with pytest.raises(ValueError, match="unknown variant 'tern_t4'; choose from fp, tern, "):
         _config(text_file, variants=("fp", "tern_t4"))
-    with pytest.raises(ValueError, match="unknown transformer 'transformer_huge'"):
-        task_for(_config(text_file, model="transformer_huge", variants=("fp",)))
+    with pytest.raises(ValueError, match="unknown model 'transformer_huge'"):
+        _config(text_file, model="transformer_huge", variants=("fp",))
+
+
+def test_fields_an_image_task_reads_are_refused_on_a_language_model(text_file):
+    for field, value in (("label_smoothing", 0.1), ("stream", True), ("train_subset", 100)):
+        with pytest.raises(ValueError, match=f"{field}={value!r} is not read by this run "
+                                             r"\(language model.*image classification runs"):
+            _config(text_file, **{field: value})
+    _config(text_file, augment=False)  # "off" asks for nothing: accepted
+
+
+def test_a_text_model_on_images_and_an_image_model_on_text_name_both(text_file):
+    with pytest.raises(ValueError, match="model 'resnet20' .image classification. reads images, "
+                                         "but dataset 'text' holds tokens"):
+        Config(model="resnet20", dataset="text")
+    with pytest.raises(ValueError, match="model 'transformer_tiny' .language model. reads "
+                                         "tokens, but dataset 'digits' holds images"):
+        Config(model="transformer_tiny", dataset="digits", variants=("fp",))
+
+
+def test_the_task_is_built_from_the_declared_specs_without_text(text_file):
+    task = task_for(_config(text_file))
+    assert isinstance(task, LanguageModel) and task.config.max_len == 32
 
 
 def test_the_task_scores_bits_per_byte_and_ignores_padded_windows():
@@ -110,4 +132,4 @@ def test_sampling_an_image_run_is_a_clear_error(tmp_path, capsys):
         json.dumps(dataclasses.asdict(Config()), default=list))
     status = main(["sample", "--workdir", str(tmp_path), "--model", "tern/seed0"])
     assert status == 2
-    assert "'small_cnn', an image model; sample needs" in capsys.readouterr().err
+    assert "'small_cnn', a model of image classification; sample needs" in capsys.readouterr().err

@@ -98,3 +98,11 @@ def test_slot_names_round_trip_and_bad_names_are_refused():
     for bad in ("tern", "tern/seedX", "", None):
         with pytest.raises(ValueError, match="VARIANT/seedN"):
             Slot.parse(bad)
+
+
+def test_the_stack_checks_its_model_axis_by_the_configs_own_rule():
+    with pytest.raises(ValueError, match="model_axis must be 'auto', 'vmap' or 'unroll', got "
+                                         "'vamp'"):
+        _stack([Slot("fp", 0)], model_axis="vamp")
+    with pytest.raises(ValueError, match="model_axis must be 'auto', 'vmap' or 'unroll'"):
+        Config(model_axis="vamp")

@@ -26,6 +26,7 @@ from tern_jax.train import (
     run,
     train_and_evaluate,
 )
+from tern_jax.train.config import from_json
 from tern_jax.train.metrics import read
 
 REPO = Path(__file__).parent.parent
@@ -233,6 +234,28 @@ def test_config_overrides_parse_types_and_reject_unknown_fields():
         override(Config(), ["variants=tern9"])
 
 
+def test_saved_configs_of_earlier_versions_load_and_unknown_keys_are_named():
+    saved = sorted((REPO / "experiments" / "results").rglob("config.json"))
+    assert saved  # run folders written by earlier versions (fewer fields)
+    for path in saved:
+        written = json.loads(path.read_text())
+        loaded = json.loads(from_json(path.read_text()).to_json())
+        assert {k: loaded[k] for k in written} == written, path
+    data = json.loads(Config().to_json())
+    with pytest.raises(ValueError, match="keys that are no Config field: lr, vmap"):
+        from_json(json.dumps({**data, "lr": 0.1, "vmap": True}))
+
+
+def test_a_field_the_run_does_not_read_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="seq_len=64 is not read by this run .image "
+                                         "classification.*it is read by language model runs"):
+        Config(seq_len=64)
+    with pytest.raises(ValueError, match="data_dir='/data' is not read by this run .*dataset "
+                                         "'digits'.; it is read by dataset cifar10"):
+        Config(data_dir="/data")
+    assert Config(dataset="cifar10", data_dir="/data").data_dir == "/data"
+
+
 def test_every_experiment_config_loads_with_a_distinct_name():
     configs = sorted((REPO / "experiments" / "configs").glob("*.py"))
     names = {p.stem for p in configs}
@@ -298,14 +321,14 @@ def test_two_stage_resume_of_a_finished_run_trains_nothing(two_stage):
 
 
 def test_two_stage_restores_the_ternary_stage_without_data(two_stage, monkeypatch):
-    import tern_jax.data
+    from tern_jax.data.specs import Dataset
 
     config, workdir, _ = two_stage
 
     def no_data(*args, **kwargs):
         raise AssertionError("restoring weights must not load a dataset")
 
-    monkeypatch.setattr(tern_jax.data, "load_dataset", no_data)
+    monkeypatch.setattr(Dataset, "open", no_data)  # the one place a dataset is loaded
     restored = restore_run(workdir)  # the ternary stage, for eval and export
     assert [s.name for s in restored.config.slots] == ["tern/seed0"]
     assert restored.epoch == 1

@@ -17,7 +17,7 @@ from tern_jax.models.transformer import (
     transformer_config,
 )
 from tern_jax.nnx_utils import param_dict, ternarized, with_params
-from tern_jax.presets_lm import EMBEDDINGS_AND_HEAD_FP, TRANSFORMER_RULES, transformer_rules
+from tern_jax.presets import EMBEDDINGS_AND_HEAD_FP, TRANSFORMER_RULES, preset_rules
 from tern_jax.rules import UnusedRuleWarning
 
 CONFIG = TransformerConfig(max_len=16, d_model=16, num_heads=2, num_layers=2, mlp_ratio=2)
@@ -120,12 +120,12 @@ def test_per_head_rules_give_one_scale_per_head(model):
 def test_every_preset_applies_to_the_model(model):
     params = nnx.state(model, nnx.Param)
     for name in TRANSFORMER_RULES:
-        rules = transformer_rules(name)
+        rules = preset_rules(name, TRANSFORMER_RULES)
         out = jax.eval_shape(lambda p, r=rules: tern_jax.quantize_params(p, r, unused="error"),
                              params)
         assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params), name
-    with pytest.raises(ValueError, match="unknown transformer rule preset 'tern_xx'"):
-        transformer_rules("tern_xx")
+    with pytest.raises(ValueError, match="unknown variant 'tern_xx'; choose from fp, tern, "):
+        preset_rules("tern_xx", TRANSFORMER_RULES)
 
 
 def test_ternarized_leaves_the_model_unchanged_and_gives_ternary_kernels(model):

@@ -139,7 +139,7 @@ def dataset_spec(name: str) -> Dataset:
         raise TypeError(f"dataset must be a name such as 'cifar10', got {type(name).__name__}")
     if is_import_path(name):
         found = import_object(name, "dataset")
-        if callable(found) and not isinstance(found, Dataset):
+        if callable(found) and not isinstance(found, (Dataset, type)):
             found = found()
         if not isinstance(found, Dataset):
             raise TypeError(f"dataset {name!r} names a {type(found).__name__}; it must name a "

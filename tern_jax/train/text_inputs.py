@@ -1,7 +1,8 @@
 """Inputs of a language-model run: a byte corpus on the devices, random windows per step.
 
 :class:`~tern_jax.train.task.DeviceResident` inputs, as
-:class:`tern_jax.train.inputs.DeviceInputs` are, so the loop runs text as it runs images: the training split lives in device memory; an epoch's plan is, per model seed,
+:class:`tern_jax.train.inputs.DeviceInputs` are, so the loop runs text as it runs images:
+the training split lives in device memory; an epoch's plan is, per model seed,
 the random start offsets of every step's windows (models of one seed see the same windows);
 ``batch_at`` gathers them on the device inside the jitted step. An *epoch* is
 ``config.steps_per_epoch`` steps (evaluation and checkpoints happen between epochs), or one
