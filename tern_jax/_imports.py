@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["is_import_path", "import_object"]
+__all__ = ["describe", "is_import_path", "import_object"]
 
 
 def is_import_path(name: Any) -> bool:
@@ -35,3 +35,10 @@ def import_object(path: str, what: str) -> Any:
             raise ValueError(f"{what} {path!r}: module {module_name!r} has no {attribute!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def describe(obj: Any) -> str:
+    """What an imported object is, for messages: ``the class TinyNet``, ``a dict``."""
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}"
+    return f"a {type(obj).__name__}"

@@ -62,7 +62,7 @@ def user_module(tmp_path, monkeypatch):
 
 def _test_accuracies(workdir):
     last = [json.loads(line) for line in (workdir / "metrics.jsonl").open()][-1]
-    return {m["name"]: (m["test_acc"], m["test_loss"]) for m in last["models"]}
+    return {(m["name"], key): m[key] for m in last["models"] for key in ("test_acc", "test_loss")}
 
 
 def test_own_model_and_dataset_train_resume_evaluate_and_export(user_module, tmp_path, capsys):
@@ -75,13 +75,17 @@ def test_own_model_and_dataset_train_resume_evaluate_and_export(user_module, tmp
                            *sets], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     by_cli = _test_accuracies(cli_dir)
-    assert by_cli["fp/seed0"][0] > 0.9  # three well-separated blobs: a working classifier
+    assert by_cli["fp/seed0", "test_acc"] > 0.9  # three well-separated blobs: a working classifier
 
-    # the Python API: one epoch, then resumed to two, gives the command line's figures
-    api_dir = tmp_path / "api_run"
-    run(Config(**{**SETTINGS, "epochs": 1}), api_dir, log=lambda *a: None)
-    run(Config(**SETTINGS), api_dir, resume=True, log=lambda *a: None)
-    assert _test_accuracies(api_dir) == pytest.approx(by_cli, rel=1e-5)
+    # the Python API: the same run (up to the float noise of another process), and a run cut
+    # after one epoch and resumed, which gives the uninterrupted run's figures
+    api_dir, cut_dir = tmp_path / "api_run", tmp_path / "cut_run"
+    run(Config(**SETTINGS), api_dir, log=lambda *a: None)
+    by_api = _test_accuracies(api_dir)
+    assert by_api == pytest.approx(by_cli, rel=1e-2)
+    run(Config(**{**SETTINGS, "epochs": 1}), cut_dir, log=lambda *a: None)
+    run(Config(**SETTINGS), cut_dir, resume=True, log=lambda *a: None)
+    assert _test_accuracies(cut_dir) == pytest.approx(by_api, rel=1e-6)
 
     # restored from its checkpoint without loading the data, then evaluated and exported
     def no_data(*args, **kwargs):
@@ -98,7 +102,7 @@ def test_own_model_and_dataset_train_resume_evaluate_and_export(user_module, tmp
     capsys.readouterr()
     assert cli.main(["eval", "--workdir", str(api_dir)]) == 0
     printed = capsys.readouterr().out
-    acc = by_cli["tern/seed0"][0]
+    acc = by_api["tern/seed0", "test_acc"]
     assert f"{'tern/seed0':20s} test acc {100 * acc:6.2f}%" in printed, printed
     out = tmp_path / "tern_packed"
     assert cli.main(["export", "--workdir", str(api_dir), "--model", "tern/seed0", "--out",
@@ -112,7 +116,8 @@ def test_own_names_that_do_not_resolve_are_clear_errors(user_module):
     with pytest.raises(ValueError, match="dataset 'user_nets:nothing': module 'user_nets' has "
                                          "no 'nothing'"):
         Config(dataset="user_nets:nothing")
-    with pytest.raises(TypeError, match="dataset 'user_nets:TinyNet' names a TinyNet"):
+    with pytest.raises(TypeError, match="dataset 'user_nets:TinyNet' names the class TinyNet; it "
+                                        "must name a tern_jax.data.Dataset"):
         Config(dataset="user_nets:TinyNet")
     with pytest.raises(ValueError, match="unknown variant 'tern_ph'"):  # the CNN presets
         Config(model="user_nets:TinyNet", variants=("tern_ph",))

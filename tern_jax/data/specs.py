@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tern_jax._imports import import_object, is_import_path
+from tern_jax._imports import describe, import_object, is_import_path
 from tern_jax.data.cifar10 import load_cifar10
 from tern_jax.data.digits import load_digits
 from tern_jax.data.imagenet import (
@@ -142,7 +142,7 @@ def dataset_spec(name: str) -> Dataset:
         if callable(found) and not isinstance(found, (Dataset, type)):
             found = found()
         if not isinstance(found, Dataset):
-            raise TypeError(f"dataset {name!r} names a {type(found).__name__}; it must name a "
+            raise TypeError(f"dataset {name!r} names {describe(found)}; it must name a "
                             "tern_jax.data.Dataset or a function of no argument returning one")
         return found
     key = name.strip().lower()

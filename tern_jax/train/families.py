@@ -26,7 +26,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
-from tern_jax._imports import import_object, is_import_path
+from tern_jax._imports import describe, import_object, is_import_path
 from tern_jax.data.specs import DATASETS, IMAGES, TOKENS, Dataset, dataset_spec
 from tern_jax.models import MODEL_NAMES, TRANSFORMER_CONFIGS, get_model
 from tern_jax.presets import PRESETS, TRANSFORMER_RULES, Presets, preset_rules
@@ -70,8 +70,8 @@ def _image_model(config, num_classes: int) -> nn.Module:
     model = factory(num_classes=num_classes, **({} if dtype == jnp.float32 else
                                                 {"dtype": dtype}))
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model {config.model!r} returned a {type(model).__name__}; it must "
-                        "return a flax.linen Module")
+        raise TypeError(f"model {config.model!r} returned {describe(model)}; it must return a "
+                        "flax.linen Module")
     return model
 
 
@@ -114,7 +114,7 @@ def family_of(model) -> ModelFamily:
         if isinstance(found, ModelFamily):
             return found
         if not callable(found):
-            raise TypeError(f"model {model!r} names a {type(found).__name__}; it must name a "
+            raise TypeError(f"model {model!r} names {describe(found)}; it must name a "
                             "flax.linen Module class (or a function returning one) or a "
                             "tern_jax.train.families.ModelFamily")
         return IMAGE_CLASSIFIER
