@@ -30,6 +30,36 @@ import sys
 import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import tern_jax
+from tern_jax import fs
+from tern_jax.data import DataNotFoundError
+from tern_jax.models import get_model
+from tern_jax.models.transformer import Transformer, generate
+from tern_jax.nnx_utils import with_params
+from tern_jax.train import (
+    CheckpointDamaged,
+    Slot,
+    Trainer,
+    TrainingDiverged,
+    distributed,
+    latest_checkpoint,
+    load_config,
+    override,
+    quickstart_config,
+    restore_run,
+    run,
+    train_and_evaluate,
+)
+from tern_jax.train.config import variant_rules
+from tern_jax.train.families import LANGUAGE_MODEL, family_of
+from tern_jax.train.language_model import model_config
+from tern_jax.train.metrics import plot_runs
+from tern_jax.train.run_folder import RunFolder, final_stage
+
 #: What a run folder may hold besides its config.json (all written by tern-jax).
 _PLOT_WHAT = "a plot (tern-jax plot)"
 
@@ -50,8 +80,6 @@ def _positive_int(text: str) -> int:
 
 def _check_training_workdir(workdir: str) -> None:
     """A new run goes into a new or empty folder, or into an earlier run's folder."""
-    from tern_jax.train.run_folder import RunFolder
-
     try:
         RunFolder(Path(workdir).expanduser()).check_trainable()
     except FileExistsError as e:
@@ -81,8 +109,6 @@ def _check_data_dir(config) -> None:
 
 
 def _check_plot_out(out) -> None:
-    from tern_jax import fs
-
     fs.check_replaceable(Path(out).expanduser(), fs.owned_file, _PLOT_WHAT)
 
 
@@ -95,13 +121,9 @@ def _needs_matplotlib() -> None:
 
 
 def _train(args) -> int:
-    from tern_jax.train import load_config, override, run
-
     config = override(load_config(args.config), args.set or [])
     joined = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed or any(a is not None for a in joined):
-        from tern_jax.train import distributed
-
         distributed.initialize(*joined, timeout=args.init_timeout)
         with distributed.failures_end_the_job():
             return _train_checked(args, config, run, main=distributed.is_main())
@@ -116,16 +138,12 @@ def _train_checked(args, config, run, main: bool = True) -> int:
         _check_plot_out(Path(args.workdir) / "curves.png")
     run(config, args.workdir, resume=args.resume)
     if args.plot and main:
-        from tern_jax.train.metrics import plot_runs
-
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
         print(f"curves written to {out}")
     return 0
 
 
 def _quickstart(args) -> int:
-    from tern_jax.train import latest_checkpoint, quickstart_config, train_and_evaluate
-
     workdir = Path(args.workdir)
     _check_training_workdir(args.workdir)
     resume = latest_checkpoint(workdir) is not None
@@ -139,8 +157,6 @@ def _quickstart(args) -> int:
 
 
 def _eval(args) -> int:
-    from tern_jax.train import Trainer, restore_run
-
     _check_run_workdir(args.workdir)
     restored = restore_run(args.workdir, args.epoch)
     trainer = Trainer(restored.config)
@@ -153,12 +169,6 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    import jax
-
-    import tern_jax
-    from tern_jax.train import restore_run
-    from tern_jax.train.config import variant_rules
-
     _check_run_workdir(args.workdir)
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
@@ -182,8 +192,6 @@ def _export(args) -> int:
 
 def _pick_model(restored, name: str, workdir):
     """The :class:`Slot` named ``name`` (``tern/seed0``) in a restored run, and its index."""
-    from tern_jax.train import Slot
-
     slots = restored.config.slots
     names = [s.name for s in slots]
     try:
@@ -196,18 +204,6 @@ def _pick_model(restored, name: str, workdir):
 
 
 def _sample(args) -> int:
-    import jax
-    from flax import nnx
-
-    import tern_jax
-    from tern_jax.models.transformer import Transformer, generate
-    from tern_jax.nnx_utils import with_params
-    from tern_jax.train import restore_run
-    from tern_jax.train.config import variant_rules
-    from tern_jax.train.families import LANGUAGE_MODEL, family_of
-    from tern_jax.train.language_model import model_config
-    from tern_jax.train.run_folder import RunFolder, final_stage
-
     _check_run_workdir(args.workdir)
     saved = final_stage(RunFolder(args.workdir)).read_config()
     if saved is not None and family_of(saved.model) is not LANGUAGE_MODEL:
@@ -233,13 +229,6 @@ def _sample(args) -> int:
 
 
 def _summary(args) -> int:
-    import jax
-    import jax.numpy as jnp
-
-    import tern_jax
-    from tern_jax.models import get_model
-    from tern_jax.train.config import variant_rules
-
     rules = variant_rules(args.variant)  # an unknown variant fails before any model is built
     model = get_model(args.model, args.num_classes)
     size = args.image_size
@@ -254,11 +243,9 @@ def _summary(args) -> int:
 
 
 def _plot(args) -> int:
-    from tern_jax.train.metrics import plot_runs
-
     _needs_matplotlib()
-    for run in args.runs:
-        path = Path(run).expanduser()
+    for folder in args.runs:
+        path = Path(folder).expanduser()
         if not path.is_dir():
             raise UsageError(f"run folder {path} does not exist; give the --workdir of a "
                              "training run" if not path.exists() else
@@ -356,8 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(error: BaseException) -> str:
     """The error as one line: a multi-line message is joined, a how-to list dropped."""
-    from tern_jax.data import DataNotFoundError
-
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.startswith("To provide"):
@@ -393,15 +378,11 @@ def _run(args, debug: bool) -> int:
         where = _process_prefix()
         print(f"tern-jax: {where}interrupted", file=sys.stderr)
         if where:  # the other processes stopped too (failures_end_the_job)
-            from tern_jax.train.distributed import exit_after_failure
-
-            exit_after_failure(130)
+            distributed.exit_after_failure(130)
         return 130
     except Exception as e:  # noqa: BLE001 - every error ends as one line unless --debug
         if debug:
             raise
-        from tern_jax.train import CheckpointDamaged, TrainingDiverged
-
         where = _process_prefix()
         if isinstance(e, TrainingDiverged):
             status = 3
@@ -414,9 +395,7 @@ def _run(args, debug: bool) -> int:
         if status != 1:
             print(f"tern-jax: error: {where}{_one_line(e)}", file=sys.stderr)
         if where:  # a multi-process job: the others stopped; skip JAX's shutdown barrier
-            from tern_jax.train.distributed import exit_after_failure
-
-            exit_after_failure(status)
+            distributed.exit_after_failure(status)
         return status
 
 
@@ -426,14 +405,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _process_prefix() -> str:
     """``"process N: "`` in a job of several processes, else ``""``."""
-    if "jax" not in sys.modules:
+    if not distributed.in_job():
         return ""
-    from tern_jax.train.distributed import in_job
-
-    if not in_job():
-        return ""
-    import jax
-
     return f"process {jax.process_index()}: "
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tern_jax.models.convert import load_torchvision_checkpoint
 from tern_jax.train.config import Config, Slot
 from tern_jax.train.restore import restore_run
 from tern_jax.train.stack import ModelStack, TrainState
@@ -43,8 +44,6 @@ def from_run(stack: ModelStack, config: Config, run_dir) -> TrainState:
 
 def from_torchvision(stack: ModelStack, config: Config, path, template: TrainState) -> TrainState:
     """Every model starts from a torchvision ResNet checkpoint (converted; fc kept if it fits)."""
-    from tern_jax.models.convert import load_torchvision_checkpoint
-
     variables = load_torchvision_checkpoint(path, config.model)
 
     def stack_models(tree):
