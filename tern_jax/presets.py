@@ -129,6 +129,9 @@ TRANSFORMER_RULES: Presets = {
 def preset_rules(name: str, presets: Presets = PRESETS) -> tuple[Rule, ...] | None:
     """The rules of the variant ``name`` in ``presets`` (:data:`PRESETS` or
     :data:`TRANSFORMER_RULES`); a clear error naming the choices for any other name."""
+    if isinstance(name, dict):
+        raise TypeError(f"you passed a dict of presets; pick one by name: one of "
+                        f"{', '.join(map(str, name))}")
     if not isinstance(name, str) or name not in presets:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(presets)}")
     return presets[name]

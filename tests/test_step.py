@@ -106,3 +106,15 @@ def test_the_stack_checks_its_model_axis_by_the_configs_own_rule():
         _stack([Slot("fp", 0)], model_axis="vamp")
     with pytest.raises(ValueError, match="model_axis must be 'auto', 'vmap' or 'unroll'"):
         Config(model_axis="vamp")
+
+
+def test_rules_given_as_the_preset_dict_say_pick_one():
+    from tern_jax.presets import PRESETS, preset_rules
+
+    with pytest.raises(TypeError, match="variants: you passed a dict of presets; pick names "
+                                        "from it, e.g. variants=.'fp', 'tern'. .the dict has "
+                                        "fp, tern, "):
+        Config(variants=PRESETS)
+    with pytest.raises(TypeError, match="you passed a dict of presets; pick one by name: one "
+                                        "of fp, tern, "):
+        preset_rules(PRESETS)

@@ -129,6 +129,9 @@ def _check_tuple(name: str, item, bounds: Range | None, value) -> None:
                              f"factor > 0, e.g. ((80, 0.1), (120, 0.1)); got {value!r}")
         return
     example, what = ("(0, 1)", "integers") if item is int else ("('fp', 'tern')", "names")
+    if isinstance(value, dict):  # e.g. variants=PRESETS
+        raise TypeError(f"{name}: you passed a dict of presets; pick names from it, e.g. "
+                        f"{name}={example} (the dict has {', '.join(map(str, value))})")
     kind = _is_int if item is int else (lambda v: isinstance(v, str))
     if not isinstance(value, (tuple, list)) or not all(kind(v) for v in value):
         raise TypeError(f"{name} must be a tuple of {what}, e.g. {example}, got {value!r}")
