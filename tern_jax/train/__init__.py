@@ -7,8 +7,9 @@ One concept per module, each importing only the ones listed before it (checked b
   :class:`Inputs` (what the loop asks of the data); ``language_model``: the text task;
 * ``families``: the model families (task, input kind, presets, fields), held against the
   datasets of :mod:`tern_jax.data.specs`;
-* ``config``: :class:`Config` (fields checked from their types), :class:`Slot` (variant,
-  seed), ``--set`` parsing, config files; ``recipes``: the paper's;
+* ``fields``: dataclass fields checked and parsed from their type annotations;
+* ``config``: :class:`Config`, :class:`Slot` (variant, seed), ``--set``, config files;
+  ``recipes``: the paper's;
 * ``optim``: optimizer, learning-rate schedule, threshold warm-up;
 * ``stack``: :class:`ModelStack` (the models trained together) and :class:`TrainState`;
 * ``step``: the pure ``train_step`` / ``eval_step``;

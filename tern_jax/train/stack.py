@@ -23,14 +23,8 @@ from flax import struct
 from tern_jax.layers import vmapped_branches
 from tern_jax.rules import match_params, quantize_params
 from tern_jax.train import optim
-from tern_jax.train.config import (
-    FULL_PRECISION,
-    Config,
-    ModelAxis,
-    Slot,
-    check_fields,
-    variant_rules,
-)
+from tern_jax.train.config import FULL_PRECISION, Config, ModelAxis, Slot, variant_rules
+from tern_jax.train.fields import check_fields
 from tern_jax.train.task import Task
 
 __all__ = ["TrainState", "ModelStack"]
