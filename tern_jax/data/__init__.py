@@ -42,8 +42,7 @@ from tern_jax.data.imagenet import (
     prefetch_to_device,
     train_transform,
 )
-from tern_jax.data.specs import DATASETS as _REGISTRY
-from tern_jax.data.specs import IMAGES, TOKENS, Dataset, dataset_spec
+from tern_jax.data.specs import DATASETS, IMAGES, TOKENS, Dataset, dataset_spec
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -77,10 +76,6 @@ __all__ = [
     "train_transform",
     "write_cifar_batches",
 ]
-
-#: Names of the built-in datasets (:data:`tern_jax.data.specs.DATASETS` declares each).
-DATASETS: tuple[str, ...] = tuple(_REGISTRY)
-
 
 def load_dataset(
     name: str, data_dir: str | os.PathLike[str] | None = None, **kw: Any

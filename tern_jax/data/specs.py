@@ -85,11 +85,6 @@ class Dataset:
             raise ValueError(f"dataset {self.name!r}: kind must be {IMAGES!r} or {TOKENS!r}, got "
                              f"{self.kind!r}")
 
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """``input_shape``, by the name image code knows it."""
-        return self.input_shape
-
     def open(self, config) -> Any:
         """The data (or the batch function of a streamed dataset) for a run ``config``: the one
         place a dataset is loaded."""
