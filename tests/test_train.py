@@ -287,7 +287,8 @@ def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
     assert start[0] == plain[0]  # fp: untouched by the warm-up
     assert start[1] != plain[1]  # ternary: a different forward while warming up
     np.testing.assert_allclose(done, plain, rtol=1e-6)
-    with pytest.raises(ValueError, match="threshold_warmup_start in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match=r"threshold_warmup_start must be a number in \[0, 1\], "
+                                         "got 1.5"):
         _small(threshold_warmup=2.0, threshold_warmup_start=1.5)
 
 
