@@ -8,7 +8,7 @@ which the optimizer updates as usual::
 
     model = Transformer(config, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
-    rules = tern_jax.presets_lm.TRANSFORMER_RULES["tern"]
+    rules = tern_jax.presets.TRANSFORMER_RULES["tern"]
 
     @nnx.jit
     def train_step(model, optimizer, x, y):

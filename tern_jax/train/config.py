@@ -74,7 +74,8 @@ class Config:
 
     ``model`` and ``dataset`` are a built-in name (:mod:`tern_jax.train.families`,
     :mod:`tern_jax.data.specs`) or the import path of the user's own (``"my_pkg.nets:MyNet"``).
-    A field the chosen model family and dataset do not read must keep its default.
+    A field the chosen model family and dataset do not read must keep its default (or "off":
+    ``None``, ``False``, 0).
     """
 
     name: str = "quickstart_digits"
