@@ -4,16 +4,20 @@ import dataclasses
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from tern_jax.cli import main
 from tern_jax.models.transformer import TransformerConfig
 from tern_jax.train import Config, run
 from tern_jax.train.families import task_for
+from tern_jax.train.inputs import load_inputs
 from tern_jax.train.language_model import LanguageModel
 from tern_jax.train.stack import ModelStack
+from tern_jax.train.task import DeviceResident
 
 TEXT = b"".join(b"def f%d(x):\n    return x * %d\n\n" % (i, i) for i in range(200))
 
@@ -66,6 +70,15 @@ def test_a_text_model_on_images_and_an_image_model_on_text_name_both(text_file):
     with pytest.raises(ValueError, match="model 'transformer_tiny' .language model. reads "
                                          "tokens, but dataset 'digits' holds images"):
         Config(model="transformer_tiny", dataset="digits", variants=("fp",))
+
+
+def test_text_inputs_are_device_resident_with_no_image_fields(text_file):
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    inputs = load_inputs(_config(text_file), [0], mesh)
+    assert isinstance(inputs, DeviceResident) and not inputs.streamed
+    for image_field in ("image_shape", "mean", "std", "num_classes"):
+        assert not hasattr(inputs, image_field), image_field
+    assert inputs.num_test == 16 and inputs.steps_per_epoch == 4
 
 
 def test_the_task_is_built_from_the_declared_specs_without_text(text_file):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from helpers.runs import command
+from jax.sharding import Mesh
 
 from tern_jax import cli
 from tern_jax.train import (
@@ -27,7 +28,9 @@ from tern_jax.train import (
     train_and_evaluate,
 )
 from tern_jax.train.config import from_json
+from tern_jax.train.inputs import load_inputs
 from tern_jax.train.metrics import read
+from tern_jax.train.task import DeviceResident, Streamed
 
 REPO = Path(__file__).parent.parent
 
@@ -232,6 +235,17 @@ def test_config_overrides_parse_types_and_reject_unknown_fields():
         override(Config(), ["lr=0.1"])
     with pytest.raises(ValueError, match="unknown variant 'tern9'"):
         override(Config(), ["variants=tern9"])
+
+
+def test_every_form_of_image_inputs_follows_its_protocol():
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    device = load_inputs(_small(), [0], mesh)
+    streamed = load_inputs(_small(stream=True), [0], mesh)
+    assert isinstance(device, DeviceResident) and not device.streamed
+    assert isinstance(streamed, Streamed) and streamed.streamed
+    assert not isinstance(device, Streamed) and not isinstance(streamed, DeviceResident)
+    assert device.num_train == streamed.num_train == 256
+    assert device.num_test == streamed.num_test == 96
 
 
 def test_saved_configs_of_earlier_versions_load_and_unknown_keys_are_named():

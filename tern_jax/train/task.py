@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,7 @@ from tern_jax.data.augment import normalize
 __all__ = ["Task", "Inputs", "DeviceResident", "Streamed", "ImageClassification"]
 
 
+@runtime_checkable
 class Inputs(Protocol):
     """See the module docstring: the members every form of inputs has."""
 
@@ -60,6 +61,7 @@ class Inputs(Protocol):
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]: ...
 
 
+@runtime_checkable
 class DeviceResident(Inputs, Protocol):
     """Inputs held in device memory, batched inside the jitted step."""
 
@@ -70,6 +72,7 @@ class DeviceResident(Inputs, Protocol):
     def batch_at(self, arrays: dict, idx: jax.Array, keys: jax.Array) -> dict: ...
 
 
+@runtime_checkable
 class Streamed(Inputs, Protocol):
     """Inputs fed from the host, one global batch per step."""
 
