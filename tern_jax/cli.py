@@ -54,8 +54,7 @@ from tern_jax.train import (
     run,
     train_and_evaluate,
 )
-from tern_jax.train.config import variant_rules
-from tern_jax.train.families import LANGUAGE_MODEL, family_of
+from tern_jax.train.families import LANGUAGE_MODEL, family_of, variant_rules
 from tern_jax.train.language_model import model_config
 from tern_jax.train.metrics import plot_runs
 from tern_jax.train.run_folder import RunFolder, final_stage

@@ -21,9 +21,11 @@ import optax
 from flax import struct
 
 from tern_jax.layers import vmapped_branches
+from tern_jax.presets import FULL_PRECISION
 from tern_jax.rules import match_params, quantize_params
 from tern_jax.train import optim
-from tern_jax.train.config import FULL_PRECISION, Config, ModelAxis, Slot, variant_rules
+from tern_jax.train.config import Config, ModelAxis, Slot
+from tern_jax.train.families import variant_rules
 from tern_jax.train.fields import check_fields
 from tern_jax.train.task import Task
 

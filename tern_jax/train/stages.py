@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tern_jax.presets import FULL_PRECISION
 from tern_jax.train import distributed
 from tern_jax.train import metrics as metrics_lib
-from tern_jax.train.config import FULL_PRECISION, Config, is_full_precision
+from tern_jax.train.config import Config
+from tern_jax.train.families import is_full_precision
 from tern_jax.train.loop import train_and_evaluate
 from tern_jax.train.run_folder import STAGES, RunFolder
 
