@@ -245,3 +245,12 @@ def test_bad_inputs_are_clear_errors(model):
     with pytest.raises(ValueError, match="unknown transformer 'gpt5'"):
         transformer_config("gpt5")
     assert transformer_config("transformer_tiny", max_len=64).max_len == 64
+
+
+def test_the_presets_have_one_home_reachable_as_the_docstrings_write_it():
+    assert tern_jax.presets_lm.TRANSFORMER_RULES is tern_jax.presets.TRANSFORMER_RULES
+    assert tern_jax.presets_lm.EMBEDDINGS_AND_HEAD_FP is EMBEDDINGS_AND_HEAD_FP
+    assert tern_jax.nnx_utils.ternarized is ternarized
+    matches, _ = tern_jax.match_params({"conv": {"kernel": jnp.ones((3, 3, 1, 2))}},
+                                       tern_jax.presets.PRESETS["tern"])
+    assert isinstance(matches[0], tern_jax.Match) and matches[0].quantized
