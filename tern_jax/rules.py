@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -170,11 +170,31 @@ def _eligible(leaf) -> bool:
     )
 
 
+def _check_axis_fits(rule: Rule, path: str, leaf) -> None:
+    """The rule's channel ``axis`` names axes of this leaf (checked before any tracing)."""
+    try:
+        core.normalize_axis(rule.axis, leaf.ndim)
+    except ValueError as e:
+        raise ValueError(
+            f"Rule({rule.pattern!r}, axis={rule.axis!r}) matches parameter {path!r} of shape "
+            f"{tuple(leaf.shape)}, which this axis does not fit ({str(e).split(';')[0]}); give "
+            f"that parameter its own rule before this one, e.g. Rule({path!r}, axis=-1), or "
+            "narrow the pattern"
+        ) from None
+
+
 def _normalize_rules(rules) -> tuple[Rule, ...]:
     if rules is None:
         return DEFAULT_RULES
     if isinstance(rules, Rule):
         return (rules,)
+    if isinstance(rules, Mapping):  # iterating it would give its names, not rules
+        names = list(rules)
+        pick = next((k for k, v in rules.items() if v), names[0] if names else "tern")
+        raise TypeError(
+            f"rules must be a Rule or a sequence of Rules, got a {type(rules).__name__} with keys "
+            f"{names[:8]}{' ...' if len(names) > 8 else ''}: you passed a dict of presets; pick "
+            f"one, e.g. rules[{pick!r}]")
     if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
         raise TypeError(f"rules must be a Rule or a sequence of Rules, got "
                         f"{type(rules).__name__}: {rules!r}")
@@ -236,6 +256,8 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
                         f"Rule({path!r}, None) before it"
                     )
                 continue  # a non-strict rule passes over it; later rules may still match
+            if rule.method is not None and rule.axis is not None:
+                _check_axis_fits(rule, path, leaf)
             chosen = rule
             used[i] = True
             break
