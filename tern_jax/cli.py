@@ -133,8 +133,10 @@ def _quickstart(args) -> int:
         print(f"{workdir} holds an earlier quickstart run; continuing it (delete it to start over)")
     train_and_evaluate(quickstart_config(), workdir, resume=resume)
     print(f"\nrun files in {workdir}/: config.json, metrics.jsonl, results.json, checkpoints/")
+    packed = workdir / "tern_packed"  # an earlier run's export is replaced only when asked
+    overwrite = " --overwrite" if packed.exists() else ""
     print(f"next: tern-jax export --workdir {workdir} --model tern/seed0 --out "
-          f"{workdir}/tern_packed && tern-jax plot {workdir} --out {workdir}/curves.png")
+          f"{packed}{overwrite} && tern-jax plot {workdir} --out {workdir}/curves.png")
     return 0
 
 
@@ -275,7 +277,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0])
+    # the module docstring is RST; the terminal shows it without the ``literal`` markup
+    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     common = argparse.ArgumentParser(add_help=False)
