@@ -176,7 +176,7 @@ def test_help_shows_plain_text_not_rst_markup(capsys):
 
 @pytest.fixture
 def one_epoch_quickstart(monkeypatch):
-    """``tern-jax quickstart`` trains one epoch on 128 digits (its checks and printing unchanged)."""
+    """``tern-jax quickstart`` trains 1 epoch on 128 digits (its checks and printing unchanged)."""
     import dataclasses
 
     import tern_jax.train
