@@ -85,6 +85,13 @@ class Rule:
         except TypeError as e:
             raise TypeError(f"Rule({self.pattern!r}): {e}") from None
         if self.method is None:
+            unused = [f"{name}={getattr(self, name)!r}" for name, default in (
+                ("threshold", None), ("thresholds", None), ("t_ex", 1), ("axis", None))
+                if getattr(self, name) != default]
+            if unused:
+                raise ValueError(f"Rule({self.pattern!r}, method=None) keeps its weights in full "
+                                 f"precision, so {', '.join(unused)} would be ignored; drop "
+                                 "them, or give a method such as 'paper'")
             return
         if not isinstance(self.method, str) or self.method not in core.METHODS:
             raise ValueError(
@@ -200,6 +207,12 @@ def _normalize_rules(rules) -> tuple[Rule, ...]:
                         f"{type(rules).__name__}: {rules!r}")
     rules = tuple(rules)
     for r in rules:
+        if isinstance(r, (tuple, list)) and all(isinstance(x, Rule) for x in r):
+            raise TypeError(f"rules hold a nested sequence of Rules ({type(r).__name__} of "
+                            f"{len(r)}); flatten it, e.g. (*first_rules, *more_rules)")
+        if isinstance(r, str):
+            raise TypeError(f"rules must be tern_jax.Rule objects, got the str {r!r}; wrap the "
+                            f"pattern: tern_jax.Rule({r!r})")
         if not isinstance(r, Rule):
             raise TypeError(f"rules must be tern_jax.Rule objects, got {type(r).__name__}: {r!r}")
     return rules
@@ -307,6 +320,8 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
     traced, so a jitted train step can ramp it from 0 to 1 as a threshold warm-up without
     recompiling). ``None`` (the default) is the rules' own thresholds.
     """
+    if not isinstance(stacked, bool):
+        raise TypeError(f"stacked must be True or False, got {stacked!r}")
     matches, treedef = match_params(params, rules, unused=unused)
     out = []
     for m in matches:

@@ -404,6 +404,14 @@ REAL_CAUSES = [
         np.array([1, 2, 300, 4, 5], np.int32), 2), ValueError, ["[0, 256)", "[1, 300]"], []),
     ("random_windows-negative-token", lambda m: tern_jax.data.text.random_windows(
         KEY, jnp.array([1, -1, 3, 4, 5], jnp.int32), 2, 2), ValueError, ["[-1, 5]"], []),
+    ("Rule-full-precision-with-t_ex", lambda m: tern_jax.Rule(".*", None, t_ex=3), ValueError,
+     ["method=None", "t_ex=3 would be ignored"], []),
+    ("quantize_params-nested-rules", lambda m: tern_jax.quantize_params(
+        PARAMS, [(tern_jax.Rule(r".*kernel"),)]), TypeError, ["nested sequence", "flatten"], []),
+    ("quantize_params-pattern-string", lambda m: tern_jax.quantize_params(PARAMS, [r".*kernel"]),
+     TypeError, ["tern_jax.Rule('.*kernel')"], []),
+    ("quantize_params-stacked-str", lambda m: tern_jax.quantize_params(PARAMS, stacked="yes"),
+     TypeError, ["stacked", "'yes'"], []),
     ("random_windows-float-text", lambda m: tern_jax.data.text.random_windows(
         KEY, jnp.ones(8), 2, 2), TypeError, ["dtype float32"], []),
 ]
