@@ -90,7 +90,9 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
     expected, given = shapes(nnx.to_pure_dict(state)), shapes(params)
     for path in sorted(expected.keys() | given.keys()):
         if path not in given:
-            raise ValueError(f"with_params: parameter {path!r} is missing from params")
+            hint = ("; params hold a checkpoint's whole tree: pass its ['params']"
+                    if set(params) & {"params", "batch_stats"} == set(params) else "")
+            raise ValueError(f"with_params: parameter {path!r} is missing from params{hint}")
         if path not in expected:
             raise ValueError(f"with_params: params hold {path!r}, which the model does not have")
         if expected[path] != given[path]:

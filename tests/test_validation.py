@@ -392,6 +392,9 @@ REAL_CAUSES = [
         _tiny_lm(), _params_as(np.int32)), TypeError, ["dtype int32", "float32"], []),
     ("with_params-bfloat16-weights", lambda m: tern_jax.nnx_utils.with_params(
         _tiny_lm(), _params_as(jnp.bfloat16)), TypeError, ["dtype bfloat16", "float32"], []),
+    ("with_params-a-checkpoints-whole-tree", lambda m: tern_jax.nnx_utils.with_params(
+        _tiny_lm(), {"params": _params_as(np.float32), "batch_stats": {}}), ValueError,
+     ["is missing from params", "pass its ['params']"], []),
     ("transformer-token-above-vocab", lambda m: _tiny_lm()(jnp.array([[1, 300]])), ValueError,
      ["tokens must lie in [0, 256)", "[1, 300]"], []),
     ("transformer-negative-token", lambda m: _tiny_lm()(jnp.array([[-1, 7]])), ValueError,
