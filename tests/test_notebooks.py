@@ -150,3 +150,24 @@ def test_a_notebook_reading_beside_the_repository_is_caught(tmp_path, kernel_nam
     notebook = execute(path, kernel_name, timeout=120, audit=True)
     outside = json.loads(notebook.cells[-1].outputs[-1]["text"])
     assert outside == [str((tmp_path / "shared.txt").resolve())]
+
+
+def test_rendering_an_unchanged_picture_leaves_its_file_untouched(tmp_path):
+    """docs/images/render.py on an unchanged tree changes no committed picture."""
+    import importlib.util
+
+    Image = pytest.importorskip("PIL.Image")
+    spec = importlib.util.spec_from_file_location(
+        "render", NOTEBOOKS_DIR.parent / "docs" / "images" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    committed = NOTEBOOKS_DIR.parent / "docs" / "images" / "expansion.png"
+    path = tmp_path / "expansion.png"
+    Image.open(committed).convert("RGB").save(path, compress_level=1)  # same pixels, other bytes
+    before = path.read_bytes()
+    assert render.write_picture(Image.open(committed), path) is False
+    assert path.read_bytes() == before
+    changed = Image.open(committed).convert("RGB")
+    changed.putpixel((0, 0), (255, 0, 0) if changed.getpixel((0, 0)) != (255, 0, 0) else (0, 0, 0))
+    assert render.write_picture(changed, path) is True
+    assert Image.open(path).convert("RGB").getpixel((0, 0)) == changed.getpixel((0, 0))

@@ -47,12 +47,18 @@ def _kernel_spec(root: Path) -> None:
     }))
 
 
-def _same_pixels(path: Path, image: Image.Image) -> bool:
-    if not path.exists():
-        return False
-    old = Image.open(path)
-    return old.size == image.size and np.array_equal(np.asarray(old.convert("RGB")),
-                                                      np.asarray(image.convert("RGB")))
+def write_picture(image: Image.Image, path: Path) -> bool:
+    """Writes ``image`` to ``path`` in a 64-colour palette unless ``path`` already holds its
+    pixels; returns whether the file was written."""
+    # a 64-colour palette keeps line plots sharp at a fraction of the size
+    image = image.convert("RGB").quantize(colors=64)
+    if path.exists():
+        old = Image.open(path)
+        if old.size == image.size and np.array_equal(np.asarray(old.convert("RGB")),
+                                                     np.asarray(image.convert("RGB"))):
+            return False  # the committed picture already: leave its file untouched
+    image.save(path, optimize=True)
+    return True
 
 
 def render(notebook_path: Path, out_dir: Path) -> list[Path]:
@@ -78,13 +84,8 @@ def render(notebook_path: Path, out_dir: Path) -> list[Path]:
                 if "image/png" in o.get("data", {})]
         if name and pngs:
             path = out_dir / f"{name}.png"
-            image = Image.open(io.BytesIO(base64.b64decode(pngs[0]))).convert("RGB")
-            # a 64-colour palette keeps line plots sharp at a fraction of the size
-            image = image.quantize(colors=64)
-            if _same_pixels(path, image):
-                continue  # the committed picture already: leave its file untouched
-            image.save(path, optimize=True)
-            written.append(path)
+            if write_picture(Image.open(io.BytesIO(base64.b64decode(pngs[0]))), path):
+                written.append(path)
     return written
 
 
