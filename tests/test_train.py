@@ -215,10 +215,27 @@ def test_cifar_export_writes_a_loadable_packed_model(cifar_run, capsys):
     assert "no model 'tern/seed7'" in capsys.readouterr().err and not (root / "nope").exists()
 
 
+def _drawn(ax) -> dict:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in ax.get_lines()}
+
+
 def test_cifar_plot_draws_both_stages(cifar_run, capsys):
+    import matplotlib.pyplot as plt
+
+    from tern_jax import report
+
     root, workdir, _ = cifar_run
     assert cli.main(["plot", str(workdir), "--out", str(root / "curves.png")]) == 0
-    assert (root / "curves.png").stat().st_size > 1000
+    assert plt.imread(root / "curves.png").shape[:2] == (360, 990)  # 11x4 inches at 90 dpi
+    fig = report.runs_figure([report.load_run(workdir)])  # what the command drew
+    test_ax, loss_ax = fig.axes
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
+    drawn = _drawn(test_ax)
+    assert drawn["fp/seed0"][0] == [1] and drawn["tern/seed0"][0] == [2]  # one timeline
+    assert drawn["tern/seed0"][1] == pytest.approx([100 * fine[0]["models"][0]["test_acc"]])
+    assert _drawn(loss_ax)["fp/seed0"][1] == pytest.approx([pre[0]["models"][0]["train_loss"]])
+    plt.close(fig)
 
 
 def test_config_overrides_parse_types_and_reject_unknown_fields():
@@ -319,10 +336,19 @@ def test_the_loop_alone_refuses_a_two_stage_config(tmp_path):
 
 
 def test_two_stage_plot_and_collect_read_both_stages(two_stage):
-    from tern_jax.train.metrics import plot_runs
+    import matplotlib.pyplot as plt
+
+    from tern_jax import report
 
     _, workdir, _ = two_stage
-    assert plot_runs([workdir], workdir / "curves.png").stat().st_size > 1000
+    assert plt.imread(report.plot_runs([workdir], workdir / "curves.png")).shape[:2] == (360, 990)
+    fig = report.runs_figure([report.load_run(workdir)])
+    drawn = _drawn(fig.axes[1])  # train loss: stage 1 at epochs 1-2, stage 2 at epoch 3
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
+    assert drawn["fp/seed0"] == ([1, 2], pytest.approx([r["models"][0]["train_loss"]
+                                                         for r in pre]))
+    assert drawn["tern/seed0"] == ([3], pytest.approx([fine[0]["models"][0]["train_loss"]]))
+    plt.close(fig)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("collect", REPO / "experiments" / "collect.py")
