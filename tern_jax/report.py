@@ -29,7 +29,7 @@ from tern_jax.train.config import FULL_PRECISION, is_language_model
 from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
 
-__all__ = ["PAPER_CIFAR10", "RUN_FILES", "Stage", "Run", "Curve", "load_run", "load_runs",
+__all__ = ["PAPER_CIFAR10", "RUN_FILES", "STAGES", "Stage", "Run", "Curve", "load_run", "load_runs",
            "curves", "final_accuracy", "compare_table", "plot_curves", "plot_grid",
            "plot_runs", "runs_figure"]
 

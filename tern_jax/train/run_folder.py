@@ -162,15 +162,20 @@ class RunFolder:
                               json.dumps({"format": "tern_jax.integrity.v1", "sha256": digests,
                                           "files": files}, indent=1))
 
-    def _check_architecture(self, manager, epoch: int, abstract: dict) -> None:
+    def _check_architecture(self, epoch: int, abstract: dict) -> None:
         """The stored weights have the model's parameters and shapes (orbax would read a
         mismatching array without a word); raises ``ValueError`` naming the first that differs."""
+        import orbax.checkpoint as ocp
+
+        item = self.checkpoint_dir / str(epoch) / "default"  # the manager's one item
+        if not item.is_dir():
+            return
         try:
-            with fs.quiet_libraries():
-                stored = manager.item_metadata(epoch)
+            with fs.quiet_libraries(), ocp.StandardCheckpointer() as reader:
+                stored = reader.metadata(item)
         except Exception:  # noqa: BLE001 - unreadable metadata is damage, reported by restore
             return
-        stored = getattr(stored, "tree", stored)
+        stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
         if not isinstance(stored, dict) or "params" not in stored:
             return
         for part in ("params", "batch_stats"):
@@ -193,7 +198,7 @@ class RunFolder:
                 check_files(step_dir, record.get("files", {}))
             except IntegrityError as e:
                 raise CheckpointDamaged(str(e)) from None
-        self._check_architecture(manager, epoch, abstract)
+        self._check_architecture(epoch, abstract)
         try:
             with fs.quiet_libraries():
                 restored = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
