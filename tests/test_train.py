@@ -154,7 +154,7 @@ def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory):
     """The documented default CIFAR recipe (fp, then ternary fine-tuning) on a tiny folder."""
-    from tern_jax.data.cifar10 import write_cifar_batches
+    from helpers.cifar import write_cifar_batches
 
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
