@@ -6,8 +6,10 @@ Layout (a folder; ``arrays/`` is an orbax-checkpoint PyTree item):
   signed levels shifted to ``[0, 2·t_ex]``) and its float32 scales ``(t_ex, *broadcast)``;
   every other leaf unchanged.
 * ``meta/metadata``: JSON with the format tag; per leaf its path, shape, dtype, rule (method,
-  thresholds, axis) and a SHA-256 of its stored bytes; and the size and SHA-256 of every file
-  the save wrote (``files``), so that a damaged file is named before orbax reads it.
+  thresholds, axis) and a SHA-256 of its stored bytes; the size and SHA-256 of every file
+  the save wrote (``files``), so that a damaged file is named before orbax reads it
+  (:mod:`tern_jax.integrity`); and what the weights are (``origin``: the rules, and the
+  model, variant and seed when the caller names them; :func:`read_origin`).
 
 :func:`load_ternary` rebuilds the kernels with :func:`tern_jax.core.dequantize`, the same
 function the training-time forward uses, so logits match the training-time ternarized forward

@@ -231,10 +231,13 @@ def test_cifar_plot_draws_both_stages(cifar_run, capsys):
     fig = report.runs_figure([report.load_run(workdir)])  # what the command drew
     test_ax, loss_ax = fig.axes
     pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
-    drawn = _drawn(test_ax)
-    assert drawn["fp/seed0"][0] == [1] and drawn["tern/seed0"][0] == [2]  # one timeline
-    assert drawn["tern/seed0"][1] == pytest.approx([100 * fine[0]["models"][0]["test_acc"]])
-    assert _drawn(loss_ax)["fp/seed0"][1] == pytest.approx([pre[0]["models"][0]["train_loss"]])
+    drawn, last = _drawn(test_ax), pre[-1]["epoch"]
+    assert drawn["fp/seed0"][0] == [r["epoch"] for r in pre]
+    assert drawn["tern/seed0"][0] == [last + r["epoch"] for r in fine]  # one timeline
+    assert drawn["tern/seed0"][1] == pytest.approx([100 * r["models"][0]["test_acc"]
+                                                    for r in fine])
+    assert _drawn(loss_ax)["fp/seed0"][1] == pytest.approx([r["models"][0]["train_loss"]
+                                                            for r in pre])
     plt.close(fig)
 
 

@@ -11,7 +11,10 @@ Every checkpoint carries a SHA-256 per file and per array (``integrity.json``), 
 restore (files before orbax reads them, arrays after): a damaged latest checkpoint (flipped
 bytes, a truncated or deleted file) is never trained on;
 the previous complete one is used with a warning, and when none is usable the error names
-the damaged files. Checkpoints written before integrity files existed load unverified.
+the damaged files. Checkpoints written before integrity files existed load unverified. The
+scheme is :mod:`tern_jax.integrity`, the packed exports' too. A checkpoint whose parameters
+or shapes differ from the model's (another architecture) is refused before orbax reads it,
+naming the first parameter that differs.
 """
 
 from __future__ import annotations
