@@ -354,7 +354,7 @@ def runs_figure(runs, *, title: str | None = None):
     plot_curves(runs, ax_test, metric="test_loss" if lm else "test_acc")
     plot_curves(runs, ax_loss, metric="train_loss")
     ax_test.set(title=ax_test.get_ylabel().removesuffix(" (%)"))
-    ax_loss.set(title=ax_loss.get_ylabel(), yscale="log")
+    ax_loss.set(title=ax_loss.get_ylabel(), yscale="linear" if lm else "log")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
