@@ -172,3 +172,24 @@ def test_save_ternary_refuses_an_origin_that_is_not_json(tmp_path):
     with pytest.raises(TypeError, match="origin must be a dict with str keys"):
         tern_jax.save_ternary(tmp_path / "x", params, origin=["tern"])
     assert not (tmp_path / "x").exists()
+
+
+def test_init_from_a_run_of_another_architecture_names_the_parameter(tmp_path):
+    """A digits small_cnn (8x8x1 inputs) started into a CIFAR-10 small_cnn (32x32x3): the
+    model name matches, the shapes do not."""
+    from helpers.cifar import write_cifar_batches
+    from helpers.runs import small_config
+
+    from tern_jax.train import train_and_evaluate
+
+    source = small_config(epochs=1, variants=("fp",))
+    train_and_evaluate(source, tmp_path / "digits", log=lambda *a: None)
+    rng = np.random.default_rng(0)
+    write_cifar_batches(tmp_path / "cifar-10-batches-py",
+                        rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
+                        rng.integers(0, 10, 48), per_batch=7)
+    target = small_config(epochs=1, variants=("fp",), dataset="cifar10", test_subset=None,
+                          data_dir=str(tmp_path), init_from=str(tmp_path / "digits"))
+    with pytest.raises(ValueError, match=r"init_from run .*digits does not fit the model: "
+                                         r"parameter '.*' has shape"):
+        train_and_evaluate(target, tmp_path / "cifar", log=lambda *a: None)
