@@ -29,8 +29,6 @@ W = jnp.ones((8, 4))
 PARAMS = {"dense": {"kernel": W, "bias": jnp.zeros(4)}}
 KEY = jax.random.key(0)
 IMAGES = jnp.zeros((2, 8, 8, 3), jnp.uint8)
-U8 = np.zeros((12, 32, 32, 3), np.uint8)
-LABELS = np.zeros(12, np.int64)
 
 
 def _dataset():
@@ -173,19 +171,6 @@ CASES = [
     ("read_cifar_folder-None", lambda p: data.read_cifar_folder(None), TypeError, "folder"),
     ("read_cifar_folder-counts", lambda p: data.read_cifar_folder(p, expected_counts=5),
      TypeError, "expected_counts"),
-    ("write_cifar-folder", lambda p: data.write_cifar_batches(None, U8, LABELS), TypeError,
-     "folder"),
-    ("write_cifar-float-images", lambda p: data.write_cifar_batches(
-        p / "w", np.full((12, 32, 32, 3), 300.0), LABELS), TypeError, "images"),
-    ("write_cifar-images-shape", lambda p: data.write_cifar_batches(p / "w", U8[:, :8], LABELS),
-     ValueError, "images"),
-    ("write_cifar-labels-range", lambda p: data.write_cifar_batches(p / "w", U8, LABELS + 10),
-     ValueError, "labels"),
-    ("write_cifar-labels-float", lambda p: data.write_cifar_batches(p / "w", U8, LABELS + 0.5),
-     TypeError, "labels"),
-    ("write_cifar-per_batch", lambda p: data.write_cifar_batches(p / "w", U8, LABELS,
-                                                                 per_batch=1.5), TypeError,
-     "per_batch"),
     ("download-root", lambda p: data.download_cifar10(5), TypeError, "root"),
     ("download-md5", lambda p: data.download_cifar10(p, md5=123), TypeError, "md5"),
     ("subset-list", lambda p: data.subset([1, 2], 3), TypeError, "ds"),
@@ -253,7 +238,7 @@ def test_the_wrong_inputs_cover_every_module():
     ids = " ".join(c[0] for c in CASES)
     for function in ("ternarize", "Rule", "quantize_params", "summary", "save", "load", "pack",
                      "unpack", "expected_kernel_rank", "get_model", "init_variables",
-                     "load_dataset", "load_cifar10", "write_cifar", "subset", "normalize",
+                     "load_dataset", "load_cifar10", "subset", "normalize",
                      "epoch_permutation", "write_text_atomic"):
         assert function in ids
 
