@@ -143,12 +143,12 @@ class Summary:
                        f"precision; {self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B stored "
                        f"({self.compression:.1f}x)")
             return "\n".join(out)
-        on_ternary = f", {self.ternary_compression:.1f}x on ternary tensors"
         out.append(
             f"{len(self.ternary)} of {len(self.layers)} tensors ternarized, "
             f"{self.ternary_params:,} of {self.total_params:,} parameters; "
             f"{self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B packed "
-            f"({self.compression:.1f}x overall{on_ternary}); zeros {self.zero_fraction:.1%}; "
+            f"({self.compression:.1f}x overall, "
+            f"{self.ternary_compression:.1f}x on ternary tensors); zeros {self.zero_fraction:.1%}; "
             f"{self.adds_per_position:,} adds vs {self.macs_per_position:,} MACs per position"
         )
         return "\n".join(out)
