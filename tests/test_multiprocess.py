@@ -183,6 +183,7 @@ def test_a_failing_process_ends_the_job_naming_it(tmp_path):
     assert f"tern-jax: error: process 1: data_dir {tmp_path / 'missing'} does not exist" in failed
     assert "tern-jax: error: process 1 failed: UsageError: data_dir" in stopped
     assert "process 0 stops too" in stopped
+    assert not (tmp_path / "run").exists()  # a start that fails writes nothing
 
 
 def test_processes_with_different_configs_stop_naming_the_fields(tmp_path):

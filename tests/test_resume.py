@@ -98,20 +98,19 @@ def test_fewer_epochs_than_already_run_are_refused(one_epoch, tmp_path):
 def test_every_field_that_shaped_the_run_is_named(one_epoch, tmp_path):
     workdir = _copy(one_epoch, "cosine", tmp_path)
     changed = _small(seeds=(1,), batch_size=16, variants=("fp", "tern"), optimizer="adam",
-                     train_subset=96, model="resnet20", augment=True)
+                     train_subset=96, model="resnet20", augment=True, eval_every=2)
     with pytest.raises(ValueError) as refused:
         train_and_evaluate(changed, workdir, resume=True, **QUIET)
     message = str(refused.value)
     for field in ("train_subset", "augment", "model", "variants", "seeds", "batch_size",
-                  "optimizer"):
+                  "optimizer", "eval_every"):
         assert f"{field} (" in message
     assert "epochs" not in message
 
 
 def test_fields_that_do_not_shape_the_run_may_change(one_epoch, tmp_path):
     workdir = _copy(one_epoch, "cosine", tmp_path)
-    changed = _small(progress=True, checkpoint_every=3, keep_checkpoints=4, eval_batch_size=16,
-                     eval_every=2)
+    changed = _small(progress=True, checkpoint_every=3, keep_checkpoints=4, eval_batch_size=16)
     results = train_and_evaluate(changed, workdir, resume=True, **QUIET)
     assert results["epochs"] == 1
     assert json.loads((workdir / "config.json").read_text())["keep_checkpoints"] == 4

@@ -72,8 +72,8 @@ class ProcessFailed(RuntimeError):
 
 
 def in_job() -> bool:
-    """Whether this process belongs to a job of several processes."""
-    return jax.process_count() > 1
+    """Whether this process belongs to a job of several processes (never starts a backend)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def is_main() -> bool:

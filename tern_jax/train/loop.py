@@ -41,11 +41,12 @@ from tern_jax.train.task import task_for
 __all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_same_run",
            "train_and_evaluate"]
 
-#: Fields a resumed run may change: they leave the epochs already run as they were (how often
-#: to save, evaluate or print; the evaluation batch, which only pads the test set differently;
-#: steps per compiled call; the path of the same data). ``epochs``: see :func:`check_same_run`.
-SAFE_TO_CHANGE = frozenset({"progress", "checkpoint_every", "keep_checkpoints", "eval_every",
-                            "eval_batch_size", "scan_steps", "data_dir"})
+#: Fields a resumed run may change: they leave the epochs already run and their records as
+#: they were (the progress bar; how often to save and how many to keep; the evaluation
+#: batch, which only pads the test set differently; the path of the same data). ``epochs``:
+#: see :func:`check_same_run`.
+SAFE_TO_CHANGE = frozenset({"progress", "checkpoint_every", "keep_checkpoints",
+                            "eval_batch_size", "data_dir"})
 
 
 class TrainingDiverged(RuntimeError):
