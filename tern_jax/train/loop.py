@@ -14,6 +14,9 @@ A run is resumed only as itself: :func:`check_same_run` refuses a config that wo
 the epochs already run. SIGTERM (a scheduler's preemption notice) stops every process at the
 end of the epoch in progress, after saving its checkpoint (:class:`Preempted`); resuming
 then continues to the uninterrupted run's metrics.
+
+This file is slightly longer than the project's ~350-line guide: the rule of what a resume
+may change sits with the loop whose run it protects.
 """
 
 from __future__ import annotations
