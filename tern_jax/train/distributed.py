@@ -447,12 +447,11 @@ def stop_requested() -> Iterator[Callable[[], bool]]:
     gets ``True`` at the same boundary, the first one no process has passed yet: JAX's
     preemption service (``multihost_utils.reached_preemption_sync_point``, on by default)
     catches SIGTERM in every process of a job and agrees on the point. With one process a
-    handler installed for the block records SIGTERM (outside the main thread: no handler).
+    handler installed for the block records SIGTERM (outside the main thread: no handler);
+    outside the block SIGTERM ends the process as usual, losing at most a start-up.
     """
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        yield lambda: multihost_utils.reached_preemption_sync_point(next(_BOUNDARIES))
+        yield _reached_preemption_sync_point
         return
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -463,3 +462,12 @@ def stop_requested() -> Iterator[Callable[[], bool]]:
         yield received.is_set
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _reached_preemption_sync_point() -> bool:
+    from jax.experimental import multihost_utils
+
+    try:
+        return multihost_utils.reached_preemption_sync_point(next(_BOUNDARIES))
+    except RuntimeError:  # jax_enable_preemption_service=False: SIGTERM ends the process
+        return False
