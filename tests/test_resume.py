@@ -134,6 +134,10 @@ def test_a_two_stage_start_that_fails_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="batch_size 256 exceeds the 128 training"):
         run(config, tmp_path / "run", **QUIET)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "empty").mkdir()  # a folder the user made for the run stays, empty
+    with pytest.raises(ValueError, match="batch_size 256"):
+        run(config, tmp_path / "empty", **QUIET)
+    assert list((tmp_path / "empty").iterdir()) == []
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.json").write_text(config.to_json())  # an earlier start's
     with pytest.raises(ValueError, match="batch_size 256"):

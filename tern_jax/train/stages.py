@@ -78,7 +78,8 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     folder.check_trainable()
     _check_two_stage(folder, config, resume)
     distributed.barrier(f"checked {folder.path}")  # every process read the folder first
-    fresh = not folder.path.exists()  # a first start that fails takes back what it wrote
+    # a first start that fails takes back what it wrote, and only that
+    created, fresh = not folder.path.exists(), folder.read_config() is None
     if distributed.is_main():  # several processes: process 0 writes and prints
         folder.write_config(config)
     log = distributed.main_log(log)
@@ -91,8 +92,9 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     except BaseException:
         if fresh and distributed.is_main() and not RunFolder(folder.path / STAGES[0]).holds_run():
             folder.config_file.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only if this start left it empty
-                folder.path.rmdir()
+            if created:
+                with contextlib.suppress(OSError):  # only if nothing else is in it
+                    folder.path.rmdir()
         raise
     second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,
                                 devices=devices, log=log)
