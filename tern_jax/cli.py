@@ -13,6 +13,8 @@ Subcommands::
 
 Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
 2 and one line on stderr (``tern-jax: error: ...``); ``--debug`` shows the traceback instead.
+``train`` stopped by SIGTERM saves the epoch in progress and exits with status 143;
+``--resume`` continues it.
 Nothing the command line did not write is replaced: a new run's ``--workdir`` must be new,
 empty or an earlier run's folder, and plots and exports never overwrite a user's file.
 
@@ -448,10 +450,13 @@ def _run(args, debug: bool) -> int:
         if debug:
             raise
         from tern_jax.train import CheckpointDamaged, TrainingDiverged
+        from tern_jax.train.loop import Preempted
 
         where = _process_prefix()
         if isinstance(e, TrainingDiverged):
             status = 3
+        elif isinstance(e, Preempted):  # 128 + SIGTERM, as a shell reports it
+            status = 143
         elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged)):
             status = 2
         else:

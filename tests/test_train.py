@@ -59,10 +59,12 @@ def test_quickstart_trains_both_variants_and_writes_run_files(tmp_path):
 
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # orbax needs absolute paths; the trainer must resolve them
-    train_and_evaluate(_small(epochs=1), "runs/relative", log=lambda *_: None)
+    # a constant rate: more epochs leave the epoch already run as it was
+    train_and_evaluate(_small(epochs=1, schedule="constant"), "runs/relative",
+                       log=lambda *_: None)
     assert latest_checkpoint("runs/relative") == 1
-    results = train_and_evaluate(_small(epochs=2), "runs/relative", resume=True,
-                                 log=lambda *_: None)
+    results = train_and_evaluate(_small(epochs=2, schedule="constant"), "runs/relative",
+                                 resume=True, log=lambda *_: None)
     assert results["epochs"] == 2
 
 
@@ -110,13 +112,14 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_usable(tmp_path):
-    train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
+    train_and_evaluate(_small(epochs=1, schedule="constant"), tmp_path, log=lambda *_: None)
     # what a kill during orbax's save of epoch 2 leaves behind: an uncommitted temporary folder
     partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
     (partial / "default").mkdir(parents=True)
     (partial / "default" / "garbage").write_bytes(b"\x00" * 100)
     assert latest_checkpoint(tmp_path) == 1
-    results = train_and_evaluate(_small(epochs=2), tmp_path, resume=True, log=lambda *_: None)
+    results = train_and_evaluate(_small(epochs=2, schedule="constant"), tmp_path, resume=True,
+                                 log=lambda *_: None)
     assert results["epochs"] == 2 and latest_checkpoint(tmp_path) == 2
 
 
@@ -166,7 +169,8 @@ def cifar_run(tmp_path_factory):
     common = ["--config", str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"),
               "--workdir", str(workdir), "--set", f"data_dir={root}", "--set", "batch_size=16",
               "--set", "seeds=0", "--set", "progress=false", "--set", "checkpoint_every=1",
-              "--set", "eval_batch_size=20", "--set", "model_axis=vmap", "--set", "epochs=1"]
+              "--set", "eval_batch_size=20", "--set", "finetune_schedule=constant",
+              "--set", "model_axis=vmap", "--set", "epochs=1"]
     assert cli.main(["train", *common, "--set", "finetune_epochs=1"]) == 0
     return root, workdir, common
 

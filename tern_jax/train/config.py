@@ -30,7 +30,8 @@ from tern_jax.train.presets import (  # noqa: F401 (re-exported: the config's vo
 )
 
 __all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "is_full_precision", "variant_rules",
-           "is_language_model", "presets_for", "load_config", "override", "quickstart_config"]
+           "is_language_model", "presets_for", "load_config", "override", "quickstart_config",
+           "differences"]
 
 #: Accepted ranges of numeric fields: (lowest, lowest allowed?, highest, highest allowed?).
 _RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
@@ -362,3 +363,12 @@ def from_json(text: str) -> Config:
         elif isinstance(value, list):
             data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
     return Config(**data)
+
+
+def differences(a: Config, b: Config) -> dict[str, tuple]:
+    """The fields whose values differ, in field order: ``{name: (a's value, b's value)}``.
+
+    The one comparison of two configs: resuming a run and the processes of one job use it.
+    """
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Config)
+            if getattr(a, f.name) != getattr(b, f.name)}
