@@ -5,7 +5,7 @@ Subcommands::
     tern-jax quickstart [--workdir DIR]              offline digits demo, full precision vs ternary
     tern-jax train --config PATH|quickstart --workdir DIR [--set field=value ...] [--resume]
                    [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]
-    tern-jax eval --workdir DIR                      test accuracy of a run's last checkpoint
+    tern-jax eval --workdir DIR [--model tern/seed0 --packed PATH]   test accuracy (bits/byte)
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
     tern-jax summary --model resnet20 [--variant tern_t2]         size/sparsity table
@@ -13,6 +13,8 @@ Subcommands::
 
 Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
 2 and one line on stderr (``tern-jax: error: ...``); ``--debug`` shows the traceback instead.
+``train`` stopped by SIGTERM saves the epoch in progress and exits with status 143;
+``--resume`` continues it.
 Nothing the command line did not write is replaced: a new run's ``--workdir`` must be new,
 empty or an earlier run's folder, and plots and exports never overwrite a user's file.
 
@@ -36,10 +38,13 @@ from flax import nnx
 
 import tern_jax
 from tern_jax import fs
+from tern_jax.checkpoint import read_origin
 from tern_jax.data import DataNotFoundError
+from tern_jax.integrity import check_shapes, tree_shapes
 from tern_jax.models import get_model
 from tern_jax.models.transformer import Transformer, generate
 from tern_jax.nnx_utils import with_params
+from tern_jax.report import PLOT_WHAT, plot_runs
 from tern_jax.train import (
     CheckpointDamaged,
     Slot,
@@ -56,11 +61,9 @@ from tern_jax.train import (
 )
 from tern_jax.train.families import LANGUAGE_MODEL, family_of, variant_rules
 from tern_jax.train.language_model import model_config
-from tern_jax.train.metrics import plot_runs
+from tern_jax.train.loop import Preempted
+from tern_jax.train.metrics import loss_name
 from tern_jax.train.run_folder import RunFolder, final_stage
-
-#: What a run folder may hold besides its config.json (all written by tern-jax).
-_PLOT_WHAT = "a plot (tern-jax plot)"
 
 
 class UsageError(ValueError):
@@ -108,7 +111,7 @@ def _check_data_dir(config) -> None:
 
 
 def _check_plot_out(out) -> None:
-    fs.check_replaceable(Path(out).expanduser(), fs.owned_file, _PLOT_WHAT)
+    fs.check_replaceable(Path(out).expanduser(), fs.owned_file, PLOT_WHAT)
 
 
 def _needs_matplotlib() -> None:
@@ -123,6 +126,7 @@ def _train(args) -> int:
     config = override(load_config(args.config), args.set or [])
     joined = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed or any(a is not None for a in joined):
+
         distributed.initialize(*joined, timeout=args.init_timeout)
         with distributed.failures_end_the_job():
             return _train_checked(args, config, run, main=distributed.is_main())
@@ -137,6 +141,7 @@ def _train_checked(args, config, run, main: bool = True) -> int:
         _check_plot_out(Path(args.workdir) / "curves.png")
     run(config, args.workdir, resume=args.resume)
     if args.plot and main:
+
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
         print(f"curves written to {out}")
     return 0
@@ -150,21 +155,57 @@ def _quickstart(args) -> int:
         print(f"{workdir} holds an earlier quickstart run; continuing it (delete it to start over)")
     train_and_evaluate(quickstart_config(), workdir, resume=resume)
     print(f"\nrun files in {workdir}/: config.json, metrics.jsonl, results.json, checkpoints/")
+    packed = workdir / "tern_packed"  # an earlier run's export is replaced only when asked
+    overwrite = " --overwrite" if packed.exists() else ""
     print(f"next: tern-jax export --workdir {workdir} --model tern/seed0 --out "
-          f"{workdir}/tern_packed && tern-jax plot {workdir} --out {workdir}/curves.png")
+          f"{packed}{overwrite} && tern-jax plot {workdir} --out {workdir}/curves.png")
     return 0
 
 
 def _eval(args) -> int:
     _check_run_workdir(args.workdir)
+    if (args.packed is None) != (args.model is None):
+        raise UsageError("--packed and --model go together: --model names the run's model "
+                         "whose export --packed holds, e.g. --model tern/seed0")
     restored = restore_run(args.workdir, args.epoch)
     trainer = Trainer(restored.config)
-    result = trainer.evaluate(trainer.place(restored.state))
-    print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test images")
-    for i, name in enumerate(trainer.names):
-        print(f"  {name:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
-              f"loss {result['test_loss'][i]:.4f}  zeros {100 * result['zero_fraction'][i]:.1f}%")
+    state, shown = restored.state, range(len(trainer.names))
+    if args.packed is not None:  # that model's weights replaced by its export's
+        slot, i = _pick_model(restored, args.model, args.workdir)
+        state, shown = _with_packed(state, i, _load_packed(args.packed, restored, slot)), [i]
+    result = trainer.evaluate(trainer.place(state))
+    print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test "
+          "examples" + (f", {args.model} from {args.packed}" if args.packed else ""))
+    loss = loss_name(restored.config)
+    for i in shown:
+        print(f"  {trainer.names[i]:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
+              f"{loss} {result['test_loss'][i]:.4f}  zeros "
+              f"{100 * result['zero_fraction'][i]:.1f}%")
     return 0
+
+
+def _load_packed(path, restored, slot) -> dict:
+    """A packed export (tern-jax export) of ``slot`` of the run; another model's is refused."""
+    origin = read_origin(path) or {}  # an export written before origins: nothing to compare
+    held = (origin.get("model"), origin.get("variant"), origin.get("seed"))
+    wanted = (restored.config.model, slot.variant, slot.seed)
+    if origin.get("model") is not None and held != wanted:
+        raise UsageError(
+            f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
+            f"{wanted[0]}; pass the export of {slot} (tern-jax export --model {slot})")
+    return tern_jax.load_ternary(path)
+
+
+def _with_packed(state, i: int, packed: dict):
+    """``state`` with model ``i``'s weights (and statistics) replaced by a loaded export."""
+    def put(stacked, loaded, what):
+        check_shapes(tree_shapes(jax.tree.map(lambda a: a[i], stacked)), tree_shapes(loaded),
+                     what)
+        return jax.tree.map(lambda a, b: a.at[i].set(jnp.asarray(b, a.dtype)), stacked, loaded)
+
+    params = put(state.params, packed.get("params", {}), "the packed checkpoint")
+    stats = put(state.batch_stats, packed.get("batch_stats", {}), "the packed checkpoint")
+    return state.replace(params=params, batch_stats=stats)
 
 
 def _export(args) -> int:
@@ -180,8 +221,10 @@ def _export(args) -> int:
     stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
+    origin = {"model": restored.config.model, "variant": slot.variant, "seed": slot.seed,
+              "run": restored.config.name, "epoch": restored.epoch}
     path = tern_jax.save_ternary(args.out, tree, scoped, overwrite=args.overwrite,
-                                 unused="ignore")
+                                 unused="ignore", origin=origin)
     summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     print(summary)
@@ -213,7 +256,7 @@ def _sample(args) -> int:
     config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
-        params = tern_jax.load_ternary(args.packed)["params"]
+        params = _load_packed(args.packed, restored, slot)["params"]
     else:  # the run's latent weights, ternarized by the variant's rules
         params = jax.tree.map(lambda a: a[i], restored.state.params)
         rules = variant_rules(slot.variant, config.model)
@@ -263,7 +306,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0])
+    # the module docstring is RST; the terminal shows it without the ``literal`` markup
+    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     common = argparse.ArgumentParser(add_help=False)
@@ -301,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", help="evaluate a run's checkpoint on the test set")
     p.add_argument("--workdir", required=True)
     p.add_argument("--epoch", type=_positive_int, default=None)
+    p.add_argument("--model", default=None, help="with --packed: the model it replaces")
+    p.add_argument("--packed", default=None,
+                   help="evaluate this packed checkpoint (tern-jax export) of --model")
     p.set_defaults(fn=_eval)
 
     p = add("export", help="write one model as a packed ternary checkpoint")
@@ -385,6 +432,8 @@ def _run(args, debug: bool) -> int:
         where = _process_prefix()
         if isinstance(e, TrainingDiverged):
             status = 3
+        elif isinstance(e, Preempted):  # 128 + SIGTERM, as a shell reports it
+            status = 143
         elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged)):
             status = 2
         else:

@@ -1,7 +1,9 @@
 """Multi-process training on CPU: 2 processes x 4 devices train like 1 process x 8 devices.
 
 Each test starts real processes joined by ``jax.distributed.initialize`` on localhost (gloo
-collectives); see ``helpers/multihost.py`` for the jobs they run.
+collectives); see ``helpers/multihost.py`` for the jobs they run. Jobs killed, stopped by
+SIGTERM (2 processes and 1) and resumed reproduce the uninterrupted run's metrics; jobs
+started wrongly end within seconds with a line naming the problem.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.multihost import launch, launch_cli, write_cifar_folder
+from helpers.multihost import digits_args, launch, launch_cli, write_cifar_folder
 
 from tern_jax.train import distributed, latest_checkpoint
 
@@ -27,9 +29,16 @@ def _free_port() -> int:
 
 
 def _wait(procs, timeout: float = TIMEOUT) -> list[int]:
+    """Exit statuses; a process still running after ``timeout`` is killed (the test fails)."""
     deadline = time.monotonic() + timeout
-    for p in procs:
-        p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return [p.returncode for p in procs]
 
 
@@ -55,13 +64,38 @@ def _tern_jax_lines(log: Path) -> list[str]:
             if line.strip() and "peer ranks" not in line and not line.strip().isdigit()]
 
 
+def _coordinated(workdir: Path, processes: int) -> list[list[str]]:
+    """``tern-jax train`` flags of digits for each process of a job on a fresh port."""
+    if processes == 1:
+        return [digits_args(workdir)]
+    flags = ["--coordinator", f"localhost:{_free_port()}", "--num_processes", str(processes),
+             "--init_timeout", "60"]
+    return [digits_args(workdir, *flags, "--process_id", str(p)) for p in range(processes)]
+
+
+def _sigterm_job(root: Path, name: str, processes: int) -> list:
+    """Digits, SIGTERM to the last process while it trains epoch 1 (of 2)."""
+    devices = 8 // processes
+    return [launch(f"cli_job({args!r}, sigterm_during_epoch={1 if p == processes - 1 else None})",
+                   devices, root / f"{name}.{p}.log")
+            for p, args in enumerate(_coordinated(root / name, processes))]
+
+
+def _resume_job(root: Path, name: str, processes: int) -> list:
+    devices = 8 // processes
+    return [launch(f"cli_job({[*args, '--resume']!r})", devices, root / f"{name}.resumed.{p}.log")
+            for p, args in enumerate(_coordinated(root / name, processes))]
+
+
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     """One process x 8 devices, and 2 processes x 4 devices killed after epoch 1 of digits
-    and resumed: CIFAR (streamed, 2 epochs), then digits (device-resident, 2 epochs)."""
+    and resumed: CIFAR (streamed, 2 epochs), then digits (device-resident, 2 epochs). Digits
+    stopped by SIGTERM in epoch 1 (2 processes x 4 devices, then resumed; 1 x 8)."""
     root = tmp_path_factory.mktemp("multihost")
     write_cifar_folder(root / "data")
     one = launch(f"train_job({str(root / 'one')!r})", 8, root / "one.log")
+    sigterm = {n: _sigterm_job(root, f"sigterm{n}", n) for n in (2, 1)}
     address = f"localhost:{_free_port()}"
     two = root / "two"
     killed = [launch(f"train_job({str(two)!r}, {p}, 2, {address!r}, kill_after_epoch=1)", 4,
@@ -71,7 +105,17 @@ def jobs(tmp_path_factory):
     address = f"localhost:{_free_port()}"
     resumed = [launch(f"train_job({str(two)!r}, {p}, 2, {address!r}, cifar=False, "
                       "resume=True)", 4, root / f"resumed.{p}.log") for p in range(2)]
+    for n, procs in sigterm.items():
+        (root / f"sigterm{n}.codes").write_text(json.dumps(_wait(procs)))
+        stopped = json.loads((root / f"sigterm{n}.codes").read_text()) == [143] * n
+        (root / f"sigterm{n}.stopped").write_text(json.dumps(_metrics(root / f"sigterm{n}")
+                                                             if stopped else []))
+        # one process resumes like two (the same code); a job that did not stop is reported
+        # by the test, not resumed here
+        sigterm[n] = _resume_job(root, f"sigterm{n}", n) if stopped and n > 1 else []
     assert _wait(resumed) == [0, 0], (root / "resumed.0.log").read_text()[-3000:]
+    for n, procs in sigterm.items():
+        (root / f"sigterm{n}.resumed.codes").write_text(json.dumps(_wait(procs)))
     assert _wait([one]) == [0], (root / "one.log").read_text()[-3000:]
     return root
 
@@ -93,6 +137,32 @@ def test_killed_job_resumes_to_the_uninterrupted_metrics(jobs):
     kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert kept == [1, 2]
     assert all((checkpoints / str(e) / "integrity.json").is_file() for e in kept)
+
+
+@pytest.mark.parametrize("processes", [2, 1])
+def test_sigterm_saves_and_stops_every_process_after_the_epoch(jobs, processes):
+    """SIGTERM to one process in epoch 1: every process stops after epoch 1 with status 143,
+    its checkpoint saved (checkpoint_every=0: saved for the stop alone), its metrics the
+    uninterrupted run's."""
+    name = f"sigterm{processes}"
+    logs = [(jobs / f"{name}.{p}.log").read_text() for p in range(processes)]
+    assert json.loads((jobs / f"{name}.codes").read_text()) == [143] * processes, logs[0][-3000:]
+    for p, text in enumerate(logs):
+        assert (f"tern-jax: error: {f'process {p}: ' if processes > 1 else ''}SIGTERM stopped "
+                f"{jobs / name} after epoch 1 of 2, its checkpoint saved; continue with "
+                "--resume") in text
+    stopped = json.loads((jobs / f"{name}.stopped").read_text())
+    _assert_same_metrics(stopped, _metrics(jobs / "one" / "digits")[:1], num_test=64)
+    assert (jobs / name / "checkpoints" / "1" / "integrity.json").is_file()
+
+
+def test_a_job_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(jobs):
+    assert json.loads((jobs / "sigterm2.resumed.codes").read_text()) == [0, 0], \
+        (jobs / "sigterm2.resumed.0.log").read_text()[-3000:]
+    assert "resumed from the checkpoint of epoch 1" in (jobs / "sigterm2.resumed.0.log").read_text()
+    _assert_same_metrics(_metrics(jobs / "sigterm2"), _metrics(jobs / "one" / "digits"),
+                         num_test=64)
+    assert json.loads((jobs / "sigterm2" / "results.json").read_text())["epochs"] == 2
 
 
 def test_only_process_0_prints_and_writes_results(jobs):
@@ -123,6 +193,26 @@ def test_a_failing_process_ends_the_job_naming_it(tmp_path):
     assert f"tern-jax: error: process 1: data_dir {tmp_path / 'missing'} does not exist" in failed
     assert "tern-jax: error: process 1 failed: UsageError: data_dir" in stopped
     assert "process 0 stops too" in stopped
+    assert not (tmp_path / "run").exists()  # a start that fails writes nothing
+
+
+def test_processes_with_different_configs_stop_naming_the_fields(tmp_path):
+    """epochs=1 on one process, epochs=2 on the other (once a hang after epoch 1): both
+    stop at start-up, before writing anything, each with the line naming the field."""
+    args = _coordinated(tmp_path / "run", 2)
+    args[0] += ["--set", "epochs=1"]
+    start = time.monotonic()
+    procs = [launch_cli(a, 4, tmp_path / f"{p}.log") for p, a in enumerate(args)]
+    codes = _wait(procs, timeout=90)
+    seconds = time.monotonic() - start
+    out = [(tmp_path / f"{p}.log").read_text() for p in range(2)]
+    assert codes == [2, 2], out
+    for p, text in enumerate(out):
+        assert (f"tern-jax: error: process {p}: the processes were started with different "
+                "configs: epochs is 1 on process 0, 2 on process 1; start every process with "
+                "the same --config and --set values") in text
+    assert seconds < 90
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_jobs_fail_within_seconds(tmp_path):

@@ -22,7 +22,7 @@ from tern_jax.train.metrics import read
 def _config(**changes):
     base = dataclasses.replace(quickstart_config(), train_subset=128, test_subset=64, epochs=2,
                                batch_size=32, progress=False, checkpoint_every=1,
-                               keep_checkpoints=3, variants=("tern",))
+                               keep_checkpoints=3, variants=("tern",), schedule="constant")
     return dataclasses.replace(base, **changes)
 
 

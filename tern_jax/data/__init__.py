@@ -30,7 +30,6 @@ from tern_jax.data.cifar10 import (
     download_cifar10,
     load_cifar10,
     read_cifar_folder,
-    write_cifar_batches,
 )
 from tern_jax.data.digits import load_digits
 from tern_jax.data.imagenet import (
@@ -39,7 +38,6 @@ from tern_jax.data.imagenet import (
     IMAGENET_STD,
     eval_transform,
     imagenet_batches,
-    prefetch_to_device,
     train_transform,
 )
 from tern_jax.data.specs import DATASETS, IMAGES, TOKENS, Dataset, dataset_spec
@@ -69,12 +67,10 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "normalize",
-    "prefetch_to_device",
     "random_crop_flip",
     "read_cifar_folder",
     "subset",
     "train_transform",
-    "write_cifar_batches",
 ]
 
 def load_dataset(

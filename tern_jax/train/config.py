@@ -27,8 +27,8 @@ from tern_jax.presets import FULL_PRECISION, PRESETS
 from tern_jax.train.families import check_config, is_full_precision, variant_rules
 from tern_jax.train.fields import Range, check_fields, parse_value
 
-__all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "from_json", "is_full_precision",
-           "load_config", "override", "quickstart_config", "variant_rules"]
+__all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "differences", "from_json",
+           "is_full_precision", "load_config", "override", "quickstart_config", "variant_rules"]
 
 
 _NONE_NOTE = Range(1, note=" (None: the whole set)")
@@ -237,3 +237,12 @@ def from_json(text: str) -> Config:
         if isinstance(value, list):
             data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
     return Config(**data)
+
+
+def differences(a: Config, b: Config) -> dict[str, tuple]:
+    """The fields whose values differ, in field order: ``{name: (a's value, b's value)}``.
+
+    The one comparison of two configs: resuming a run and the processes of one job use it.
+    """
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Config)
+            if getattr(a, f.name) != getattr(b, f.name)}

@@ -2,59 +2,78 @@
 
 A TPU pod slice or several GPU hosts run one process per host; JAX joins them into one
 program (``jax.distributed.initialize``) whose mesh spans every device of every process.
-This module holds what the loop and the command line need on top of that:
+This module holds what the loop and the command line need on top of that, with JAX's public
+APIs only (``jax.distributed``, ``jax.experimental.multihost_utils``):
 
 * :func:`initialize`: joins the processes with an explicit coordinator (or auto-detects a
   TPU pod / Slurm), after checking the arguments, that the coordinator can be reached, and
   that every process was started with the same process count, each a clear error within
   the ``timeout``, never a hang; CPU processes use gloo collectives;
+* :func:`exchange`: every process's string, gathered at a point all processes reach
+  (``multihost_utils.process_allgather``); :func:`barrier` and :func:`check_same_config`
+  (the processes run one config, or the job stops naming the fields that differ) use it;
+* :func:`failures_end_the_job`: an error in one process is handed to the others at the
+  next exchange they reach, and every process stops with a line naming the failed one;
+* :func:`stop_requested`: SIGTERM (a scheduler's preemption notice) in any process makes
+  every process stop at the same boundary (JAX's preemption service; one process: a signal
+  handler);
 * :func:`global_batch`: this process's share of a batch -> the global ``jax.Array``
   sharded over the mesh's ``data`` axis (``jax.make_array_from_process_local_data``);
-* :func:`is_main` / :func:`barrier` / :func:`main_log`: process 0 alone writes the run's
-  files and prints;
-* :func:`constrain_batch`: inside a jitted step, a batch sharded over the ``data`` axis;
-* :func:`failures_end_the_job`: an error in one process is posted to the coordinator, and
-  every other process stops with a message naming the failed process, instead of waiting
-  forever at the next collective.
+* :func:`is_main` / :func:`main_log`: process 0 alone writes the run's files and prints;
+* :func:`constrain_batch`: inside a jitted step, a batch sharded over the ``data`` axis.
+
+A failure is seen by the other processes where they exchange: at start-up, after the
+trainer is built, at the end of a run. A process that fails while the others are inside a
+training step cannot reach them there (a collective has no way out but its partners); it
+ends itself after ``wait_for_others`` seconds, and JAX's coordination service ends the
+others once it misses the failed process's heartbeat (``heartbeat_timeout``, 60 s).
 
 With one process every function is a no-op or the single-process equivalent.
 
-This file is slightly longer than the project's ~350-line guide: start-up checks,
-global batches and failure propagation share the coordination client and its key names.
+This file is longer than the project's ~350-line guide: start-up checks, exchanges,
+failures and stops are the one protocol the processes of a job follow, built on one
+exchange primitive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import os
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["barrier", "constrain_batch", "exit_after_failure", "failures_end_the_job",
-           "global_batch", "global_batches", "in_job", "initialize", "is_main", "main_log"]
+__all__ = ["ProcessFailed", "barrier", "check_same_config", "constrain_batch", "exchange",
+           "exit_after_failure", "failures_end_the_job", "global_batch", "global_batches",
+           "in_job", "initialize", "is_main", "main_log", "stop_requested"]
 
-_FAILED_KEY = "tern_jax/failed"
-_ACK_KEY = "tern_jax/stopped/"
-_EXIT_KEY = "tern_jax/leaving/"
+#: Config fields that may differ between the processes of one job (set to these values
+#: before comparing): each host may keep the data at its own path, and only process 0
+#: draws a progress bar.
+PER_PROCESS_FIELDS = {"data_dir": None, "progress": False}
 
 
-def _client():
-    from jax._src import distributed
+class ProcessFailed(RuntimeError):
+    """Another process of the job failed; ``process`` and its ``message`` say which and why."""
 
-    return distributed.global_state.client
+    def __init__(self, process: int, message: str):
+        super().__init__(f"process {process} failed: {message}")
+        self.process, self.message = process, message
 
 
 def in_job() -> bool:
-    """Whether this process belongs to a job of several processes."""
-    return _client() is not None and jax.process_count() > 1
+    """Whether this process belongs to a job of several processes (never starts a backend)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def is_main() -> bool:
@@ -69,11 +88,80 @@ def main_log(log):
     return lambda *args, **kwargs: None
 
 
-def barrier(name: str, timeout: float = 600.0) -> None:
+# --------------------------------------------------------------------------------------
+# exchanges: the points where the processes meet
+# --------------------------------------------------------------------------------------
+
+
+def _gather(row: np.ndarray) -> np.ndarray:
+    """``row`` of every process, stacked in process order (one collective)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row))
+
+
+def _exchange(text: str, failed: bool) -> list[tuple[bool, str]]:
+    """Every process's ``(failed, text)``: two gathers, lengths first, then padded bytes."""
+    data = text.encode()
+    heads = _gather(np.array([int(failed), len(data)], np.int32))
+    # widths rounded up to a power of two: few distinct shapes, so few compilations
+    width = 1 << max(8, int(heads[:, 1].max()).bit_length())
+    row = np.zeros(width, np.uint8)
+    row[:len(data)] = np.frombuffer(data, np.uint8)
+    rows = _gather(row)
+    return [(bool(f), bytes(rows[p, :n]).decode()) for p, (f, n) in enumerate(heads)]
+
+
+def exchange(value: str) -> list[str]:
+    """Every process's ``value``, in process order (one value with a single process).
+
+    Every process must call it at the same point of the program (it is a collective).
+
+    Raises:
+        ProcessFailed: another process failed before this point (see
+            :func:`failures_end_the_job`).
+    """
+    if jax.process_count() == 1:
+        return [value]
+    gathered = _exchange(value, failed=False)
+    for process, (failed, text) in enumerate(gathered):
+        if failed:
+            raise ProcessFailed(process, text)
+    return [text for _, text in gathered]
+
+
+def barrier(name: str) -> None:
     """Waits until every process reached the barrier ``name`` (no-op with one process)."""
+    names = exchange(name)
+    if len(set(names)) > 1:
+        raise RuntimeError(f"the processes reached different barriers: {names}")
+
+
+def check_same_config(config) -> None:
+    """Every process runs ``config`` (up to :data:`PER_PROCESS_FIELDS`), or all stop.
+
+    The processes compare a digest of their configs; on a mismatch they exchange the
+    configs, and every process raises the same error naming the fields that differ.
+    """
     if jax.process_count() == 1:
         return
-    _client().wait_at_barrier(f"tern_jax/{name}", int(timeout * 1000))
+    import dataclasses
+
+    from tern_jax.train.config import differences, from_json
+
+    text = dataclasses.replace(config, **PER_PROCESS_FIELDS).to_json()
+    if len(set(exchange(hashlib.sha256(text.encode()).hexdigest()))) == 1:
+        return
+    configs = [from_json(t) for t in exchange(text)]
+    fields: dict[str, list] = {}
+    for other in configs[1:]:
+        for name in differences(configs[0], other):
+            fields.setdefault(name, [getattr(c, name) for c in configs])
+    shown = "; ".join(f"{name} is " + ", ".join(f"{v!r} on process {p}" for p, v in
+                                                 enumerate(values))
+                      for name, values in fields.items())
+    raise ValueError(f"the processes were started with different configs: {shown}; start "
+                     "every process with the same --config and --set values")
 
 
 # --------------------------------------------------------------------------------------
@@ -127,17 +215,31 @@ def _join_or_exit(timeout: float, num_processes: int, process_id: int, coordinat
     JAX's own time-out aborts the interpreter with an opaque message, so ours fires first.
     """
     def expire():
-        sys.stderr.write(
-            f"tern-jax: error: process {process_id}: not all {num_processes} processes joined "
-            f"the coordinator {coordinator} within {timeout:g} s; every host must run the same "
-            f"--num_processes {num_processes} and its own --process_id in 0..{num_processes - 1}"
-            "\n")
-        sys.stderr.flush()
+        _write(f"tern-jax: error: process {process_id}: not all {num_processes} processes "
+               f"joined the coordinator {coordinator} within {timeout:g} s; every host must run "
+               f"the same --num_processes {num_processes} and its own --process_id in "
+               f"0..{num_processes - 1}")
         os._exit(2)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     return timer
+
+
+def _detect(timeout: float, heartbeat_timeout: int) -> None:
+    """``jax.distributed.initialize()`` with the cluster's own settings, or a clear error."""
+    try:
+        jax.distributed.initialize(initialization_timeout=int(timeout),
+                                   heartbeat_timeout_seconds=heartbeat_timeout)
+    except (ValueError, RuntimeError) as e:
+        if jax.distributed.is_initialized():
+            raise
+        raise ValueError(
+            f"--distributed found no cluster to join ({' '.join(str(e).split())}): it reads a "
+            "TPU pod slice's metadata, a Slurm job (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, "
+            "run under srun) or Open MPI (OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_RANK, run under "
+            "mpirun); elsewhere pass --coordinator HOST:PORT --num_processes N --process_id I "
+            "instead") from None
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -154,11 +256,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         num_processes: processes in the job (one per host, usually).
         process_id: this process, in ``0 .. num_processes - 1``.
         timeout: seconds to reach the coordinator and for every process to join.
-        heartbeat_timeout: seconds after which a silent process counts as dead.
+        heartbeat_timeout: seconds after which a silent process counts as dead (JAX then
+            ends the others).
 
     Raises:
         TypeError, ValueError: missing or malformed arguments; the process count differs
-            between processes.
+            between processes; no arguments and no cluster to detect.
         ConnectionError: the coordinator cannot be reached within ``timeout``.
         OSError: process 0's coordinator port is in use.
     """
@@ -173,8 +276,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if not all(given):
-        jax.distributed.initialize(initialization_timeout=int(timeout),
-                                   heartbeat_timeout_seconds=heartbeat_timeout)
+        _detect(timeout, heartbeat_timeout)
         return
     for name, value in (("num_processes", num_processes), ("process_id", process_id)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -198,28 +300,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                    heartbeat_timeout_seconds=heartbeat_timeout)
     finally:
         timer.cancel()
-    _check_same_process_count(num_processes, process_id, timeout)
+    _check_same_process_count(num_processes, process_id)
 
 
-def _check_same_process_count(num_processes: int, process_id: int, timeout: float) -> None:
+def _check_same_process_count(num_processes: int, process_id: int) -> None:
     """Every process was started with the coordinator's process count."""
     joined = jax.process_count()
-    client = _client()
-    client.key_value_set(f"tern_jax/num_processes/{process_id}", str(num_processes))
+    said = [int(n) for n in exchange(str(num_processes))]
     if joined != num_processes:
-        _post_failure(process_id, f"started with --num_processes {num_processes}, but the "
-                      f"coordinator runs {joined} processes")
         raise ValueError(f"process {process_id} was started with --num_processes "
                          f"{num_processes}, but the coordinator runs {joined} processes; start "
                          "every process with the same --num_processes")
-    for other in range(joined):
-        try:
-            said = client.blocking_key_value_get(f"tern_jax/num_processes/{other}",
-                                                 int(timeout * 1000))
-        except Exception:  # noqa: BLE001 - a process that never posts fails its own check
-            continue
-        if int(said) != num_processes:
-            raise ValueError(f"process {other} was started with --num_processes {said}, "
+    for other, count in enumerate(said):
+        if count != num_processes:
+            raise ValueError(f"process {other} was started with --num_processes {count}, "
                              f"process {process_id} with {num_processes}; start every "
                              "process with the same --num_processes")
 
@@ -251,120 +345,129 @@ def global_batches(batches, sharding, size: int = 2) -> Iterator:
     yield from pending
 
 
+def constrain_batch(batch, mesh: Mesh, *, example_axis: int = 1):
+    """Shards a batch's ``example_axis`` over the mesh's ``data`` axis (inside jit; 1 device:
+    no-op). The default 1 skips the leading model axis of a batch every model sees."""
+    if mesh.size == 1:
+        return batch
+    spec = P(*[None] * example_axis, "data")
+    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
+
+
 # --------------------------------------------------------------------------------------
 # failures
 # --------------------------------------------------------------------------------------
 
 
-def _post_failure(process_id: int, message: str) -> None:
-    try:
-        _client().key_value_set(_FAILED_KEY, f"{process_id}\t{message}")
-    except Exception:  # noqa: BLE001 - another process posted first; theirs is reported
-        pass
+def _write(line: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
-def _watch(stop: threading.Event, poll: float) -> None:
-    """Ends this process when another one posts a failure (runs in a daemon thread)."""
-    client, me = _client(), jax.process_index()
-    while not stop.wait(poll):
-        try:
-            posted = client.key_value_try_get(_FAILED_KEY)
-        except Exception:  # noqa: BLE001 - NOT_FOUND: nobody failed
-            continue
-        who, _, message = posted.partition("\t")
-        if who == str(me):
-            continue
-        sys.stdout.flush()
-        sys.stderr.write(f"tern-jax: error: process {who} failed: {message}; process {me} "
-                         "stops too\n")
-        sys.stderr.flush()
-        with contextlib.suppress(Exception):
-            client.key_value_set(f"{_ACK_KEY}{me}", "1")
-        exit_after_failure(1)
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split()) or type(e).__name__}"
 
 
 @contextlib.contextmanager
-def failures_end_the_job(poll: float = 0.25, wait_for_others: float = 10.0):
+def failures_end_the_job(wait_for_others: float = 30.0):
     """Runs the body so that its failure in one process stops every process of the job.
 
-    An exception in this process is posted to the coordinator (with this process's index)
-    and re-raised once the others have stopped (at most ``wait_for_others`` seconds); a
-    watcher thread ends this process (exit status 1, the failed process and its error on
-    stderr) when another process posts a failure. With one process it does nothing.
+    An exception in this process is handed to the others at the next :func:`exchange` they
+    reach (with this process's index), then re-raised. A process that learns there that
+    another one failed writes a line naming it and ends (exit status 1). If the others do
+    not reach an exchange within ``wait_for_others`` seconds (they are inside a training
+    step), this process writes its error and ends (exit status 1); JAX ends the others when
+    it misses this process's heartbeat. With one process it does nothing.
     """
     if jax.process_count() == 1:
         yield
         return
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(stop, poll), daemon=True,
-                               name="tern_jax-failure-watch")
-    watcher.start()
+    me = jax.process_index()
     try:
         yield
+    except ProcessFailed as e:
+        _write(f"tern-jax: error: process {e.process} failed: {e.message}; process {me} stops "
+               "too")
+        exit_after_failure(1)
     except BaseException as e:
-        stop.set()
-        me = jax.process_index()
-        text = " ".join(str(e).split()) or type(e).__name__
-        _post_failure(me, f"{type(e).__name__}: {text}"[:2000])
-        with contextlib.suppress(Exception):  # this process has stopped too
-            _client().key_value_set(f"{_ACK_KEY}{me}", "1")
-        _wait_for_acks(me, wait_for_others)
+        text = _one_line(e)[:4000]
+
+        def give_up():
+            _write(f"tern-jax: error: process {me}: {text} (the other processes did not stop "
+                   f"within {wait_for_others:g} s; JAX ends them once it misses this process)")
+            os._exit(1)
+
+        timer = threading.Timer(wait_for_others, give_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            _exchange(text, failed=True)
+        finally:
+            timer.cancel()
         raise
-    finally:
-        stop.set()
-
-
-def _wait_for_acks(me: int, timeout: float) -> None:
-    """Waits until every other process stopped (process 0 serves the coordinator)."""
-    client = _client()
-    deadline = time.monotonic() + timeout
-    others = [p for p in range(jax.process_count()) if p != me]
-    while others and time.monotonic() < deadline:
-        others = [p for p in others if not _acked(client, p)]
-        time.sleep(0.1)
-
-
-def _acked(client, process: int) -> bool:
-    return _posted(client, f"{_ACK_KEY}{process}")
-
-
-def _posted(client, key: str) -> bool:
-    try:
-        client.key_value_try_get(key)
-        return True
-    except Exception:  # noqa: BLE001 - NOT_FOUND
-        return False
 
 
 def exit_after_failure(status: int, timeout: float = 10.0) -> None:
-    """Ends this process of a failed job now, skipping JAX's shutdown barrier (which would
-    wait for the processes that already stopped).
+    """Ends this process of a failed job now, once every process knows of the failure.
 
-    Process 0 serves the coordinator, and the others abort with an opaque message the moment
-    it disappears; so the others leave first (each posts that it is leaving) and process 0
-    waits for them, at most ``timeout`` seconds.
+    With several processes it leaves through ``jax.distributed.shutdown`` (every process
+    meets there, so none is left behind to be aborted when process 0, which serves the
+    coordinator, goes); after ``timeout`` seconds it leaves anyway.
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    client = _client()
-    if client is not None and jax.process_count() > 1:
-        me = jax.process_index()
-        if me != 0:
-            with contextlib.suppress(Exception):
-                client.key_value_set(f"{_EXIT_KEY}{me}", "1")
-        else:
-            deadline = time.monotonic() + timeout
-            others = list(range(1, jax.process_count()))
-            while others and time.monotonic() < deadline:
-                others = [p for p in others if not _posted(client, f"{_EXIT_KEY}{p}")]
-                time.sleep(0.05)
-            time.sleep(0.5)  # their os._exit follows their post by microseconds
+    if jax.process_count() > 1:
+        leaving = threading.Thread(target=_shutdown, daemon=True)
+        leaving.start()
+        leaving.join(timeout)
     os._exit(status)
 
 
-def constrain_batch(batch, mesh: Mesh, *, model_axis: bool = True):
-    """Shards a batch's example axis over the mesh's ``data`` axis (inside jit; 1 device: no-op)."""
-    if mesh.size == 1:
-        return batch
-    spec = P(None, "data") if model_axis else P("data")
-    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
+def _shutdown() -> None:
+    with contextlib.suppress(Exception):
+        jax.distributed.shutdown()
+
+
+# --------------------------------------------------------------------------------------
+# SIGTERM: every process stops at the same boundary
+# --------------------------------------------------------------------------------------
+
+# Every process passes the same boundaries in the same order. JAX's sync point is one past the
+# furthest boundary any process reported (0 before the first), so the first boundary is 1.
+_BOUNDARIES = itertools.count(1)
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[Callable[[], bool]]:
+    """Yields ``stop_here()``: whether SIGTERM asked this job to stop at this boundary.
+
+    Call ``stop_here()`` at every boundary where stopping is safe (the loop: each epoch's
+    end), on every process in the same order. After a SIGTERM to any process, every process
+    gets ``True`` at the same boundary, the first one no process has passed yet: JAX's
+    preemption service (``multihost_utils.reached_preemption_sync_point``, on by default)
+    catches SIGTERM in every process of a job and agrees on the point. With one process a
+    handler installed for the block records SIGTERM (outside the main thread: no handler);
+    outside the block SIGTERM ends the process as usual, losing at most a start-up.
+    """
+    if jax.process_count() > 1:
+        yield _reached_preemption_sync_point
+        return
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _reached_preemption_sync_point() -> bool:
+    from jax.experimental import multihost_utils
+
+    try:
+        return multihost_utils.reached_preemption_sync_point(next(_BOUNDARIES))
+    except RuntimeError:  # jax_enable_preemption_service=False: SIGTERM ends the process
+        return False

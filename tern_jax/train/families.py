@@ -51,6 +51,7 @@ class ModelFamily:
       build: ``build(config, dataset, inputs) -> Task``; ``inputs`` are the run's loaded
         :class:`~tern_jax.train.task.Inputs`, or ``None`` when restoring without data.
       check: ``check(config)``: what a config of this family needs beyond the common checks.
+      loss_name: what its loss is called in tables and plots (``bits/byte``: a language model).
     """
 
     task: str
@@ -60,6 +61,7 @@ class ModelFamily:
     fields: tuple[str, ...]
     build: Callable[..., Task]
     check: Callable[..., None] | None = None
+    loss_name: str = "loss"
 
 
 def _image_model(config, num_classes: int) -> nn.Module:
@@ -99,7 +101,7 @@ IMAGE_CLASSIFIER = ModelFamily(
 #: Byte-level transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`).
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
-    ("seq_len", "steps_per_epoch"), _language_model, language_model.check_config)
+    ("seq_len", "steps_per_epoch"), _language_model, language_model.check_config, "bits/byte")
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)

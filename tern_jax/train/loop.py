@@ -9,11 +9,18 @@ Data parallelism is JAX's SPMD: the batch axis is sharded over a 1-D device mesh
 devices), parameters are replicated and XLA inserts the gradient all-reduce; BatchNorm
 statistics are over the global batch, so losses equal a one-device run's within float
 tolerance.
+
+A run is resumed only as itself: :func:`check_same_run` refuses a config that would change
+the epochs already run. SIGTERM (a scheduler's preemption notice) stops every process at the
+end of the epoch in progress, after saving its checkpoint (:class:`Preempted`); resuming
+then continues to the uninterrupted run's metrics.
+
+This file is slightly longer than the project's ~350-line guide: the rule of what a resume
+may change sits with the loop whose run it protects.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -27,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from tern_jax.train import distributed, warm_start
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
-from tern_jax.train.config import Config
+from tern_jax.train.config import Config, differences
 from tern_jax.train.distributed import constrain_batch
 from tern_jax.train.families import task_for
 from tern_jax.train.inputs import load_inputs
@@ -35,11 +42,27 @@ from tern_jax.train.run_folder import RunFolder
 from tern_jax.train.stack import ModelStack, TrainState
 from tern_jax.train.task import Inputs
 
-__all__ = ["TrainingDiverged", "Trainer", "train_and_evaluate"]
+__all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_same_run",
+           "train_and_evaluate"]
+
+#: Fields a resumed run may change: they leave the epochs already run and their records as
+#: they were (the progress bar; how often to save and how many to keep; the evaluation
+#: batch, which only pads the test set differently; the path of the same data). ``epochs``:
+#: see :func:`check_same_run`.
+SAFE_TO_CHANGE = frozenset({"progress", "checkpoint_every", "keep_checkpoints",
+                            "eval_batch_size", "data_dir"})
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; raised with the epoch, step and model."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM stopped the run at an epoch's end, after saving that epoch's checkpoint.
+
+    Every process of a job stops at the same epoch; ``resume=True`` (``--resume``) continues
+    the run. The command line exits with status 143 (128 + SIGTERM).
+    """
 
 
 class Trainer:
@@ -194,6 +217,40 @@ class Trainer:
                 "zero_fraction": np.asarray(self.zero_fractions(state))}
 
 
+def check_same_run(saved: Config, config: Config, done: int, where, *,
+                   epochs_fixed: str | None = None) -> None:
+    """Refuses to resume, with ``config``, a run that trained ``done`` epochs under ``saved``
+    if that would change the epochs already run; the error names each field.
+
+    Fields in :data:`SAFE_TO_CHANGE` may change. ``epochs`` may change where the learning
+    rate of every step run so far stays the same and ``done`` epochs still fit: the
+    multistep schedule (milestones are in epochs) and the constant rate do not depend on it;
+    cosine decays over all the epochs, so its every step would change. ``epochs_fixed``: why
+    ``epochs`` may not change at all (a later stage started from this one's last model).
+    A run resumed so equals one started with ``config``, so its ``config.json`` may say it.
+    """
+    changed = []
+    for name, (old, new) in differences(saved, config).items():
+        why = ""
+        if name in SAFE_TO_CHANGE:
+            continue
+        if name == "epochs":
+            if epochs_fixed:
+                why = f": {epochs_fixed}"
+            elif config.schedule == "cosine":
+                why = ": the cosine schedule spans every epoch, so each step so far would change"
+            elif new < done:
+                why = f": the run already trained {done}"
+            else:
+                continue
+        changed.append(f"{name} ({old!r} -> {new!r}{why})")
+    if changed:
+        raise ValueError(
+            f"--resume of {where} with a config that changes the run so far: "
+            f"{'; '.join(changed)}. Resume with the run's values (its config.json), or start a "
+            "new run in another --workdir (--set init_from=RUN starts it from a run's models)")
+
+
 def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | None:
     """The epoch to resume from (``None``: a fresh run); refuses what would lose work."""
     previous = folder.latest_checkpoint()
@@ -201,14 +258,9 @@ def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | N
         raise FileExistsError(
             f"{folder.path} already holds a run (checkpoint of epoch {previous}); pass --resume "
             "to continue it or choose another --workdir")
-    saved = folder.read_config() if resume else None
+    saved = folder.read_config() if previous is not None else None
     if saved is not None:
-        differ = [f.name for f in dataclasses.fields(Config)
-                  if f.name not in ("epochs", "progress")
-                  and getattr(saved, f.name) != getattr(config, f.name)]
-        if differ:
-            raise ValueError(f"--resume with a config that differs from the run's in {differ}; "
-                             "resume with the same config")
+        check_same_run(saved, config, previous, folder.path)
     return previous
 
 
@@ -240,6 +292,36 @@ def _set_aside_newer(folder: RunFolder, epoch: int) -> None:
         os.replace(source, target)
 
 
+def _saves(config: Config, epoch: int) -> bool:
+    """Whether the end of ``epoch`` (0-based) saves a checkpoint."""
+    return epoch + 1 == config.epochs or bool(
+        config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)
+
+
+def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int, progress,
+                 main: bool):
+    """One epoch: train, evaluate when due, append its record, save when due; the state."""
+    config = trainer.config
+    start = time.perf_counter()
+    state, train_loss, train_acc = trainer.train_epoch(state, epoch, progress)
+    if epoch + 1 == config.epochs or (epoch + 1) % max(config.eval_every, 1) == 0:
+        evaluation = trainer.evaluate(state)
+    else:
+        nan = np.full(trainer.stack.num_models, np.nan)
+        evaluation = {"test_loss": nan, "test_acc": nan, "zero_fraction": nan}
+    seconds = time.perf_counter() - start
+    record = metrics_lib.epoch_record(
+        epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
+        seconds, trainer.stack.slots, train_loss, train_acc, evaluation)
+    if main:
+        metrics_lib.append(folder.metrics_file, record)
+    if progress is not None:
+        progress.write(metrics_lib.epoch_line(record))
+    if _saves(config, epoch):
+        folder.save(manager, epoch + 1, state)
+    return state
+
+
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices=None,
                        log=print) -> dict:
     """Trains every model of ``config`` and evaluates each epoch; returns the final results.
@@ -247,20 +329,26 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     ``workdir`` receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
     ``checkpoints/`` (orbax; every ``checkpoint_every`` epochs and at the end) and
     ``results.json``. With ``resume=True`` a killed run continues from its last intact
-    checkpoint and reproduces the uninterrupted run's metrics (same seeds, same batches).
-    A config with several stages (``finetune_epochs > 0``) is run by
-    :func:`tern_jax.train.run`, which calls this function once per stage.
+    checkpoint and reproduces the uninterrupted run's metrics (same seeds, same batches);
+    a config that would change the epochs already run is refused (:func:`check_same_run`).
+    SIGTERM stops the run at the end of the epoch in progress, after saving its checkpoint,
+    with :class:`Preempted` (several processes: all at the same epoch). A start that fails
+    (bad data, model or batch size) writes nothing. A config with several stages
+    (``finetune_epochs > 0``) is run by :func:`tern_jax.train.run`, which calls this function
+    once per stage.
     """
     if config.finetune_epochs:
         raise ValueError(
             f"{config.name} has two stages (finetune_epochs={config.finetune_epochs}); run it "
             "with tern_jax.train.run(config, workdir), which trains each stage in its own folder")
+    distributed.check_same_config(config)
     folder = RunFolder(workdir)
     folder.check_trainable()
     previous = _check_resumable(folder, config, resume)
     main = distributed.is_main()  # several processes: process 0 writes, prints and plots
     log = distributed.main_log(log)
     trainer = Trainer(config, devices=devices)
+    distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
     start_epoch, state = _initial_state(trainer, folder, config, previous, log)
     if main:
         folder.write_config(config)
@@ -276,28 +364,19 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
 
         progress = tqdm(total=config.epochs * trainer.steps_per_epoch,
                         initial=start_epoch * trainer.steps_per_epoch, unit="step",
-                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
+                        disable=None)  # no bar (no \r) when stderr is not a terminal
     manager = folder.manager(config.keep_checkpoints)
     try:
-        for epoch in range(start_epoch, config.epochs):
-            start = time.perf_counter()
-            state, train_loss, train_acc = trainer.train_epoch(state, epoch, progress)
-            last = epoch + 1 == config.epochs
-            if last or (epoch + 1) % max(config.eval_every, 1) == 0:
-                evaluation = trainer.evaluate(state)
-            else:
-                nan = np.full(trainer.stack.num_models, np.nan)
-                evaluation = {"test_loss": nan, "test_acc": nan, "zero_fraction": nan}
-            seconds = time.perf_counter() - start
-            record = metrics_lib.epoch_record(
-                epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
-                seconds, trainer.stack.slots, train_loss, train_acc, evaluation)
-            if main:
-                metrics_lib.append(folder.metrics_file, record)
-            if progress is not None:
-                progress.write(metrics_lib.epoch_line(record))
-            if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
-                folder.save(manager, epoch + 1, state)
+        with distributed.stop_requested() as stop_here:
+            for epoch in range(start_epoch, config.epochs):
+                state = _train_epoch(trainer, folder, manager, state, epoch, progress, main)
+                if stop_here():  # SIGTERM: every process stops after the same epoch
+                    if not _saves(config, epoch):
+                        folder.save(manager, epoch + 1, state)
+                    raise Preempted(
+                        f"SIGTERM stopped {folder.path} after epoch {epoch + 1} of "
+                        f"{config.epochs}, its checkpoint saved; continue with --resume")
     finally:
         if progress is not None:
             progress.close()

@@ -10,6 +10,7 @@ one :func:`train_and_evaluate`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tern_jax.train import distributed
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train.config import Config
 from tern_jax.train.families import is_full_precision
-from tern_jax.train.loop import train_and_evaluate
+from tern_jax.train.loop import check_same_run, train_and_evaluate
 from tern_jax.train.run_folder import STAGES, RunFolder
 
 __all__ = ["STAGES", "run", "stage_configs"]
@@ -46,18 +47,27 @@ def stage_configs(config: Config, workdir) -> tuple[Config, Config]:
     return pretrain, finetune
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
     saved = folder.read_config()
     if saved is not None and not resume:
         raise FileExistsError(
             f"{folder.path} already holds a run; pass --resume to continue it or choose another "
             "--workdir")
+    if saved is None:
+        return
     started = RunFolder(folder.path / STAGES[1]).latest_checkpoint()
-    if saved is not None and saved.epochs != config.epochs and started is not None:
-        raise ValueError(
-            f"{folder.path}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
-            f"{saved.epochs}-epoch full-precision models; resume with epochs="
-            f"{saved.epochs} (finetune_epochs may grow) or start a new --workdir")
+    fixed = (f"{folder.path}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
+             f"{saved.epochs}-epoch full-precision models" if started is not None else None)
+    for stage, old, new in zip(STAGES, stage_configs(saved, folder.path),
+                               stage_configs(config, folder.path)):
+        done = RunFolder(folder.path / stage).latest_checkpoint()
+        if done is not None:
+            check_same_run(old, new, done, folder.path / stage,
+                           epochs_fixed=fixed if stage == STAGES[0] else None)
 
 
 def run(config: Config, workdir, *, resume: bool = False, devices=None, log=print) -> dict:
@@ -69,18 +79,30 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     """
     if not config.finetune_epochs:
         return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log)
+    distributed.check_same_config(config)
     folder = RunFolder(workdir)
     folder.check_trainable()
     _check_two_stage(folder, config, resume)
     distributed.barrier(f"checked {folder.path}")  # every process read the folder first
+    # a first start that fails takes back what it wrote, and only that
+    created, fresh = not folder.path.exists(), folder.read_config() is None
     if distributed.is_main():  # several processes: process 0 writes and prints
         folder.write_config(config)
     log = distributed.main_log(log)
     pretrain, finetune = stage_configs(config, folder.path)
-    log(f"{config.name}: two stages, {config.epochs} epochs full precision, then "
-        f"{config.finetune_epochs} epochs fine-tuning {', '.join(finetune.variants)} from it")
-    first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
-                               devices=devices, log=log)
+    log(f"{config.name}: two stages, {_epochs(pretrain.epochs)} full precision (epochs), then "
+        f"{_epochs(finetune.epochs)} fine-tuning {', '.join(finetune.variants)} from it "
+        f"(finetune_epochs): {_epochs(pretrain.epochs + finetune.epochs)} in all")
+    try:
+        first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
+                                   devices=devices, log=log)
+    except BaseException:
+        if fresh and distributed.is_main() and not RunFolder(folder.path / STAGES[0]).holds_run():
+            folder.config_file.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):  # only if nothing else is in it
+                    folder.path.rmdir()
+        raise
     second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,
                                 devices=devices, log=log)
     variants = ({FULL_PRECISION: first["variants"][FULL_PRECISION]}

@@ -40,7 +40,7 @@ def write_cifar_folder(root: Path) -> Path:
     """A tiny CIFAR-10 folder (130 train, 38 test images) with a learnable signal."""
     import numpy as np
 
-    from tern_jax.data import write_cifar_batches
+    from helpers.cifar import write_cifar_batches
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 168)
@@ -79,6 +79,40 @@ def _kill_after_saving(epoch: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_folder.RunFolder.save = save_then_die
+
+
+def _sigterm_during(epoch: int) -> None:
+    """This process sends itself SIGTERM while it trains ``epoch`` (1-based)."""
+    import signal
+
+    from tern_jax.train import Trainer
+
+    train_epoch = Trainer.train_epoch
+
+    def train_then_signal(self, state, index, progress=None):
+        if index + 1 == epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(self, state, index, progress)
+
+    Trainer.train_epoch = train_then_signal
+
+
+def cli_job(args: list[str], sigterm_during_epoch: int | None = None) -> None:
+    """``tern-jax ARGS`` in this process (optionally SIGTERM during an epoch); exits with
+    the command line's status."""
+    from tern_jax import cli
+
+    if sigterm_during_epoch is not None:
+        _sigterm_during(sigterm_during_epoch)
+    sys.exit(cli.main(args))
+
+
+def digits_args(workdir, *more: str) -> list[str]:
+    """``tern-jax train`` flags for :func:`digits_config` (checkpoints only at the end)."""
+    flags = {"train_subset": 256, "test_subset": 64, "batch_size": 32, "eval_batch_size": 32,
+             "epochs": 2, "checkpoint_every": 0, "progress": "false"}
+    sets = [a for k, v in flags.items() for a in ("--set", f"{k}={v}")]
+    return ["train", "--config", "quickstart", "--workdir", str(workdir), *sets, *more]
 
 
 def train_job(root: str, process_id: int = 0, num_processes: int = 1,
