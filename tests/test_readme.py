@@ -56,9 +56,8 @@ def test_every_tern_jax_command_in_the_readme_is_one_the_cli_accepts():
 
 
 def test_the_readme_figures_are_what_the_code_computes():
-    from tern_jax.train.presets import PRESETS
-
     from tern_jax.packing import bits_per_weight
+    from tern_jax.presets import PRESETS
     from tern_jax.train.recipes import cifar10_best
 
     readme = (REPO / "README.md").read_text()

@@ -344,7 +344,7 @@ def _tfds_without(module: str, monkeypatch):
 
 def _presets(family):
     if family == "cnn":
-        from tern_jax.train.presets import PRESETS
+        from tern_jax.presets import PRESETS
 
         return PRESETS
     from tern_jax.presets_lm import TRANSFORMER_RULES
