@@ -7,6 +7,7 @@ Subcommands::
                    [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]
     tern-jax eval --workdir DIR                      test accuracy of a run's last checkpoint
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
+                    [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
     tern-jax summary --model resnet20 [--variant tern_t2]         size/sparsity table
     tern-jax plot RUN_DIR [RUN_DIR ...] --out curves.png          training curves
@@ -168,6 +169,20 @@ def _export(args) -> int:
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = variant_rules(slot.variant, restored.config.model) or ()
     params = jax.tree.map(lambda a: a[i], restored.state.params)
+    if args.format == "gguf":  # for llama.cpp (tern_jax/export.py)
+        from tern_jax.export import to_gguf
+        from tern_jax.train.config import is_language_model
+        from tern_jax.train.language_model import model_config
+
+        if not is_language_model(restored.config.model):
+            raise UsageError(f"{args.workdir} trained {restored.config.model!r}, an image model; "
+                             "--format gguf exports language models (model='transformer_*')")
+
+        path = to_gguf(out, params, model_config(restored.config), rules, type=args.type,
+                       overwrite=args.overwrite, name=f"{restored.config.name}-{slot}")
+        print(f"exported {slot} ({restored.config.model}) as GGUF {args.type.upper()} to "
+              f"{path}: {path.stat().st_size:,} bytes")
+        return 0
     stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
@@ -322,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export (never anything else)")
+    p.add_argument("--format", choices=("packed", "gguf"), default="packed",
+                   help="packed ternary checkpoint, or a GGUF file for llama.cpp")
+    p.add_argument("--type", choices=("tq2_0", "tq1_0", "q8_0", "f16"), default="tq2_0",
+                   help="GGUF type of the ternary kernels (--format gguf)")
     p.set_defaults(fn=_export)
 
     p = add("sample", help="generate text with a trained language model")
