@@ -92,8 +92,10 @@ def _flat(params) -> dict[str, object]:
     """``{path: leaf}`` of ``params``, whose leaves are arrays or :class:`TernaryCodes`."""
     import jax
 
-    if hasattr(params, "to_pure_dict"):
-        params = params.to_pure_dict()
+    from flax import nnx
+
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
     leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_codes)[0]
     return {path_to_str(p): leaf for p, leaf in leaves}
 
