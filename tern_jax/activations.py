@@ -139,7 +139,7 @@ def quantize_inputs(model, rules):
             continue
         if not (hasattr(module, "kernel") and hasattr(module, "dot_general")):
             continue
-        rule = _rule_for("/".join(str(k) for k in path) + "/kernel", rules)
+        rule = _rule_for("/".join([*(str(k) for k in path), "kernel"]), rules)
         if rule is not None and rule.activations is not None:
             if getattr(module, "dot_general_cls", None) is not None:
                 raise NotImplementedError(

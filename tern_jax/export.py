@@ -91,7 +91,6 @@ def _is_codes(x) -> bool:
 def _flat(params) -> dict[str, object]:
     """``{path: leaf}`` of ``params``, whose leaves are arrays or :class:`TernaryCodes`."""
     import jax
-
     from flax import nnx
 
     if isinstance(params, nnx.State):
