@@ -91,7 +91,8 @@ def main(argv=None) -> dict:
         for type_ in TYPES:
             path = to_gguf(Path(tmp) / f"bench_{type_}.gguf", params, config, rules, type=type_)
             result["types"][type_] = file_accounting(path) | {"tokens_per_s": []}
-            models[type_] = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False,
+            models[type_] = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True,
+                                            verbose=False,
                                             n_threads=args.threads, n_batch=64)
         for _ in range(args.rounds):
             for type_, llm in models.items():

@@ -207,6 +207,10 @@ def _tensors(params, config, rules, type_: str):
         shape = tuple(np.shape(leaf.levels if _is_codes(leaf) else leaf))
         if shape != expected[path]:
             raise ValueError(f"{path!r} has shape {shape}; the model expects {expected[path]}")
+    if type_ != "f16" and not any(_is_codes(v) for v in flat.values()):
+        raise ValueError(f"no parameter is ternary (no rule ternarizes one), so there is "
+                         f"nothing to write as {type_.upper()}; pass the rules the model was "
+                         "trained with, or export a full-precision model with type='f16'")
     quant = {"tq2_0": gguf.GGMLQuantizationType.TQ2_0, "tq1_0": gguf.GGMLQuantizationType.TQ1_0,
              "q8_0": gguf.GGMLQuantizationType.Q8_0, "f16": gguf.GGMLQuantizationType.F16}
     out = []

@@ -85,6 +85,16 @@ def test_linen_layers_matched_by_an_activations_rule_get_int8_inputs():
     assert not np.allclose(y, net.apply({"params": params}, x), rtol=1e-6, atol=1e-7)
 
 
+def test_a_convolution_quantizes_each_position_over_its_channels():
+    conv, x = nn.Conv(4, (3, 3), name="conv"), _x((2, 5, 5, 8))
+    params = conv.init(jax.random.key(0), x)["params"]
+    with quantized_activations([Rule(r"kernel", None, activations="int8")]):
+        y = conv.apply({"params": params}, x)
+    expected = conv.apply({"params": params}, quantize_activations(x, "int8"))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(y, conv.apply({"params": params}, x), rtol=1e-6, atol=1e-7)
+
+
 def test_nnx_layers_matched_by_an_activations_rule_get_int8_inputs():
     linear = nnx.Linear(256, 8, rngs=nnx.Rngs(0))
     x = _x((2, 256))

@@ -166,6 +166,8 @@ def test_what_llama_cpp_cannot_represent_is_one_clear_error(params, tmp_path):
     narrow_params = nnx.to_pure_dict(nnx.state(Transformer(narrow, rngs=nnx.Rngs(0)), nnx.Param))
     with pytest.raises(ValueError, match="rows of 128 inputs.*multiples of 256"):
         to_gguf(out, narrow_params, narrow, TRANSFORMER_RULES["tern"])
+    with pytest.raises(ValueError, match="no parameter is ternary.*type='f16'"):
+        to_gguf(out, params, CONFIG)
     with pytest.raises(ValueError, match="type must be one of"):
         to_gguf(out, params, CONFIG, type="q4_k")
     with pytest.raises(ValueError, match="has shape"):
