@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--types", default="tq2_0,tq1_0,f16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     import llama_cpp
 
@@ -104,7 +106,7 @@ def main(argv=None) -> dict:
     inputs, targets = windows[:, :-1], windows[:, 1:]
     ours = {k: np.asarray(jax.jit(lambda x, m=m: m(x))(inputs)) for k, m in models.items()}
     result = {
-        "command": "python benchmarks/gguf_parity.py " + " ".join(argv or []),
+        "command": "python benchmarks/gguf_parity.py " + " ".join(argv),
         "run": str(args.workdir), "model": args.model, "epoch": restored.epoch,
         "windows": int(windows.shape[0]), "bytes_scored": int(targets.size),
         "trainer_test_bpb": _trainer_test_loss(args.workdir, restored.epoch, i),
@@ -139,9 +141,10 @@ def main(argv=None) -> dict:
             for k, mine in (("a8", ours_greedy), ("fp_acts", ours_greedy_fp)):
                 same = sum(a == b for g, o in zip(greedy, mine) for a, b in zip(g, o))
                 entry[f"vs_{k}"]["greedy_same_bytes"] = same / (len(prompts) * args.steps)
-            entry["greedy_example"] = {"prompt": prompts[0].decode("utf-8", "replace"),
-                                       "llama_cpp": greedy[0].decode("utf-8", "replace"),
-                                       "tern_jax": ours_greedy[0].decode("utf-8", "replace")}
+            j = max(range(len(prompts)), key=lambda j: len(set(ours_greedy[j])))  # most varied
+            entry["greedy_example"] = {"prompt": prompts[j].decode("utf-8", "replace"),
+                                       "llama_cpp": greedy[j].decode("utf-8", "replace"),
+                                       "tern_jax": ours_greedy[j].decode("utf-8", "replace")}
             result["gguf"][type_] = entry
             del llm
     print(json.dumps(result, indent=1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     import llama_cpp
 
@@ -83,7 +85,7 @@ def main(argv=None) -> dict:
     params = nnx.state(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
     rules = TRANSFORMER_RULES["tern"]
     prompt = list(b"def main(argv=None):\n    ")
-    result = {"command": "python benchmarks/gguf_speed.py " + " ".join(argv or []),
+    result = {"command": "python benchmarks/gguf_speed.py " + " ".join(argv),
               "model": {k: getattr(config, k) for k in ("d_model", "num_layers", "num_heads",
                                                         "num_kv_heads", "mlp", "mlp_ratio")},
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
