@@ -146,6 +146,8 @@ def test_codes_from_a_packed_checkpoint_export_the_same_file(params, tmp_path):
     assert isinstance(up, core.TernaryCodes) and up.levels.dtype == np.int8
     np.testing.assert_array_equal(up.levels, levels)
     np.testing.assert_array_equal(up.scales, scales)
+    with pytest.raises(TypeError, match="codes must be True or False"):
+        load_ternary(tmp_path / "ckpt", codes=1)
     dense = load_ternary(tmp_path / "ckpt")
     np.testing.assert_array_equal(core.decode(up), dense["blocks"][0]["mlp"]["up"]["kernel"])
     a = to_gguf(tmp_path / "a.gguf", params, CONFIG, rules)

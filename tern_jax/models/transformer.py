@@ -141,7 +141,7 @@ class TransformerConfig:
 #: Named sizes. ``transformer_tiny`` is for tests (seconds on a CPU); ``transformer_small`` is
 #: the CPU experiment's model (``experiments/results/lm``: 131k parameters, a 64-byte
 #: context); ``transformer_base`` (0.85M parameters, 128 bytes) is for longer runs;
-#: ``transformer_llama`` (2.2M parameters: gated MLP, grouped-query attention, d_model 256) is
+#: ``transformer_llama`` (1.3M parameters: gated MLP, grouped-query attention, d_model 256) is
 #: the smallest shape llama.cpp's ternary types take (:func:`tern_jax.export.to_gguf`).
 TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
     "transformer_tiny": TransformerConfig(max_len=32, d_model=32, num_heads=2, num_layers=2),
