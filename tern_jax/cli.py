@@ -215,6 +215,7 @@ def _sample(args) -> int:
     from flax import nnx
 
     import tern_jax
+    from tern_jax.activations import quantize_inputs
     from tern_jax.models.transformer import Transformer, generate
     from tern_jax.nnx_utils import with_params
     from tern_jax.train import restore_run
@@ -230,16 +231,17 @@ def _sample(args) -> int:
     restored = restore_run(args.workdir, args.epoch)
     config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)
+    rules = variant_rules(slot.variant, config.model)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
         params = tern_jax.load_ternary(args.packed)["params"]
     else:  # the run's latent weights, ternarized by the variant's rules
         params = jax.tree.map(lambda a: a[i], restored.state.params)
-        rules = variant_rules(slot.variant, config.model)
         if rules is not None:
             params = tern_jax.quantize_params(params, rules, unused="ignore")
     model = nnx.eval_shape(lambda: Transformer(model_config(config), rngs=nnx.Rngs(0)))
     prompt = args.prompt.encode("utf-8")
-    text = generate(with_params(model, params), prompt, steps=args.steps,
+    model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
+    text = generate(model, prompt, steps=args.steps,
                     key=jax.random.key(args.seed), temperature=args.temperature)
     print((prompt + text).decode("utf-8", errors="replace"))
     return 0

@@ -78,22 +78,26 @@ def _reference_logits(tensors, config, tokens):
         gate, up = y @ w[b + "ffn_gate.weight"].T, y @ w[b + "ffn_up.weight"].T
         x = x + (gate / (1 + np.exp(-gate)) * up) @ w[b + "ffn_down.weight"].T
     x = norm(x, w["output_norm.weight"])
-    return x @ w["output.weight"].T
+    return x @ w.get("output.weight", w["token_embd.weight"]).T  # tied: llama.cpp's fallback
 
 
-def _ternary_logits(params, rules):
-    model = with_params(nnx.eval_shape(lambda: Transformer(CONFIG, rngs=nnx.Rngs(0))), params)
+def _ternary_logits(params, rules, config=CONFIG):
+    model = with_params(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), params)
     model = ternarized(model, rules, unused="ignore")
     return np.asarray(model(jnp.asarray(TOKENS)))[0]
 
 
-@pytest.mark.parametrize("preset", ["tern", "tern_pc"])
-def test_a_llama_forward_over_the_gguf_tensors_gives_tern_jax_logits(params, tmp_path, preset):
-    rules = TRANSFORMER_RULES[preset]
-    path = to_gguf(tmp_path / "m.gguf", params, CONFIG, rules, type="tq2_0")
+@pytest.mark.parametrize("preset, tied", [("tern", False), ("tern_pc", False), ("tern", True)])
+def test_a_llama_forward_over_the_gguf_tensors_gives_tern_jax_logits(params, tmp_path, preset,
+                                                                      tied):
+    rules, config = TRANSFORMER_RULES[preset], dataclasses.replace(CONFIG, tie_embeddings=tied)
+    if tied:
+        params = {k: v for k, v in params.items() if k != "head"}
+    path = to_gguf(tmp_path / "m.gguf", params, config, rules, type="tq2_0")
     _, tensors = _read(path)
-    ours = _ternary_logits(params, rules)
-    theirs = _reference_logits(tensors, CONFIG, TOKENS)
+    assert ("output.weight" in tensors) == (not tied)
+    ours = _ternary_logits(params, rules, config)
+    theirs = _reference_logits(tensors, config, TOKENS)
     # equal up to fp16(α): a relative error of at most 2^-11 per scale
     np.testing.assert_allclose(theirs, ours, atol=2e-3 * np.abs(ours).max())
 
