@@ -108,7 +108,8 @@ def thread_pool_batches(source, batch_size: int, *, seed: int, num_workers: int,
                         dtype: Any, prefetch_batches: int = 2
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Reads, decodes and transforms examples in a thread pool; assembles ordered batches."""
-    from tern_jax.data.imagenet import normalize_batch, train_transform
+    from tern_jax.data.augment import normalize
+    from tern_jax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, train_transform
 
     def work(key: tuple[int, int], read: Callable) -> tuple[np.ndarray, int]:
         image, label = read()
@@ -127,7 +128,8 @@ def thread_pool_batches(source, batch_size: int, *, seed: int, num_workers: int,
             results = [pending.popleft().result() for _ in range(batch_size)]
             images = np.stack([r[0] for r in results])
             labels = np.asarray([r[1] for r in results], np.int32)
-            yield (images if raw else normalize_batch(images, dtype=dtype)), labels
+            yield (images if raw else normalize(images, IMAGENET_MEAN, IMAGENET_STD, dtype),
+                   labels)
     finally:
         for f in pending:
             f.cancel()

@@ -12,19 +12,19 @@ appends to OUT/table.md. A two-stage run's epochs read "fp+finetune", e.g. 200+8
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-RUN_FILES = ("config.json", "metrics.jsonl", "results.json")
+from tern_jax import report
+from tern_jax.train import FULL_PRECISION
 
 
 def row(results: dict, variant: str, stats: dict, card: str) -> str:
     per_seed = ", ".join(f"{100 * a:.2f}" for a in stats["test_acc"])
     epochs = results["epochs"]
     if "stages" in results:
-        pre, fine = results["stages"]["pretrain"], results["stages"]["finetune"]
-        epochs = pre if variant == "fp" else f"{pre}+{fine}"
+        pre, fine = (results["stages"][s] for s in report.STAGES)
+        epochs = pre if variant == FULL_PRECISION else f"{pre}+{fine}"
     return (f"| {results['name']} | {results['model']} | {variant} | {epochs} | "
             f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} | {per_seed} | "
             f"{100 * stats['zero_fraction']:.1f} | {results['train_seconds'] / 60:.1f} | {card} |")
@@ -32,6 +32,16 @@ def row(results: dict, variant: str, stats: dict, card: str) -> str:
 
 HEADER = ("| run | model | variant | epochs | test acc % (mean ± std) | per seed | zeros % | "
           "train min | device |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def copy_run_files(run: report.Run, target: Path) -> None:
+    """The run's files (and each stage's), never its checkpoints."""
+    for source in (run.path, *(s.path for s in run.stages if s.name)):
+        folder = target / source.relative_to(run.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in report.RUN_FILES:
+            if (source / name).exists():  # a two-stage run keeps its metrics in the stages
+                shutil.copy(source / name, folder / name)
 
 
 def main(argv=None):
@@ -44,22 +54,13 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for run in map(Path, args.runs):
-        results_file = run / "results.json"
-        if not results_file.exists():
-            raise SystemExit(f"{run} has no results.json: the run did not finish")
-        results = json.loads(results_file.read_text())
-        target = out / run.name
-        target.mkdir(exist_ok=True)
-        for name in RUN_FILES:
-            if (run / name).exists():  # a two-stage run keeps its metrics in the stages
-                shutil.copy(run / name, target / name)
-        for stage in results.get("stages", {}):
-            (target / stage).mkdir(exist_ok=True)
-            for name in RUN_FILES:
-                shutil.copy(run / stage / name, target / stage / name)
-        for variant, stats in results["variants"].items():
-            lines.append(row(results, variant, stats, args.device))
+    for path in args.runs:
+        run = report.load_run(path)
+        if not run.results:
+            raise SystemExit(f"{path} has no results.json: the run did not finish")
+        copy_run_files(run, out / run.path.name)
+        for variant, stats in run.results["variants"].items():
+            lines.append(row(run.results, variant, stats, args.device))
     table = out / "table.md"
     if not table.exists():
         table.write_text(HEADER + "\n")
@@ -68,9 +69,7 @@ def main(argv=None):
     print(HEADER)
     print("\n".join(lines))
     if args.plot:
-        from tern_jax.train.metrics import plot_runs
-
-        print(f"wrote {plot_runs(args.runs, out / 'curves.png')}")
+        print(f"wrote {report.plot_runs(args.runs, out / 'curves.png')}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Copies the run's config.json, metrics.jsonl and results.json (no checkpoints), w
 per-seed values; next-byte accuracy; fraction of zeros among the ternarized weights; the packed
 size of seed 0's model, as ``tern-jax export`` writes it; training tokens/s and its ratio to
 full precision from the benchmark) and ``curves.png`` (validation and training bits per byte
-against training steps, one line per model). Only the public API is used.
+per epoch, one line per model, drawn by ``tern_jax.report``). Only the public API is used.
 """
 
 from __future__ import annotations
@@ -21,12 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUN_FILES = ("config.json", "metrics.jsonl", "results.json")
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
+from tern_jax import report
 
 
 def _packed_sizes(run: Path, variants) -> dict:
@@ -55,35 +50,13 @@ def _packed_sizes(run: Path, variants) -> dict:
     return sizes
 
 
-def _plot(records, out: Path, title: str, steps_per_epoch: int) -> None:
+def _plot(run: report.Run, out: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [m["name"] for m in records[0]["models"]]
-    variants = list(dict.fromkeys(m["variant"] for m in records[0]["models"]))
-    colors = {v: plt.cm.tab10(i) for i, v in enumerate(variants)}
-    steps = [r["epoch"] * steps_per_epoch for r in records]
-    fig, (ax_val, ax_train) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, name in enumerate(names):
-        variant = records[0]["models"][i]["variant"]
-        val = [r["models"][i]["test_loss"] for r in records]
-        train = [r["models"][i]["train_loss"] for r in records]
-        label = variant if name.endswith("seed0") else None
-        style = "-" if name.endswith("seed0") else "--"
-        ax_val.plot(steps, val, style, color=colors[variant], label=label, linewidth=1.2)
-        ax_train.plot(steps, train, style, color=colors[variant], label=label, linewidth=1.2)
-    ax_val.set(xlabel="training step", ylabel="bits per byte",
-               title="validation bits per byte (solid seed 0, dashed seed 1)")
-    ax_train.set(xlabel="training step", ylabel="bits per byte",
-                 title="training bits per byte (mean over each epoch)")
-    for ax in (ax_val, ax_train):
-        ax.grid(alpha=0.3)
-        ax.set_ylim(top=min(4.0, ax.get_ylim()[1]))
-    ax_val.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig = report.runs_figure([run], title=title)
     fig.savefig(out, dpi=90)
     plt.close(fig)
 
@@ -96,10 +69,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
+    for name in report.RUN_FILES:
         shutil.copy2(run / name, out / name)
-    config = json.loads((run / "config.json").read_text())
-    records = _records(run)
+    loaded = report.load_run(run)
+    config, records = loaded.config, loaded.stages[-1].records
     last = records[-1]["models"]
     variants = list(dict.fromkeys(m["variant"] for m in last))
     sizes = _packed_sizes(run, variants)
@@ -136,8 +109,8 @@ def main(argv=None) -> int:
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
     if args.benchmark:
         shutil.copy2(args.benchmark, out / "benchmark.json")
-    _plot(records, out / "curves.png", f"{config['name']}: {config['model']} on "
-          f"{config['dataset']}", config["steps_per_epoch"])
+    _plot(loaded, out / "curves.png", f"{config['name']}: {config['model']} on "
+          f"{config['dataset']}")
     print(table)
     return 0
 

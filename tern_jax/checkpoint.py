@@ -6,8 +6,10 @@ Layout (a folder; ``arrays/`` is an orbax-checkpoint PyTree item):
   signed levels shifted to ``[0, 2·t_ex]``) and its float32 scales ``(t_ex, *broadcast)``;
   every other leaf unchanged.
 * ``meta/metadata``: JSON with the format tag; per leaf its path, shape, dtype, rule (method,
-  thresholds, axis) and a SHA-256 of its stored bytes; and the size and SHA-256 of every file
-  the save wrote (``files``), so that a damaged file is named before orbax reads it.
+  thresholds, axis) and a SHA-256 of its stored bytes; the size and SHA-256 of every file
+  the save wrote (``files``), so that a damaged file is named before orbax reads it
+  (:mod:`tern_jax.integrity`); and what the weights are (``origin``: the rules, and the
+  model, variant and seed when the caller names them; :func:`read_origin`).
 
 :func:`load_ternary` rebuilds the kernels with :func:`tern_jax.core.dequantize`, the same
 function the training-time forward uses, so logits match the training-time ternarized forward
@@ -26,7 +28,6 @@ together so that the format is defined in one place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from tern_jax import core, fs, packing
-from tern_jax.rules import match_params, path_to_str
+from tern_jax.integrity import IntegrityError, array_digest, check_files, file_records, files_under
+from tern_jax.rules import _normalize_rules, match_params, path_to_str
 
-__all__ = ["FORMAT", "CheckpointError", "save_ternary", "load_ternary"]
+__all__ = ["FORMAT", "CheckpointError", "save_ternary", "load_ternary", "read_origin"]
 
 #: Written into every checkpoint's metadata; :func:`load_ternary` refuses anything else.
 FORMAT = "tern_jax.ternary.v1"
@@ -50,25 +52,6 @@ _LEGACY_TOP_LEVEL = {"arrays", "meta", "_CHECKPOINT_METADATA", "commit_success.t
 
 class CheckpointError(ValueError):
     """A path that is not a readable tern_jax ternary checkpoint."""
-
-
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _files_under(root: Path) -> list[str]:
-    """Every file (and symlink) below ``root``, as sorted POSIX paths relative to it."""
-    out = []
-    for folder, dirs, files in os.walk(root):
-        base = Path(folder)
-        out += [(base / f).relative_to(root).as_posix() for f in files]
-        out += [(base / d).relative_to(root).as_posix() for d in dirs if (base / d).is_symlink()]
-    return sorted(out)
 
 
 def _key_entry(key):
@@ -142,7 +125,7 @@ def _is_checkpoint(path: Path) -> bool:
         return False
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return False
-    present = set(_files_under(path)) - {META_FILE}
+    present = set(files_under(path)) - {META_FILE}
     listed = meta.get("files")
     if isinstance(listed, dict):
         return present <= set(listed)
@@ -168,7 +151,8 @@ def _writable_parent(path: Path) -> None:
         )
 
 
-def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="warn") -> Path:
+def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="warn",
+                 origin: dict | None = None) -> Path:
     """Writes ``params`` with rule-matched tensors packed densely; returns the path.
 
     Args:
@@ -182,6 +166,9 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
       rules: the rules the model was trained with (``None``: :data:`tern_jax.DEFAULT_RULES`).
       overwrite: replace an existing checkpoint written by ``save_ternary``.
       unused: what to do about rules that match no parameter (see :func:`match_params`).
+      origin: what the weights are, recorded in the metadata for :func:`read_origin`, e.g.
+        ``{"model": "resnet20", "variant": "tern", "seed": 0}`` (``tern-jax export`` writes
+        these); a dict of JSON values with string keys. The rules are recorded always.
 
     Raises, before anything is written: ``TypeError`` for a path that is not a str/PathLike,
     a non-bool ``overwrite`` or a leaf that is not a numeric array (naming the leaf);
@@ -201,6 +188,8 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
             f"variables['params'], an nnx.State, ...), got {type(params).__name__}"
         )
     _check_leaves(params)
+    origin = _check_origin(origin)
+    rules = _normalize_rules(rules)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(
@@ -233,13 +222,13 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
                 "kind": "ternary", "shape": list(np.shape(m.leaf)), "dtype": str(m.leaf.dtype),
                 "method": rule.method, "thresholds": list(rule.thresholds or []),
                 "t_ex": rule.t_ex, "axis": rule.axis, "levels": rule.levels,
-                "sha256": _digest(words, scales),
+                "sha256": array_digest(words, scales),
             }
         else:
             value = np.asarray(m.leaf)
             arrays[name] = value
             entry |= {"kind": "dense", "shape": list(value.shape), "dtype": str(value.dtype),
-                      "sha256": _digest(value)}
+                      "sha256": array_digest(value)}
         leaves_meta.append(entry)
 
     try:
@@ -252,10 +241,9 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
         ocp = _orbax()
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(target, ocp.args.Composite(arrays=ocp.args.PyTreeSave(arrays)))
-        files = {name: {"size": (target / name).stat().st_size,
-                        "sha256": fs.file_digest(target / name)}
-                 for name in _files_under(target)}
-        meta = {"format": FORMAT, "leaves": leaves_meta, "files": files}
+        files = file_records(target)
+        meta = {"format": FORMAT, "leaves": leaves_meta, "files": files,
+                "origin": {**origin, "rules": [_rule_record(r) for r in rules]}}
         (target / "meta").mkdir()
         fs.write_text_atomic(target / META_FILE, json.dumps(meta))
         fs.swap_in(target, path, staging)
@@ -264,6 +252,43 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
     finally:
         fs.remove_tree(staging)
     return path
+
+
+def _check_origin(origin) -> dict:
+    if origin is None:
+        return {}
+    if not isinstance(origin, dict) or not all(isinstance(k, str) for k in origin):
+        raise TypeError("save_ternary: origin must be a dict with str keys such as "
+                        "{'model': 'resnet20', 'variant': 'tern', 'seed': 0}, got "
+                        f"{origin!r:.80}")
+    if "rules" in origin:
+        raise ValueError("save_ternary: origin must not hold 'rules'; the rules are recorded "
+                         "from the rules argument")
+    try:
+        json.dumps(origin)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"save_ternary: origin must hold JSON values (str, numbers, lists), "
+                        f"got {origin!r:.80} ({e})") from None
+    return origin
+
+
+def _rule_record(rule) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(rule)))  # tuples become lists
+
+
+def read_origin(path) -> dict | None:
+    """What a packed checkpoint holds, as :func:`save_ternary` recorded it, or ``None``.
+
+    A dict with ``"rules"`` (each rule's fields) and the ``origin`` given to the save
+    (``tern-jax export`` records ``"model"``, ``"variant"``, ``"seed"`` and ``"run"``).
+    ``None`` for a checkpoint written before the origin was recorded. Raises
+    :class:`CheckpointError` for a path that is not a packed checkpoint.
+    """
+    meta = _read_meta(_as_path(path, "read_origin"))
+    origin = meta.get("origin")
+    return origin if isinstance(origin, dict) else None
 
 
 def _insert(tree: dict, keys, value):
@@ -308,16 +333,12 @@ def _read_meta(path: Path) -> dict:
 
 def _verify_files(path: Path, files: dict) -> None:
     """Names the first file that is missing or differs from what the save wrote."""
-    for name, expected in sorted(files.items()):
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file} is missing; the checkpoint {path} is incomplete")
-        size = file.stat().st_size
-        if size != expected.get("size") or fs.file_digest(file) != expected.get("sha256"):
-            how = (f"{size} bytes, expected {expected.get('size')}"
-                   if size != expected.get("size") else "fails its SHA-256 check")
-            raise CheckpointError(f"{file} is damaged ({how}); the checkpoint {path} cannot "
-                                  "be loaded. Save it again or restore it from a copy")
+    try:
+        check_files(path, files)
+    except IntegrityError as e:
+        how = ("is incomplete" if str(e).endswith("is missing") else
+               "cannot be loaded. Save it again or restore it from a copy")
+        raise CheckpointError(f"{e}; the checkpoint {path} {how}") from None
 
 
 def _check_dtype(dtype):
@@ -378,7 +399,7 @@ def load_ternary(path, *, dtype=None, codes: bool = False):
         if entry["kind"] == "ternary":
             words = np.asarray(stored["words"])
             scales = np.asarray(stored["scales"], np.float32)
-            if _digest(words, scales) != entry["sha256"]:
+            if array_digest(words, scales) != entry["sha256"]:
                 raise CheckpointError(f"{path}: tensor {entry['path']!r} fails its checksum")
             shape = tuple(entry["shape"])
             count = int(np.prod(shape)) if shape else 1
@@ -391,7 +412,7 @@ def load_ternary(path, *, dtype=None, codes: bool = False):
                      core.dequantize(levels, scales, dtype or entry["dtype"]))
         else:
             value = np.asarray(stored)
-            if _digest(value) != entry["sha256"]:
+            if array_digest(value) != entry["sha256"]:
                 raise CheckpointError(f"{path}: tensor {entry['path']!r} fails its checksum")
             if dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype)

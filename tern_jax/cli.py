@@ -5,7 +5,7 @@ Subcommands::
     tern-jax quickstart [--workdir DIR]              offline digits demo, full precision vs ternary
     tern-jax train --config PATH|quickstart --workdir DIR [--set field=value ...] [--resume]
                    [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]
-    tern-jax eval --workdir DIR                      test accuracy of a run's last checkpoint
+    tern-jax eval --workdir DIR [--model tern/seed0 --packed PATH]   test accuracy (bits/byte)
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
                     [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
@@ -30,9 +30,6 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
-#: What a run folder may hold besides its config.json (all written by tern-jax).
-_PLOT_WHAT = "a plot (tern-jax plot)"
 
 
 class UsageError(ValueError):
@@ -83,8 +80,9 @@ def _check_data_dir(config) -> None:
 
 def _check_plot_out(out) -> None:
     from tern_jax import fs
+    from tern_jax.report import PLOT_WHAT
 
-    fs.check_replaceable(Path(out).expanduser(), fs.owned_file, _PLOT_WHAT)
+    fs.check_replaceable(Path(out).expanduser(), fs.owned_file, PLOT_WHAT)
 
 
 def _needs_matplotlib() -> None:
@@ -117,7 +115,7 @@ def _train_checked(args, config, run, main: bool = True) -> int:
         _check_plot_out(Path(args.workdir) / "curves.png")
     run(config, args.workdir, resume=args.resume)
     if args.plot and main:
-        from tern_jax.train.metrics import plot_runs
+        from tern_jax.report import plot_runs
 
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
         print(f"curves written to {out}")
@@ -134,23 +132,68 @@ def _quickstart(args) -> int:
         print(f"{workdir} holds an earlier quickstart run; continuing it (delete it to start over)")
     train_and_evaluate(quickstart_config(), workdir, resume=resume)
     print(f"\nrun files in {workdir}/: config.json, metrics.jsonl, results.json, checkpoints/")
+    packed = workdir / "tern_packed"  # an earlier run's export is replaced only when asked
+    overwrite = " --overwrite" if packed.exists() else ""
     print(f"next: tern-jax export --workdir {workdir} --model tern/seed0 --out "
-          f"{workdir}/tern_packed && tern-jax plot {workdir} --out {workdir}/curves.png")
+          f"{packed}{overwrite} && tern-jax plot {workdir} --out {workdir}/curves.png")
     return 0
 
 
 def _eval(args) -> int:
     from tern_jax.train import Trainer, restore_run
+    from tern_jax.train.metrics import loss_name
 
     _check_run_workdir(args.workdir)
+    if (args.packed is None) != (args.model is None):
+        raise UsageError("--packed and --model go together: --model names the run's model "
+                         "whose export --packed holds, e.g. --model tern/seed0")
     restored = restore_run(args.workdir, args.epoch)
     trainer = Trainer(restored.config)
-    result = trainer.evaluate(trainer.place(restored.state))
-    print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test images")
-    for i, name in enumerate(trainer.names):
-        print(f"  {name:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
-              f"loss {result['test_loss'][i]:.4f}  zeros {100 * result['zero_fraction'][i]:.1f}%")
+    state, shown = restored.state, range(len(trainer.names))
+    if args.packed is not None:  # that model's weights replaced by its export's
+        slot, i = _pick_model(restored, args.model, args.workdir)
+        state, shown = _with_packed(state, i, _load_packed(args.packed, restored, slot)), [i]
+    result = trainer.evaluate(trainer.place(state))
+    print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test "
+          "examples" + (f", {args.model} from {args.packed}" if args.packed else ""))
+    loss = loss_name(restored.config)
+    for i in shown:
+        print(f"  {trainer.names[i]:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
+              f"{loss} {result['test_loss'][i]:.4f}  zeros "
+              f"{100 * result['zero_fraction'][i]:.1f}%")
     return 0
+
+
+def _load_packed(path, restored, slot) -> dict:
+    """A packed export (tern-jax export) of ``slot`` of the run; another model's is refused."""
+    import tern_jax
+    from tern_jax.checkpoint import read_origin
+
+    origin = read_origin(path) or {}  # an export written before origins: nothing to compare
+    held = (origin.get("model"), origin.get("variant"), origin.get("seed"))
+    wanted = (restored.config.model, slot.variant, slot.seed)
+    if origin.get("model") is not None and held != wanted:
+        raise UsageError(
+            f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
+            f"{wanted[0]}; pass the export of {slot} (tern-jax export --model {slot})")
+    return tern_jax.load_ternary(path)
+
+
+def _with_packed(state, i: int, packed: dict):
+    """``state`` with model ``i``'s weights (and statistics) replaced by a loaded export."""
+    import jax
+    import jax.numpy as jnp
+
+    from tern_jax.integrity import check_shapes, tree_shapes
+
+    def put(stacked, loaded, what):
+        check_shapes(tree_shapes(jax.tree.map(lambda a: a[i], stacked)), tree_shapes(loaded),
+                     what)
+        return jax.tree.map(lambda a, b: a.at[i].set(jnp.asarray(b, a.dtype)), stacked, loaded)
+
+    params = put(state.params, packed.get("params", {}), "the packed checkpoint")
+    stats = put(state.batch_stats, packed.get("batch_stats", {}), "the packed checkpoint")
+    return state.replace(params=params, batch_stats=stats)
 
 
 def _export(args) -> int:
@@ -186,8 +229,10 @@ def _export(args) -> int:
     stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
+    origin = {"model": restored.config.model, "variant": slot.variant, "seed": slot.seed,
+              "run": restored.config.name, "epoch": restored.epoch}
     path = tern_jax.save_ternary(args.out, tree, scoped, overwrite=args.overwrite,
-                                 unused="ignore")
+                                 unused="ignore", origin=origin)
     summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     print(summary)
@@ -233,7 +278,7 @@ def _sample(args) -> int:
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = variant_rules(slot.variant, config.model)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
-        params = tern_jax.load_ternary(args.packed)["params"]
+        params = _load_packed(args.packed, restored, slot)["params"]
     else:  # the run's latent weights, ternarized by the variant's rules
         params = jax.tree.map(lambda a: a[i], restored.state.params)
         if rules is not None:
@@ -269,7 +314,7 @@ def _summary(args) -> int:
 
 
 def _plot(args) -> int:
-    from tern_jax.train.metrics import plot_runs
+    from tern_jax.report import plot_runs
 
     _needs_matplotlib()
     for run in args.runs:
@@ -292,7 +337,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0])
+    # the module docstring is RST; the terminal shows it without the ``literal`` markup
+    parser = _Parser(prog="tern-jax", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     common = argparse.ArgumentParser(add_help=False)
@@ -330,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", help="evaluate a run's checkpoint on the test set")
     p.add_argument("--workdir", required=True)
     p.add_argument("--epoch", type=_positive_int, default=None)
+    p.add_argument("--model", default=None, help="with --packed: the model it replaces")
+    p.add_argument("--packed", default=None,
+                   help="evaluate this packed checkpoint (tern-jax export) of --model")
     p.set_defaults(fn=_eval)
 
     p = add("export", help="write one model as a packed ternary checkpoint")

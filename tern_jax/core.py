@@ -196,7 +196,15 @@ def resolve_thresholds(
     else:
         base = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
         _check_threshold_values(base, method)
-        resolved = _check_threshold_values(_multiples(base, t_ex or 1), method)
+        multiples = _multiples(base, t_ex or 1)
+        if multiples[-1] >= 1.0:  # name the value given, not the derived δ_k
+            given = f"the default threshold {base}" if threshold is None else f"threshold={base}"
+            raise ValueError(
+                f"{given} with t_ex={t_ex} is too large: branch k uses k·threshold, so branch "
+                f"{t_ex} would need {multiples[-1]:g}, and every threshold must lie in (0, 1); "
+                f"give threshold below {1 / t_ex:.4g}, fewer branches, or thresholds= explicitly"
+            )
+        resolved = _check_threshold_values(multiples, method)
     if method != "paper" and len(resolved) > 1:
         raise ValueError(
             f"residual expansion ({len(resolved)} thresholds) is defined for method='paper' "

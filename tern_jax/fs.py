@@ -4,7 +4,8 @@ Every place that writes a file a user might care about goes through here:
 
 * :func:`write_text_atomic` / :func:`write_bytes_atomic`: a temporary sibling, synced, then
   renamed over the target, so a crash leaves the old file or the new one, never a torn one
-  (and never a stray temporary file when the write fails).
+  (and never a stray temporary file when the write fails); the file gets the permissions a
+  plain ``open`` would give it.
 * :func:`check_replaceable`: before replacing or deleting ``path``, ask a predicate whether
   tern_jax wrote it (its own metadata, never a guess from the name); anything else is refused
   with :class:`NotOwnedError`, naming the path, before a byte is touched.
@@ -83,6 +84,10 @@ def write_bytes_atomic(path, data: bytes) -> None:
         raise type(e)(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file 0600; give it the mode open() gives a new file (0666 less
+            # the umask), so every file of a run folder has the same permissions
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _new_file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -92,6 +97,13 @@ def write_bytes_atomic(path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file: 0666 less the process umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -73,7 +73,8 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
     """A copy of ``model`` holding ``params`` (a pure dict or ``nnx.State`` of its weights).
 
     Raises ``ValueError`` naming the first parameter that is missing, unexpected or of another
-    shape, so weights of a different model never load silently.
+    shape, and ``TypeError`` for one of another dtype than the model's (integer weights would
+    otherwise be cast silently), so weights of a different model never load silently.
     """
     _check_module(model, "with_params")
     if isinstance(params, nnx.State):
@@ -90,11 +91,27 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
     expected, given = shapes(nnx.to_pure_dict(state)), shapes(params)
     for path in sorted(expected.keys() | given.keys()):
         if path not in given:
-            raise ValueError(f"with_params: parameter {path!r} is missing from params")
+            hint = ("; params hold a checkpoint's whole tree: pass its ['params']"
+                    if set(params) & {"params", "batch_stats"} == set(params) else "")
+            raise ValueError(f"with_params: parameter {path!r} is missing from params{hint}")
         if path not in expected:
             raise ValueError(f"with_params: params hold {path!r}, which the model does not have")
         if expected[path] != given[path]:
             raise ValueError(f"with_params: parameter {path!r} has shape {given[path]}, the "
                              f"model expects {expected[path]}")
+    _check_dtypes(nnx.to_pure_dict(state), params)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state, rest)
+
+
+def _check_dtypes(expected, given) -> None:
+    """Every given weight has the model's dtype: no silent cast (int -> 0, f32 -> bf16, ...)."""
+    wanted = {path_to_str(p): np.dtype(leaf.dtype)
+              for p, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    for p, leaf in jax.tree_util.tree_flatten_with_path(given)[0]:
+        path = path_to_str(p)
+        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if dtype != wanted[path]:
+            raise TypeError(f"with_params: parameter {path!r} has dtype {dtype}, the model's is "
+                            f"{wanted[path]}; cast the weights first, e.g. jax.tree.map(lambda a: "
+                            f"a.astype({str(wanted[path])!r}), params)")

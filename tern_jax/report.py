@@ -11,8 +11,12 @@ two-stage run (full precision, then ternary fine-tuned from it) keeps its epochs
     runs = report.load_runs("experiments/results")
     print(report.compare_table(runs))       # Markdown, beside the paper's CIFAR-10 numbers
     report.plot_curves(runs)                # test accuracy per epoch, fp solid, ternary dashed
+    report.plot_grid(runs)                  # one panel per run (notebook 4)
+    report.plot_runs(["runs/a"], "curves.png")  # accuracy and loss panels (tern-jax plot)
 
-Accuracies are final-epoch figures (never the best epoch) in percent.
+This is the one reader of run folders: the command line's ``plot``, the notebooks and
+``experiments/collect.py`` all read through it. Accuracies are final-epoch figures (never the
+best epoch) in percent; a language model's losses are bits per byte.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from tern_jax.train.config import FULL_PRECISION, is_language_model
 from tern_jax.train.metrics import read
+from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
 
-__all__ = ["PAPER_CIFAR10", "Stage", "Run", "Curve", "load_runs", "curves", "final_accuracy",
-           "compare_table", "plot_curves"]
+__all__ = ["PAPER_CIFAR10", "RUN_FILES", "STAGES", "Stage", "Run", "Curve", "load_run", "load_runs",
+           "curves", "final_accuracy", "compare_table", "plot_curves", "plot_grid",
+           "plot_runs", "runs_figure"]
 
 #: He, Gong & Fan (WACV 2019), CIFAR-10 top-1 test accuracy in percent: full precision
 #: (``fp``), every layer ternarized (``tern``, t_ex = 1), and TTQ (Zhu et al. 2017) as the
@@ -35,10 +42,6 @@ PAPER_CIFAR10 = {
     "resnet44": {"fp": 92.47, "tern": 92.71, "ttq": 92.98},
     "resnet56": {"fp": 92.68, "tern": 92.86, "ttq": 93.56},
 }
-
-_STAGES = ("pretrain", "finetune")
-_FULL_PRECISION = "fp"
-
 
 class Stage(NamedTuple):
     """One training program of a run: its folder, config and per-epoch records."""
@@ -66,6 +69,11 @@ class Run(NamedTuple):
     def dataset(self) -> str | None:
         return self.results.get("dataset") or self.config.get("dataset")
 
+    @property
+    def is_language_model(self) -> bool:
+        """A language model's run: its losses are bits per byte, its accuracy next-byte."""
+        return is_language_model(self.model)
+
 
 class Curve(NamedTuple):
     """One model's training curve; a two-stage run's stages as one timeline."""
@@ -76,6 +84,7 @@ class Curve(NamedTuple):
     epochs: list     # epoch numbers, continuing across stages
     test_acc: list   # percent, None for epochs without evaluation
     train_loss: list
+    test_loss: list  # None for epochs without evaluation (bits per byte for a language model)
 
 
 def _read_json(path: Path) -> dict:
@@ -90,21 +99,45 @@ def _read_json(path: Path) -> dict:
 
 
 def _stage(name: str, path: Path) -> Stage:
-    return Stage(name, path, _read_json(path / "config.json"), read(path / "metrics.jsonl"))
+    folder = RunFolder(path)
+    return Stage(name, path, _read_json(folder.config_file), read(folder.metrics_file))
 
 
-def _is_stage_pair(path: Path) -> bool:
-    return all((path / s / "metrics.jsonl").exists() for s in _STAGES)
+def _stage_paths(path: Path) -> list[Path] | None:
+    """The metric folders of the run at ``path`` (itself, or its stages in order), or None."""
+    if RunFolder(path).metrics_file.exists():
+        return [path]
+    stages = [path / s for s in STAGES]
+    if all(RunFolder(s).metrics_file.exists() for s in stages):
+        return stages
+    return None
 
 
 def _load_run(root: Path, path: Path) -> Run:
-    if (path / "metrics.jsonl").exists():
-        stages = (_stage("", path),)
-    else:
-        stages = tuple(_stage(s, path / s) for s in _STAGES)
+    parts = _stage_paths(path)
+    stages = ((_stage("", path),) if parts == [path]
+              else tuple(_stage(p.name, p) for p in parts))
+    folder = RunFolder(path)
     name = path.relative_to(root).as_posix() if path != root else path.name
-    return Run(name, path, _read_json(path / "config.json"), _read_json(path / "results.json"),
+    return Run(name, path, _read_json(folder.config_file), _read_json(folder.results_file),
                stages)
+
+
+def load_run(path) -> Run:
+    """The run folder ``path`` itself (one stage, or ``pretrain/`` and ``finetune/``).
+
+    Raises ``FileNotFoundError`` naming the folder when it is not a run folder (no
+    ``metrics.jsonl``, nor one in each stage).
+    """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"load_run: path must be a run folder (str or Path), got "
+                        f"{type(path).__name__}")
+    path = Path(path).absolute()
+    if _stage_paths(path) is None:
+        raise FileNotFoundError(
+            f"{path} is not a run folder: it has no {RunFolder(path).metrics_file.name} (nor "
+            f"{' and '.join(STAGES)} stages holding one); give the --workdir of a training run")
+    return _load_run(path.parent, path)
 
 
 def load_runs(root) -> list[Run]:
@@ -128,7 +161,7 @@ def load_runs(root) -> list[Run]:
     runs, pending = [], [root]
     while pending:
         path = pending.pop()
-        if (path / "metrics.jsonl").exists() or _is_stage_pair(path):
+        if _stage_paths(path) is not None:
             runs.append(_load_run(root, path))
             continue  # a run's own subfolders are its stages, not runs
         pending.extend(p for p in path.iterdir() if p.is_dir())
@@ -161,11 +194,12 @@ def curves(runs) -> list[Curve]:
             for record in stage.records:
                 for m in record.get("models", []):
                     c = by_model.setdefault(m["name"], Curve(run.name, m["name"], m["variant"],
-                                                              [], [], []))
+                                                              [], [], [], []))
                     c.epochs.append(offset + int(record["epoch"]))
                     acc = m.get("test_acc")
                     c.test_acc.append(None if acc is None else 100.0 * acc)
                     c.train_loss.append(m.get("train_loss"))
+                    c.test_loss.append(m.get("test_loss") if acc is not None else None)
             offset += int(stage.records[-1]["epoch"])
         out.extend(by_model.values())
     return out
@@ -191,7 +225,7 @@ def final_accuracy(run: Run) -> dict[str, float]:
 def _epochs(run: Run) -> str:
     stages = run.results.get("stages")
     if stages:
-        return "+".join(str(stages[s]) for s in _STAGES if s in stages)
+        return "+".join(str(stages[s]) for s in STAGES if s in stages)
     if run.results.get("epochs"):
         return str(run.results["epochs"])
     return str(max((r["epoch"] for s in run.stages for r in s.records), default=0))
@@ -228,17 +262,30 @@ def compare_table(runs, paper: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+_METRICS = ("test_acc", "test_loss", "train_loss")
+
+
+def _axis_label(metric: str, runs) -> str:
+    if metric == "test_acc":
+        return "test accuracy (%)"
+    which = "test" if metric == "test_loss" else "train"
+    if runs and all(r.is_language_model for r in runs):
+        return f"{which} bits per byte"
+    return f"{which} loss"
+
+
 def plot_curves(runs, ax=None, *, metric: str = "test_acc"):
     """Draws every model's curve of ``runs`` on ``ax`` (a new figure if ``None``).
 
     One colour per variant (the same in every call, so panels compare), full precision solid
     and ternary variants dashed; labels name the run only when several are drawn. ``metric`` is
-    ``"test_acc"`` (percent, epochs without evaluation skipped) or ``"train_loss"``. Returns
-    the matplotlib ``Axes``. Needs matplotlib (``pip install 'tern_jax[plot]'``).
+    ``"test_acc"`` (percent), ``"test_loss"`` (bits per byte for a language model; both skip
+    epochs without evaluation) or ``"train_loss"``. Returns the matplotlib ``Axes``. Needs
+    matplotlib (``pip install 'tern_jax[plot]'``).
     """
-    if metric not in ("test_acc", "train_loss"):
-        raise ValueError(f"plot_curves: metric must be 'test_acc' or 'train_loss', got "
-                         f"{metric!r}")
+    if metric not in _METRICS:
+        raise ValueError(f"plot_curves: metric must be one of {', '.join(map(repr, _METRICS))}"
+                         f", got {metric!r}")
     runs = _check_runs(runs, "plot_curves")
     import matplotlib.pyplot as plt  # only plotting needs matplotlib
 
@@ -249,16 +296,104 @@ def plot_curves(runs, ax=None, *, metric: str = "test_acc"):
         points = [(e, y) for e, y in zip(c.epochs, getattr(c, metric)) if y is not None]
         if not points:
             continue
-        style = "-" if c.variant == _FULL_PRECISION else "--"
+        style = "-" if c.variant == FULL_PRECISION else "--"
         label = c.model if len(runs) == 1 else f"{c.run}: {c.model}"
         ax.plot(*zip(*points), style, color=_colour(c.variant), marker=".", linewidth=1.2,
                 label=label)
         drawn += 1
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)" if metric == "test_acc" else "train loss")
+    ax.set(xlabel="epoch", ylabel=_axis_label(metric, runs))
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)
     return ax
+
+
+def _panel_metric(run: Run) -> str:
+    """What a run's panel shows: bits per byte for a language model, else test accuracy, or
+    the training loss when fewer than two epochs were evaluated."""
+    if run.is_language_model:
+        return "test_loss"
+    evaluated = max((sum(a is not None for a in c.test_acc) for c in curves(run)), default=0)
+    return "test_acc" if evaluated >= 2 else "train_loss"
+
+
+def plot_grid(runs, *, cols: int = 4):
+    """One panel per run (every run of ``runs``), ``cols`` panels a row; returns the Figure.
+
+    Each panel shows :func:`_panel_metric`'s figure: a language model's validation bits per
+    byte, else test accuracy (or the training loss of a run evaluated at fewer than two
+    epochs).
+    """
+    runs = _check_runs(runs, "plot_grid")
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(cols, len(runs)))
+    rows = max(1, -(-len(runs) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+    for ax, run in zip(axes.ravel(), runs):
+        metric = _panel_metric(run)
+        plot_curves(run, ax, metric=metric)
+        ax.set_title(f"{run.name} ({_axis_label(metric, [run]).replace(' (%)', '')})",
+                     fontsize=8)
+        ax.set_ylabel("")
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(runs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def runs_figure(runs, *, title: str | None = None):
+    """The figure of ``tern-jax plot``: test accuracy (a language model's: validation bits per
+    byte) and train loss per epoch of every model of ``runs``, side by side."""
+    runs = _check_runs(runs, "runs_figure")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_test, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    lm = bool(runs) and all(r.is_language_model for r in runs)
+    plot_curves(runs, ax_test, metric="test_loss" if lm else "test_acc")
+    plot_curves(runs, ax_loss, metric="train_loss")
+    ax_test.set(title=ax_test.get_ylabel().removesuffix(" (%)"))
+    ax_loss.set(title=ax_loss.get_ylabel(), yscale="linear" if lm else "log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+#: What :func:`plot_runs` writes into a user's folder (replaced only while it is ours).
+PLOT_WHAT = "a plot (tern-jax plot)"
+
+
+def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
+    """:func:`runs_figure` of the run folders ``run_dirs``, written to ``out_png``.
+
+    A two-stage run (``pretrain/`` then ``finetune/``) is drawn as one timeline: the
+    fine-tuning epochs continue after the full-precision ones. The PNG replaces only a plot
+    tern_jax wrote there before (never a user's file).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tern_jax import fs
+
+    runs = [load_run(d) for d in run_dirs]
+    for run in runs:
+        if not any(s.records for s in run.stages):
+            raise ValueError(f"{run.path} has no {RunFolder(run.path).metrics_file.name} "
+                             "records to plot")
+    fig = runs_figure(runs, title=title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fs.write_owned_bytes(out_png, buffer.getvalue(), what=PLOT_WHAT)
+    return out_png
 
 
 _VARIANT_COLOURS = {"fp": "C0", "tern": "C3", "tern_pc": "C1", "twn": "C2", "absmean": "C4"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -94,6 +94,13 @@ class Rule:
         except TypeError as e:
             raise TypeError(f"Rule({self.pattern!r}): {e}") from None
         if self.method is None:
+            unused = [f"{name}={getattr(self, name)!r}" for name, default in (
+                ("threshold", None), ("thresholds", None), ("t_ex", 1), ("axis", None))
+                if getattr(self, name) != default]
+            if unused:
+                raise ValueError(f"Rule({self.pattern!r}, method=None) keeps its weights in full "
+                                 f"precision, so {', '.join(unused)} would be ignored; drop "
+                                 "them, or give a method such as 'paper'")
             return
         if not isinstance(self.method, str) or self.method not in core.METHODS:
             raise ValueError(
@@ -179,16 +186,42 @@ def _eligible(leaf) -> bool:
     )
 
 
+def _check_axis_fits(rule: Rule, path: str, leaf) -> None:
+    """The rule's channel ``axis`` names axes of this leaf (checked before any tracing)."""
+    try:
+        core.normalize_axis(rule.axis, leaf.ndim)
+    except ValueError as e:
+        raise ValueError(
+            f"Rule({rule.pattern!r}, axis={rule.axis!r}) matches parameter {path!r} of shape "
+            f"{tuple(leaf.shape)}, which this axis does not fit ({str(e).split(';')[0]}); give "
+            f"that parameter its own rule before this one, e.g. Rule({path!r}, axis=-1), or "
+            "narrow the pattern"
+        ) from None
+
+
 def _normalize_rules(rules) -> tuple[Rule, ...]:
     if rules is None:
         return DEFAULT_RULES
     if isinstance(rules, Rule):
         return (rules,)
+    if isinstance(rules, Mapping):  # iterating it would give its names, not rules
+        names = list(rules)
+        pick = next((k for k, v in rules.items() if v), names[0] if names else "tern")
+        raise TypeError(
+            f"rules must be a Rule or a sequence of Rules, got a {type(rules).__name__} with keys "
+            f"{names[:8]}{' ...' if len(names) > 8 else ''}: you passed a dict of presets; pick "
+            f"one, e.g. rules[{pick!r}]")
     if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
         raise TypeError(f"rules must be a Rule or a sequence of Rules, got "
                         f"{type(rules).__name__}: {rules!r}")
     rules = tuple(rules)
     for r in rules:
+        if isinstance(r, (tuple, list)) and all(isinstance(x, Rule) for x in r):
+            raise TypeError(f"rules hold a nested sequence of Rules ({type(r).__name__} of "
+                            f"{len(r)}); flatten it, e.g. (*first_rules, *more_rules)")
+        if isinstance(r, str):
+            raise TypeError(f"rules must be tern_jax.Rule objects, got the str {r!r}; wrap the "
+                            f"pattern: tern_jax.Rule({r!r})")
         if not isinstance(r, Rule):
             raise TypeError(f"rules must be tern_jax.Rule objects, got {type(r).__name__}: {r!r}")
     return rules
@@ -245,6 +278,8 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
                         f"Rule({path!r}, None) before it"
                     )
                 continue  # a non-strict rule passes over it; later rules may still match
+            if rule.method is not None and rule.axis is not None:
+                _check_axis_fits(rule, path, leaf)
             chosen = rule
             used[i] = True
             break
@@ -294,6 +329,8 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
     traced, so a jitted train step can ramp it from 0 to 1 as a threshold warm-up without
     recompiling). ``None`` (the default) is the rules' own thresholds.
     """
+    if not isinstance(stacked, bool):
+        raise TypeError(f"stacked must be True or False, got {stacked!r}")
     matches, treedef = match_params(params, rules, unused=unused)
     out = []
     for m in matches:

@@ -138,12 +138,17 @@ class Summary:
         )
         out = [line(head), line(["-" * w for w in widths])]
         out += [line(row) for row in rows]
+        if not self.ternary:  # no ternary tensor: no ratio, zeros or adds to speak of
+            out.append(f"0 of {len(self.layers)} tensors ternarized: every weight in full "
+                       f"precision; {self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B stored "
+                       f"({self.compression:.1f}x)")
+            return "\n".join(out)
         out.append(
             f"{len(self.ternary)} of {len(self.layers)} tensors ternarized, "
             f"{self.ternary_params:,} of {self.total_params:,} parameters; "
             f"{self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B packed "
-            f"({self.compression:.1f}x overall, {self.ternary_compression:.1f}x on ternary "
-            f"tensors); zeros {self.zero_fraction:.1%}; "
+            f"({self.compression:.1f}x overall, "
+            f"{self.ternary_compression:.1f}x on ternary tensors); zeros {self.zero_fraction:.1%}; "
             f"{self.adds_per_position:,} adds vs {self.macs_per_position:,} MACs per position"
         )
         return "\n".join(out)

@@ -1,7 +1,8 @@
 """The command line: every wrong flag, ``--set`` field or path ends with exit status 2 and one
 line on stderr (no traceback unless ``--debug``), and nothing it did not write is replaced.
 
-Each call here fails in its argument checks, before any model is built or trained.
+The bad calls fail in their argument checks, before any model is built or trained; the
+quickstart test at the end trains one epoch on 128 digits to run the commands it prints.
 """
 
 import json
@@ -164,3 +165,67 @@ def test_plot_replaces_only_its_own_plot(tmp, capsys):
     status, err = _run(capsys, "plot", str(tmp / "run"), "--out", str(out))
     assert status == 2 and "did not write as a plot" in err
     assert out.read_bytes() == b"edited by the user"
+
+
+def test_help_shows_plain_text_not_rst_markup(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Command line: tern-jax (or python -m tern_jax)." in out
+    assert "``" not in out
+
+
+@pytest.fixture
+def one_epoch_quickstart(monkeypatch):
+    """``tern-jax quickstart`` trains 1 epoch on 128 digits (its checks and printing unchanged)."""
+    import dataclasses
+
+    import tern_jax.train
+
+    tiny = dataclasses.replace(quickstart_config(), epochs=1, train_subset=128)
+    monkeypatch.setattr(tern_jax.train, "quickstart_config", lambda: tiny)
+
+
+def _next_commands(out: str) -> list[list[str]]:
+    """The commands of the quickstart's ``next:`` line, as argv lists after ``tern-jax``."""
+    line = next(line for line in out.splitlines() if line.startswith("next: "))
+    return [c.split()[1:] for c in line.removeprefix("next: ").split(" && ")]
+
+
+def test_the_next_commands_quickstart_prints_run_as_printed_also_after_a_rerun(
+        tmp_path, capsys, one_epoch_quickstart):
+    workdir = tmp_path / "quick"
+    for attempt in ("first run", "rerun after the printed commands ran"):
+        assert cli.main(["quickstart", "--workdir", str(workdir)]) == 0, attempt
+        captured = capsys.readouterr()
+        assert "\r" not in captured.out + captured.err  # no progress bar in a redirected log
+        assert "epoch" in captured.out + captured.err  # the epoch lines are still written
+        for argv in _next_commands(captured.out):
+            status = cli.main(argv)
+            assert status == 0, (attempt, argv, capsys.readouterr().err)
+        assert (workdir / "tern_packed").exists() and (workdir / "curves.png").exists()
+
+
+def test_a_two_stage_recipe_announces_the_epochs_it_will_train(tmp_path, capsys, monkeypatch):
+    """``--set epochs=1`` on the default CIFAR recipe: the line states both stages' real epochs."""
+    from pathlib import Path
+
+    from tern_jax.train import load_config, override, stages
+
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def record(config, workdir, **kwargs):  # stands in for training stage 1
+        trained.append(config)
+        raise Stop
+
+    monkeypatch.setattr(stages, "train_and_evaluate", record)
+    path = str(Path(__file__).parent.parent / "experiments" / "configs" / "cifar10_resnet20.py")
+    cli.main(["train", "--config", path, "--workdir", str(tmp_path / "w"), "--set", "epochs=1"])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "two stages" in ln)
+    pretrain, finetune = stages.stage_configs(override(load_config(path), ["epochs=1"]),
+                                              tmp_path / "w")
+    assert trained == [pretrain] and (pretrain.epochs, finetune.epochs) == (1, 80)
+    assert "two stages, 1 epoch full precision (epochs), then 80 epochs fine-tuning" in line
+    assert "(finetune_epochs): 81 epochs in all" in line

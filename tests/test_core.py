@@ -67,7 +67,7 @@ def test_all_zero_tensor_gives_zeros_not_nan():
         out = tern_jax.ternarize(jnp.zeros((3, 4)), axis=-1, method=method)
         np.testing.assert_array_equal(np.asarray(out), 0.0)
     g = jax.grad(lambda w: jnp.sum(tern_jax.ternarize(w)))(jnp.zeros((3, 3)))
-    assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_array_equal(np.asarray(g), np.ones((3, 3)))  # 1 · [|0| < 1], no NaN
 
 
 def test_zero_channel_gives_zero_channel_per_channel():
@@ -161,8 +161,12 @@ def test_works_under_jit_vmap_and_grad():
     batched = jax.jit(jax.vmap(tern_jax.ternarize))(ws)
     for i in range(3):
         np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(tern_jax.ternarize(ws[i])))
+    ws = ws.at[0, 0, :2].set(jnp.array([1.5, -1.0]))  # |W| >= 1: the gate shuts
     g = jax.jit(jax.grad(lambda w: jnp.sum(jax.vmap(tern_jax.ternarize)(w) ** 2)))(ws)
-    assert g.shape == ws.shape and np.all(np.isfinite(np.asarray(g)))
+    # the exact straight-through gradient: ∂(Σ Ŵ²)/∂Ŵ = 2·Ŵ, gated by [|W| < 1], model by model
+    expected = [2 * np.asarray(tern_jax.ternarize(w)) * (np.abs(np.asarray(w)) < 1) for w in ws]
+    np.testing.assert_allclose(np.asarray(g), np.stack(expected), rtol=1e-6)
+    assert np.all(np.asarray(g)[0, 0, :2] == 0) and np.count_nonzero(np.asarray(g)) > 48
 
 
 @pytest.mark.parametrize("thresholds,message", [

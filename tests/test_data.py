@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.cifar import write_cifar_batches
 
 from tern_jax.data import (
     CIFAR10_MEAN,
@@ -28,14 +29,17 @@ from tern_jax.data import (
     load_dataset,
     load_digits,
     normalize,
-    prefetch_to_device,
     random_crop_flip,
     subset,
     train_transform,
-    write_cifar_batches,
 )
 from tern_jax.data import cifar10 as cifar_mod
-from tern_jax.data.imagenet import center_crop_box, normalize_batch, random_resized_crop_box
+from tern_jax.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop_box,
+    random_resized_crop_box,
+)
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -191,32 +195,6 @@ def test_download_cifar10_from_local_archive(tmp_path: Path) -> None:
 
 def _bytes_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def test_write_cifar_batches_never_replaces_a_users_batch_file(tmp_path: Path) -> None:
-    # A real CIFAR-10 folder (not written by tern_jax) must survive a stray test-data write.
-    real = tmp_path / "cifar-10-batches-py"
-    real.mkdir()
-    (real / "data_batch_1").write_bytes(b"the real 30 MB batch")
-    (real / "readme.html").write_text("<p>CIFAR-10</p>")
-    before = _bytes_of(real)
-    images, labels = _fake_cifar(12)
-    with pytest.raises(FileExistsError, match=r"data_batch_1 is an existing file that tern_jax "
-                       "did not write"):
-        write_cifar_batches(real, images, labels)
-    assert _bytes_of(real) == before
-
-
-def test_write_cifar_batches_rewrites_its_own_folder(tmp_path: Path) -> None:
-    images, labels = _fake_cifar(12)
-    folder = write_cifar_batches(tmp_path / "c", images, labels)
-    write_cifar_batches(folder, images[::-1].copy(), labels[::-1].copy())
-    np.testing.assert_array_equal(load_cifar10(folder).train_images, images[::-1][:10])
-    # a batch the user edited since is no longer ours
-    (folder / "test_batch").write_bytes(b"edited")
-    with pytest.raises(FileExistsError, match="test_batch"):
-        write_cifar_batches(folder, images, labels)
-    assert (folder / "test_batch").read_bytes() == b"edited"
 
 
 def test_missing_data_message_says_what_the_folder_holds(tmp_path: Path,
@@ -461,9 +439,9 @@ def test_imagenet_eval_transform_center_crop_geometry() -> None:
     assert out.shape == (224, 224, 3)
 
 
-def test_normalize_batch() -> None:
+def test_normalize_a_host_batch_with_the_imagenet_statistics() -> None:
     batch = np.full((2, 4, 4, 3), 255, np.uint8)
-    out = normalize_batch(batch)
+    out = normalize(batch, IMAGENET_MEAN, IMAGENET_STD)
     assert out.dtype == np.float32
     expected = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(out[0, 0, 0], expected, rtol=1e-5)
@@ -506,13 +484,3 @@ def test_imagenet_batches_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
         imagenet_batches("validation", 4, train=False, shard_index=1, num_shards=2)
 
 
-def test_prefetch_to_device() -> None:
-    batches = [(np.full((2, 3), i, np.float32), np.array([i, i])) for i in range(5)]
-    out = list(prefetch_to_device(iter(batches), size=2))
-    assert len(out) == 5
-    assert isinstance(out[0][0], jax.Array)
-    for i, (x, y) in enumerate(out):
-        np.testing.assert_array_equal(np.asarray(x), batches[i][0])
-        np.testing.assert_array_equal(np.asarray(y), batches[i][1])
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    assert len(list(prefetch_to_device(batches, size=3, sharding=sharding))) == 5

@@ -63,3 +63,21 @@ def test_check_replaceable_refuses_symlinks_and_allows_absent_paths(tmp_path):
         fs.check_replaceable(tmp_path / "link", lambda p: True, "a thing")
     assert fs.check_replaceable(tmp_path / "absent", lambda p: False, "a thing") is False
     assert fs.check_replaceable(tmp_path / "real", lambda p: True, "a thing") is True
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """config.json and results.json (atomic) match metrics.jsonl (appended with open)."""
+    from tern_jax.train import metrics
+
+    old = os.umask(0o022)
+    try:
+        fs.write_text_atomic(tmp_path / "config.json", "{}")
+        fs.write_bytes_atomic(tmp_path / "results.json", b"{}")
+        metrics.append(tmp_path / "metrics.jsonl", {"epoch": 1})
+        os.umask(0o077)
+        fs.write_text_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"config.json": 0o644, "results.json": 0o644, "metrics.jsonl": 0o644,
+                     "private.json": 0o600}

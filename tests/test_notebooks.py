@@ -40,9 +40,37 @@ def kernel_name(tmp_path_factory, request):
     return KERNEL
 
 
-def execute(path: Path, kernel_name: str, timeout: int = 600):
-    """Runs every cell of ``path`` in a fresh kernel; a failing cell fails the test."""
+# Run first in the kernel: records every file the notebook opens outside the repository but
+# beside it (as ../shared would be), which a user's checkout does not have.
+AUDIT = """\
+import os as _os, sys as _sys
+from pathlib import Path as _Path
+_repo = _Path.cwd().resolve().parent
+_outside = []
+def _audit(event, args, _repo=_repo, _outside=_outside):
+    if event not in ("open", "os.listdir", "os.scandir") or not args or isinstance(args[0], int):
+        return
+    try:
+        p = _Path(_os.fsdecode(_os.fspath(args[0]))).resolve()
+    except (TypeError, ValueError, OSError):
+        return
+    if p.is_relative_to(_repo.parent) and not p.is_relative_to(_repo):
+        _outside.append(str(p))
+_sys.addaudithook(_audit)
+"""
+
+
+def execute(path: Path, kernel_name: str, timeout: int = 600, audit: bool = False):
+    """Runs every cell of ``path`` in a fresh kernel; a failing cell fails the test.
+
+    With ``audit`` a first cell records the files opened outside the repository and a last
+    cell prints them as JSON (the last cell's output).
+    """
     notebook = nbformat.read(path, as_version=4)
+    if audit:
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(AUDIT))
+        notebook.cells.append(nbformat.v4.new_code_cell(
+            "import json as _json; print(_json.dumps(sorted(set(_outside))))"))
     client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name,
                                      resources={"metadata": {"path": str(path.parent)}})
     try:
@@ -52,8 +80,26 @@ def execute(path: Path, kernel_name: str, timeout: int = 600):
     return notebook
 
 
-def test_there_are_the_four_notebooks():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_"]
+def _readme_notebooks() -> dict[str, list[str]]:
+    """The notebooks the README's Notebooks section lists, each with the pictures under it."""
+    readme = (NOTEBOOKS_DIR.parent / "README.md").read_text()
+    section = readme.split("## Notebooks", 1)[1].split("\n## ", 1)[0]
+    listed = {}
+    for item in re.split(r"^\d+\. ", section, flags=re.M)[1:]:
+        name = re.match(r"\*\*`([\w.]+\.ipynb)`\*\*", item).group(1)
+        listed[name] = re.findall(r"\(docs/images/(\w+)\.png\)", item)
+    return listed
+
+
+def test_the_readme_lists_every_notebook_with_the_pictures_it_draws():
+    listed = _readme_notebooks()
+    assert sorted(listed) == [p.name for p in NOTEBOOKS]
+    for name, pictures in listed.items():
+        notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+        drawn = [c.metadata["figure"] for c in notebook.cells if c.metadata.get("figure")]
+        assert set(pictures) <= set(drawn), (name, pictures, drawn)
+        for picture in drawn:  # what docs/images/render.py writes from this notebook
+            assert (NOTEBOOKS_DIR.parent / "docs" / "images" / f"{picture}.png").is_file()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -66,15 +112,16 @@ def test_notebook_is_committed_small_and_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, (
                 f"{path.name} has outputs in cell:\n{cell.source[:200]}\n"
                 "clear them (Jupyter: Edit > Clear Outputs of All Cells) before committing")
-    assert "../shared" not in path.read_text(), f"{path.name} points outside the repository"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, kernel_name):
-    notebook = execute(path, kernel_name)
+def test_notebook_runs_top_to_bottom_reading_only_the_repository(path, kernel_name):
+    notebook = execute(path, kernel_name, audit=True)
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    outside = json.loads(code[-1].outputs[-1]["text"])
+    assert outside == [], f"{path.name} reads files a checkout does not have: {outside}"
 
 
 def test_a_failing_cell_fails_with_its_source_in_the_message(tmp_path, kernel_name):
@@ -90,3 +137,37 @@ def test_a_failing_cell_fails_with_its_source_in_the_message(tmp_path, kernel_na
     assert "broken.ipynb: a cell failed" in message
     assert "assert x == 2, 'x is not two'" in message
     assert "AssertionError" in message and "x is not two" in message
+
+
+def test_a_notebook_reading_beside_the_repository_is_caught(tmp_path, kernel_name):
+    (tmp_path / "shared.txt").write_text("not in a user's checkout")
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    path = tmp_path / "repo" / "notebooks" / "reads_outside.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("text = open('../../shared.txt').read()"),
+        nbformat.v4.new_code_cell("from pathlib import Path; Path('inside.txt').write_text('x')"),
+    ]), path)
+    notebook = execute(path, kernel_name, timeout=120, audit=True)
+    outside = json.loads(notebook.cells[-1].outputs[-1]["text"])
+    assert outside == [str((tmp_path / "shared.txt").resolve())]
+
+
+def test_rendering_an_unchanged_picture_leaves_its_file_untouched(tmp_path):
+    """docs/images/render.py on an unchanged tree changes no committed picture."""
+    import importlib.util
+
+    Image = pytest.importorskip("PIL.Image")
+    spec = importlib.util.spec_from_file_location(
+        "render", NOTEBOOKS_DIR.parent / "docs" / "images" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    committed = NOTEBOOKS_DIR.parent / "docs" / "images" / "expansion.png"
+    path = tmp_path / "expansion.png"
+    Image.open(committed).convert("RGB").save(path, compress_level=1)  # same pixels, other bytes
+    before = path.read_bytes()
+    assert render.write_picture(Image.open(committed), path) is False
+    assert path.read_bytes() == before
+    changed = Image.open(committed).convert("RGB")
+    changed.putpixel((0, 0), (255, 0, 0) if changed.getpixel((0, 0)) != (255, 0, 0) else (0, 0, 0))
+    assert render.write_picture(changed, path) is True
+    assert Image.open(path).convert("RGB").getpixel((0, 0)) == changed.getpixel((0, 0))

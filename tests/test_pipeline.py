@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("grain")
 
+from tern_jax.data.augment import normalize
 from tern_jax.data.imagenet import EvalTransform, TrainTransform, eval_transform, train_transform
 from tern_jax.data.pipeline import (
     ArraySource,
@@ -17,7 +18,6 @@ from tern_jax.data.pipeline import (
     batch_iterator,
     batch_plan,
     example_index,
-    normalize_images,
 )
 
 
@@ -167,8 +167,20 @@ def test_cifar_arrays_stream_normalized() -> None:
     np.testing.assert_allclose(out_images, (images[order] / 255.0 - mean) / std, rtol=1e-5,
                                atol=1e-5)
     assert out_images.dtype == np.float32
-    np.testing.assert_allclose(normalize_images(np.full((1, 1, 1, 3), 255, np.uint8), mean, std),
+    np.testing.assert_allclose(normalize(np.full((1, 1, 1, 3), 255, np.uint8), mean, std),
                                ((1 - np.array(mean)) / std)[None, None, None], rtol=1e-6)
+
+
+def test_host_and_device_normalize_give_the_same_numbers() -> None:
+    """One normalize: the streamed (NumPy, host) and in-memory (JAX, device) paths agree."""
+    import jax.numpy as jnp
+
+    images = np.random.default_rng(1).integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    host = normalize(images, mean, std)
+    device = normalize(jnp.asarray(images), mean, std)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float32
+    np.testing.assert_allclose(host, np.asarray(device), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_pipeline_arguments() -> None:

@@ -1,27 +1,78 @@
-"""The README's set-up commands are the ones CI and users run."""
+"""The README is true: its commands are the ones CI runs and the CLI accepts, its snippets run,
+and its figures are the ones the code computes."""
 
 import re
+import shlex
+from importlib import metadata
 from pathlib import Path
+
+from tern_jax import cli
 
 REPO = Path(__file__).parent.parent
 
 
-def test_ci_runs_exactly_the_readme_test_command():
-    readme = (REPO / "README.md").read_text()
-    ci = (REPO / ".ci" / "run").read_text()
-    commands = re.findall(r"^    (pip install .+)$", readme, flags=re.M)
-    assert len(commands) == 2, commands
-    install_and_main, install_and_tests = commands
-    assert "tern-jax quickstart" in install_and_main
-    assert install_and_tests in ci.splitlines()
+def _shell_commands(text: str) -> list[list[str]]:
+    """The commands of the README's indented shell blocks, as argv lists (``&&`` splits)."""
+    lines, out = [], []
+    for line in text.splitlines():
+        if line.startswith("    ") and not line.lstrip().startswith("#"):
+            lines.append(line.strip())
+        else:
+            lines.append("")
+    joined = "\n".join(lines).replace("\\\n", " ")  # backslash continuations
+    for line in joined.splitlines():
+        if line.startswith(("pip ", "tern-jax ", "python ")):
+            for command in line.split("&&"):
+                argv = shlex.split(command)
+                out.append([a for a in argv if a != "&"])
+    return out
 
 
-def test_the_main_job_is_a_registered_command():
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'tern-jax = "tern_jax.cli:main"' in pyproject
+def test_ci_runs_the_readme_test_command_and_the_extras_exist():
+    commands = _shell_commands((REPO / "README.md").read_text())
+    pips = [c for c in commands if c[:2] == ["pip", "install"]]
+    assert pips == [["pip", "install", "."], ["pip", "install", ".[test]"]], pips
+    script, = [e for e in metadata.entry_points(group="console_scripts") if e.name == "tern-jax"]
+    assert "test" in metadata.metadata(script.dist.name).get_all("Provides-Extra")
+    readme_test = ["pip", "install", ".[test]"], ["python", "-m", "pytest", "-q"]
+    assert list(readme_test) == [c for c in commands if c in readme_test][:2]
+    ci = [shlex.split(c) for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#") for c in line.split("&&")]
+    assert ci[-2:] == list(readme_test), ci  # CI ends with exactly the README's test command
+
+
+def test_every_tern_jax_command_in_the_readme_is_one_the_cli_accepts():
     from tern_jax.cli import build_parser
 
-    assert build_parser().parse_args(["quickstart"]).command == "quickstart"
+    script, = [e for e in metadata.entry_points(group="console_scripts") if e.name == "tern-jax"]
+    assert script.load() is cli.main  # the installed command is this command line
+    commands = [c for c in _shell_commands((REPO / "README.md").read_text())
+                if c[0] == "tern-jax"]
+    assert len(commands) >= 10 and commands[0] == ["tern-jax", "quickstart"]
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])  # a wrong flag exits: the test fails
+        if getattr(args, "config", "quickstart") != "quickstart":
+            assert (REPO / args.config).is_file(), argv
+
+
+def test_the_readme_figures_are_what_the_code_computes():
+    from tern_jax.packing import bits_per_weight
+    from tern_jax.train.presets import PRESETS
+    from tern_jax.train.recipes import cifar10_best
+
+    readme = (REPO / "README.md").read_text()
+    number = r"(\d+(?:\.\d+)?)"
+    stated = re.search(rf"t_ex=1 \(3 levels\) {number} bits.*?t_ex=2\s+\(5 levels\) {number} "
+                       rf"bits.*?t_ex=4 \(9 levels\) {number} bits", readme, flags=re.S).groups()
+    assert [float(b) for b in stated] == [round(bits_per_weight(n), 2) for n in (3, 5, 9)]
+    recipe = cifar10_best()
+    epochs, lr, schedule = re.search(r"fine-tunes for (\d+)\s+epochs \(lr (\d+(?:\.\d+)?), (\w+)\)",
+                                     readme).groups()
+    assert (int(epochs), float(lr), schedule) == (
+        recipe.finetune_epochs, recipe.finetune_learning_rate, recipe.finetune_schedule)
+    named = re.search(r"Variants are\s+named rule presets: (.*?)\.", readme, flags=re.S).group(1)
+    variants = re.findall(r"`(\w+)`", named)
+    assert len(variants) >= 6 and set(variants) <= set(PRESETS), set(variants) - set(PRESETS)
 
 
 def test_the_api_snippets_run_as_written_in_sequence(tmp_path, monkeypatch, capsys):
@@ -48,3 +99,23 @@ def test_the_api_snippets_run_as_written_in_sequence(tmp_path, monkeypatch, caps
                                rtol=1e-5, atol=1e-5)  # branch by branch == folded
     np.testing.assert_array_equal(ns["params_again"]["conv"]["kernel"], folded["conv"]["kernel"])
     assert "conv/kernel" in capsys.readouterr().out  # the summary table was printed
+
+
+def test_method_md_quotes_the_paper_and_states_where_table_and_abstract_disagree():
+    """The abstract's ResNet-18 expansion claim, recomputed from the figures the page quotes."""
+    text = " ".join((REPO / "docs" / "method.md").read_text().split())
+
+    def pair(pattern):
+        number = r"(\d+(?:\.\d+)?)"
+        return tuple(float(v) for v in re.search(pattern.replace("NUM", number), text).groups())
+
+    fp = pair(r"\| ResNet-18, \$t_\{ex\} = 1\$ \| NUM / NUM \|")
+    t2 = pair(r"\| ResNet-18, \$t_\{ex\} = 2\$[^|]*\| \| NUM / NUM \|")
+    below, above = pair(r"NUM points below full precision in top-1 and NUM above")
+    gain = pair(r"and NUM / NUM points above ABC-Net")
+    abc = pair(r"ABC-Net's NUM / NUM")
+    stated = pair(r"both statements give NUM / NUM")
+    assert (below, above, gain) == (0.42, 0.61, (1.03, 1.78))  # the abstract's figures
+    assert stated == (round(fp[0] - below, 2), round(fp[1] + above, 2))
+    assert stated == (round(abc[0] + gain[0], 2), round(abc[1] + gain[1], 2))
+    assert t2 != stated and "table and abstract disagree" in text

@@ -114,10 +114,15 @@ def test_compare_table_rejects_a_bad_paper_and_bad_runs(tmp_path):
         report.compare_table("experiments/results")
 
 
-def test_paper_cifar10_holds_the_published_table():
-    assert report.PAPER_CIFAR10["resnet20"] == {"fp": 91.70, "tern": 91.65, "ttq": 91.13}
-    assert report.PAPER_CIFAR10["resnet56"]["tern"] == 92.86
-    assert sorted(report.PAPER_CIFAR10) == ["resnet20", "resnet32", "resnet44", "resnet56"]
+def test_the_default_table_sets_a_cifar_run_beside_the_paper_and_lists_the_rest(tmp_path):
+    _write_run(tmp_path / "r20", "resnet20", {"fp": [0.9], "tern": [0.89]}, 1)
+    rows = report.compare_table(report.load_runs(tmp_path)).splitlines()[2:]
+    paper = report.PAPER_CIFAR10
+    fp, tern = paper["resnet20"]["fp"], paper["resnet20"]["tern"]
+    assert rows[:2] == [f"| r20 | resnet20 | fp | 1 | 90.00 | {fp:.2f} | {tern:.2f} |",
+                        f"| r20 | resnet20 | tern | 1 | 89.00 | {fp:.2f} | {tern:.2f} |"]
+    assert rows[2:] == [f"| not run | {m} | - | - | - | {paper[m]['fp']:.2f} | "
+                        f"{paper[m]['tern']:.2f} |" for m in paper if m != "resnet20"]
 
 
 def test_plot_curves_draws_fp_solid_and_ternary_dashed_skipping_unevaluated_epochs(tmp_path):
@@ -136,7 +141,8 @@ def test_plot_curves_draws_fp_solid_and_ternary_dashed_skipping_unevaluated_epoc
 
 
 def test_plot_curves_rejects_an_unknown_metric():
-    with pytest.raises(ValueError, match="metric must be 'test_acc' or 'train_loss', got 'acc'"):
+    with pytest.raises(ValueError, match="metric must be one of 'test_acc', 'test_loss', "
+                                         "'train_loss', got 'acc'"):
         report.plot_curves([], metric="acc")
 
 
@@ -153,3 +159,47 @@ def test_load_runs_names_a_damaged_json_file(tmp_path):
     (tmp_path / "bad" / "results.json").write_text("{not json")
     with pytest.raises(ValueError, match="results.json is not valid JSON"):
         report.load_runs(tmp_path)
+
+
+def test_plot_grid_draws_a_panel_for_every_run(tmp_path):
+    """Notebook 4's figure: 14 runs, 14 panels with curves (not the first 12)."""
+    for i in range(14):
+        _write_run(tmp_path / f"run{i:02d}", "resnet8", {"fp": [0.3, 0.4 + i / 100]}, 2)
+    runs = report.load_runs(tmp_path)
+    fig = report.plot_grid(runs)
+    drawn = [ax for ax in fig.axes if ax.get_lines()]
+    assert [ax.get_title().split(" ")[0] for ax in drawn] == [r.name for r in runs]
+    assert [ax.get_lines()[0].get_ydata()[-1] for ax in drawn] == pytest.approx(
+        [40.0 + i for i in range(14)])
+
+
+def _write_language_model_run(path):
+    _write_run(path, "transformer_tiny", {"fp": [0.4, 0.5], "tern": [0.3, 0.45]}, 2,
+               dataset="text")
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # bits per byte falling with the epochs
+        for m in r["models"]:
+            m["test_loss"] = 3.0 - r["epoch"] + (m["variant"] == "tern")
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_language_model_is_drawn_in_bits_per_byte(tmp_path):
+    _write_language_model_run(tmp_path / "lm")
+    run = report.load_run(tmp_path / "lm")
+    assert run.is_language_model
+    fig = report.runs_figure([run])
+    test_ax = fig.axes[0]
+    assert test_ax.get_ylabel() == "test bits per byte"
+    lines = {line.get_label(): list(line.get_ydata()) for line in test_ax.get_lines()}
+    assert lines == {"fp/seed0": [2.0, 1.0], "tern/seed0": [3.0, 2.0]}
+    grid = report.plot_grid([run])
+    assert "bits per byte" in grid.axes[0].get_title()
+    assert list(grid.axes[0].get_lines()[0].get_ydata()) == [2.0, 1.0]
+
+
+def test_load_run_names_a_folder_that_is_no_run(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(FileNotFoundError, match="notes is not a run folder: it has no "
+                                                "metrics.jsonl"):
+        report.load_run(tmp_path / "notes")
+

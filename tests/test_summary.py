@@ -58,3 +58,12 @@ def test_as_dict_is_plain_data():
     assert d["layers"][1]["compression"] == pytest.approx(32 / 12)
     assert isinstance(d["layers"][1]["zero_fraction"], tuple)
     assert d["bytes_fp32"] == 48 and d["compression"] == pytest.approx(48 / 28)
+
+
+def test_a_full_precision_model_is_summed_up_without_an_infinite_ratio():
+    lines = []
+    tern_jax.summary(PARAMS, [tern_jax.Rule(".*", None)], print_fn=lines.append)
+    last = lines[0].splitlines()[-1]
+    assert last == ("0 of 2 tensors ternarized: every weight in full precision; "
+                    "48 B fp32 -> 48 B stored (1.0x)")
+    assert "inf" not in lines[0]

@@ -154,7 +154,7 @@ def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory):
     """The documented default CIFAR recipe (fp, then ternary fine-tuning) on a tiny folder."""
-    from tern_jax.data.cifar10 import write_cifar_batches
+    from helpers.cifar import write_cifar_batches
 
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
@@ -215,10 +215,30 @@ def test_cifar_export_writes_a_loadable_packed_model(cifar_run, capsys):
     assert "no model 'tern/seed7'" in capsys.readouterr().err and not (root / "nope").exists()
 
 
+def _drawn(ax) -> dict:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in ax.get_lines()}
+
+
 def test_cifar_plot_draws_both_stages(cifar_run, capsys):
+    import matplotlib.pyplot as plt
+
+    from tern_jax import report
+
     root, workdir, _ = cifar_run
     assert cli.main(["plot", str(workdir), "--out", str(root / "curves.png")]) == 0
-    assert (root / "curves.png").stat().st_size > 1000
+    assert plt.imread(root / "curves.png").shape[:2] == (360, 990)  # 11x4 inches at 90 dpi
+    fig = report.runs_figure([report.load_run(workdir)])  # what the command drew
+    test_ax, loss_ax = fig.axes
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
+    drawn, last = _drawn(test_ax), pre[-1]["epoch"]
+    assert drawn["fp/seed0"][0] == [r["epoch"] for r in pre]
+    assert drawn["tern/seed0"][0] == [last + r["epoch"] for r in fine]  # one timeline
+    assert drawn["tern/seed0"][1] == pytest.approx([100 * r["models"][0]["test_acc"]
+                                                    for r in fine])
+    assert _drawn(loss_ax)["fp/seed0"][1] == pytest.approx([r["models"][0]["train_loss"]
+                                                            for r in pre])
+    plt.close(fig)
 
 
 def test_config_overrides_parse_types_and_reject_unknown_fields():
@@ -319,10 +339,19 @@ def test_the_loop_alone_refuses_a_two_stage_config(tmp_path):
 
 
 def test_two_stage_plot_and_collect_read_both_stages(two_stage):
-    from tern_jax.train.metrics import plot_runs
+    import matplotlib.pyplot as plt
+
+    from tern_jax import report
 
     _, workdir, _ = two_stage
-    assert plot_runs([workdir], workdir / "curves.png").stat().st_size > 1000
+    assert plt.imread(report.plot_runs([workdir], workdir / "curves.png")).shape[:2] == (360, 990)
+    fig = report.runs_figure([report.load_run(workdir)])
+    drawn = _drawn(fig.axes[1])  # train loss: stage 1 at epochs 1-2, stage 2 at epoch 3
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
+    assert drawn["fp/seed0"] == ([1, 2], pytest.approx([r["models"][0]["train_loss"]
+                                                         for r in pre]))
+    assert drawn["tern/seed0"] == ([3], pytest.approx([fine[0]["models"][0]["train_loss"]]))
+    plt.close(fig)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("collect", REPO / "experiments" / "collect.py")

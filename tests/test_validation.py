@@ -6,6 +6,7 @@ traceback from jax, orbax, numpy, pathlib or ``re``, and never in a silent succe
 """
 
 import re
+import sys
 import traceback
 import warnings
 
@@ -18,6 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tern_jax
+import tern_jax.data.text
+import tern_jax.nnx_utils
 from tern_jax import data, layers, packing
 from tern_jax.data import ArrayDataset
 from tern_jax.models import get_model, init_variables
@@ -26,8 +29,6 @@ W = jnp.ones((8, 4))
 PARAMS = {"dense": {"kernel": W, "bias": jnp.zeros(4)}}
 KEY = jax.random.key(0)
 IMAGES = jnp.zeros((2, 8, 8, 3), jnp.uint8)
-U8 = np.zeros((12, 32, 32, 3), np.uint8)
-LABELS = np.zeros(12, np.int64)
 
 
 def _dataset():
@@ -170,19 +171,6 @@ CASES = [
     ("read_cifar_folder-None", lambda p: data.read_cifar_folder(None), TypeError, "folder"),
     ("read_cifar_folder-counts", lambda p: data.read_cifar_folder(p, expected_counts=5),
      TypeError, "expected_counts"),
-    ("write_cifar-folder", lambda p: data.write_cifar_batches(None, U8, LABELS), TypeError,
-     "folder"),
-    ("write_cifar-float-images", lambda p: data.write_cifar_batches(
-        p / "w", np.full((12, 32, 32, 3), 300.0), LABELS), TypeError, "images"),
-    ("write_cifar-images-shape", lambda p: data.write_cifar_batches(p / "w", U8[:, :8], LABELS),
-     ValueError, "images"),
-    ("write_cifar-labels-range", lambda p: data.write_cifar_batches(p / "w", U8, LABELS + 10),
-     ValueError, "labels"),
-    ("write_cifar-labels-float", lambda p: data.write_cifar_batches(p / "w", U8, LABELS + 0.5),
-     TypeError, "labels"),
-    ("write_cifar-per_batch", lambda p: data.write_cifar_batches(p / "w", U8, LABELS,
-                                                                 per_batch=1.5), TypeError,
-     "per_batch"),
     ("download-root", lambda p: data.download_cifar10(5), TypeError, "root"),
     ("download-md5", lambda p: data.download_cifar10(p, md5=123), TypeError, "md5"),
     ("subset-list", lambda p: data.subset([1, 2], 3), TypeError, "ds"),
@@ -250,7 +238,7 @@ def test_the_wrong_inputs_cover_every_module():
     ids = " ".join(c[0] for c in CASES)
     for function in ("ternarize", "Rule", "quantize_params", "summary", "save", "load", "pack",
                      "unpack", "expected_kernel_rank", "get_model", "init_variables",
-                     "load_dataset", "load_cifar10", "write_cifar", "subset", "normalize",
+                     "load_dataset", "load_cifar10", "subset", "normalize",
                      "epoch_permutation", "write_text_atomic"):
         assert function in ids
 
@@ -321,3 +309,134 @@ def test_epoch_permutation_accepts_exactly_batch_sizes_up_to_n(n, batch_size):
     lambda f: np.isfinite(f)))
 def test_thresholds_outside_0_1_are_refused(threshold):
     _refused(lambda: tern_jax.ternarize(W, threshold=threshold), ValueError, "threshold")
+
+
+# -- the real cause, named: what was passed and what is wrong with it ---------------------
+
+
+def _tiny_lm():
+    from flax import nnx
+
+    from tern_jax.models.transformer import Transformer, transformer_config
+
+    return Transformer(transformer_config("transformer_tiny"), rngs=nnx.Rngs(0))
+
+
+def _params_as(dtype):
+    from tern_jax.nnx_utils import param_dict
+
+    return jax.tree.map(lambda a: np.asarray(a).astype(dtype), param_dict(_tiny_lm()))
+
+
+def _tfds_without(module: str, monkeypatch):
+    """tensorflow_datasets as installed without one of the modules it imports."""
+    import types
+
+    def data_source(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(data_source=data_source))
+    from tern_jax.data.text import load_text
+
+    return load_text("tiny_shakespeare", data_dir=f"/nonexistent/{module}")
+
+
+def _presets(family):
+    if family == "cnn":
+        from tern_jax.train.presets import PRESETS
+
+        return PRESETS
+    from tern_jax.presets_lm import TRANSFORMER_RULES
+
+    return TRANSFORMER_RULES
+
+
+# (id, call(monkeypatch), exception type, texts the message must hold, texts it must not)
+REAL_CAUSES = [
+    ("rules-preset-dict", lambda m: tern_jax.quantize_params(PARAMS, _presets("cnn")), TypeError,
+     ["you passed a dict of presets; pick one", "rules['tern']"], []),
+    ("rules-lm-preset-dict", lambda m: tern_jax.quantize_params(PARAMS, _presets("lm")),
+     TypeError, ["you passed a dict of presets; pick one"], ["got str"]),
+    ("rules-axis-tuple-for-a-dense-kernel",
+     lambda m: tern_jax.quantize_params(PARAMS, tern_jax.Rule(r".*kernel", axis=(1, 2))),
+     ValueError, ["Rule('.*kernel', axis=(1, 2))", "'dense/kernel'", "shape (8, 4)"], []),
+    ("summary-axis-for-a-dense-kernel", lambda m: tern_jax.summary(
+        PARAMS, tern_jax.Rule(r".*kernel", axis=3), print_fn=None), ValueError,
+     ["axis=3", "'dense/kernel'"], []),
+    ("Rule-threshold-times-t_ex", lambda m: tern_jax.Rule(".*", threshold=0.6, t_ex=2),
+     ValueError, ["threshold=0.6", "t_ex=2", "below 0.5"], ["threshold 1.2 is outside"]),
+    ("ternarize-threshold-times-t_ex", lambda m: tern_jax.ternarize(W, threshold=0.3, t_ex=4),
+     ValueError, ["threshold=0.3", "t_ex=4"], ["threshold 1.2 is outside"]),
+    ("ternarize-default-threshold-times-t_ex", lambda m: tern_jax.ternarize(W, t_ex=20),
+     ValueError, ["default threshold 0.05", "t_ex=20"], []),
+    ("tiny_shakespeare-missing-module", lambda m: _tfds_without("importlib_resources", m),
+     FileNotFoundError, ["'importlib_resources'", "pip install importlib-resources"],
+     ["needs a download"]),
+    ("with_params-int-weights", lambda m: tern_jax.nnx_utils.with_params(
+        _tiny_lm(), _params_as(np.int32)), TypeError, ["dtype int32", "float32"], []),
+    ("with_params-bfloat16-weights", lambda m: tern_jax.nnx_utils.with_params(
+        _tiny_lm(), _params_as(jnp.bfloat16)), TypeError, ["dtype bfloat16", "float32"], []),
+    ("with_params-a-checkpoints-whole-tree", lambda m: tern_jax.nnx_utils.with_params(
+        _tiny_lm(), {"params": _params_as(np.float32), "batch_stats": {}}), ValueError,
+     ["is missing from params", "pass its ['params']"], []),
+    ("transformer-token-above-vocab", lambda m: _tiny_lm()(jnp.array([[1, 300]])), ValueError,
+     ["tokens must lie in [0, 256)", "[1, 300]"], []),
+    ("transformer-negative-token", lambda m: _tiny_lm()(jnp.array([[-1, 7]])), ValueError,
+     ["tokens must lie in [0, 256)", "[-1, 7]"], []),
+    ("generate-token-above-vocab", lambda m: __import__(
+        "tern_jax.models.transformer", fromlist=["generate"]).generate(
+        _tiny_lm(), np.array([65, 300]), steps=2, key=KEY), ValueError,
+     ["prompt tokens must lie in [0, 256)"], []),
+    ("eval_windows-token-above-vocab", lambda m: tern_jax.data.text.eval_windows(
+        np.array([1, 2, 300, 4, 5], np.int32), 2), ValueError, ["[0, 256)", "[1, 300]"], []),
+    ("random_windows-negative-token", lambda m: tern_jax.data.text.random_windows(
+        KEY, jnp.array([1, -1, 3, 4, 5], jnp.int32), 2, 2), ValueError, ["[-1, 5]"], []),
+    ("Rule-full-precision-with-t_ex", lambda m: tern_jax.Rule(".*", None, t_ex=3), ValueError,
+     ["method=None", "t_ex=3 would be ignored"], []),
+    ("quantize_params-nested-rules", lambda m: tern_jax.quantize_params(
+        PARAMS, [(tern_jax.Rule(r".*kernel"),)]), TypeError, ["nested sequence", "flatten"], []),
+    ("quantize_params-pattern-string", lambda m: tern_jax.quantize_params(PARAMS, [r".*kernel"]),
+     TypeError, ["tern_jax.Rule('.*kernel')"], []),
+    ("quantize_params-stacked-str", lambda m: tern_jax.quantize_params(PARAMS, stacked="yes"),
+     TypeError, ["stacked", "'yes'"], []),
+    ("random_windows-float-text", lambda m: tern_jax.data.text.random_windows(
+        KEY, jnp.ones(8), 2, 2), TypeError, ["dtype float32"], []),
+]
+
+
+@pytest.mark.parametrize("call, error, present, absent", [c[1:] for c in REAL_CAUSES],
+                         ids=[c[0] for c in REAL_CAUSES])
+def test_a_wrong_input_is_refused_naming_the_real_cause(monkeypatch, call, error, present,
+                                                        absent):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(error) as info:
+            call(monkeypatch)
+    message = str(info.value)
+    for text in present:
+        assert text in message, message
+    for text in absent:
+        assert text not in message, message
+    _assert_ours(info.value)
+
+
+def test_the_transformer_gives_the_same_logits_eagerly_and_under_jit():
+    """The eager range check changes nothing for tokens in range."""
+    from flax import nnx
+
+    model = _tiny_lm()
+    tokens = jnp.array([[0, 65, 255, 10]])
+    graphdef, state = nnx.split(model)
+    jitted = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens)
+    np.testing.assert_allclose(np.asarray(model(tokens)), np.asarray(jitted), rtol=1e-5, atol=1e-5)
+
+
+def test_with_params_takes_the_models_own_weights_back_unchanged():
+    from tern_jax.nnx_utils import param_dict, with_params
+
+    model = _tiny_lm()
+    weights = param_dict(model)
+    again = param_dict(with_params(model, weights))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 weights, again)

@@ -27,7 +27,6 @@ from tern_jax.data.cifar10 import (
     download_cifar10,
     load_cifar10,
     read_cifar_folder,
-    write_cifar_batches,
 )
 from tern_jax.data.digits import load_digits
 from tern_jax.data.imagenet import (
@@ -36,7 +35,6 @@ from tern_jax.data.imagenet import (
     IMAGENET_STD,
     eval_transform,
     imagenet_batches,
-    prefetch_to_device,
     train_transform,
 )
 
@@ -61,12 +59,10 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "normalize",
-    "prefetch_to_device",
     "random_crop_flip",
     "read_cifar_folder",
     "subset",
     "train_transform",
-    "write_cifar_batches",
 ]
 
 #: Names accepted by :func:`load_dataset`.

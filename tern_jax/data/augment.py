@@ -69,12 +69,16 @@ def _check_images(images, func: str, ndim: int | None = 4) -> None:
 
 
 def normalize(
-    images: jax.Array,
+    images: jax.Array | np.ndarray,
     mean: Sequence[float] | jax.Array,
     std: Sequence[float] | jax.Array,
     dtype: jnp.dtype = jnp.float32,
-) -> jax.Array:
+) -> jax.Array | np.ndarray:
     """Map uint8 pixels to ``(x / 255 - mean) / std`` per channel (last axis).
+
+    The one normalization of the data layer: on device (a JAX array, inside jit) and on the
+    host (a NumPy array, in the streaming pipeline's workers) with the same float32
+    arithmetic, so both paths give the same numbers.
 
     Args:
         images: ``(..., C)`` uint8 (or any numeric) pixels in ``0..255``.
@@ -83,14 +87,16 @@ def normalize(
         dtype: output dtype; the arithmetic is done in float32 and then cast.
 
     Returns:
-        Array of the same shape as ``images`` and dtype ``dtype``.
+        Array of the same shape as ``images`` and dtype ``dtype``: a NumPy array for NumPy
+        ``images``, else a JAX array.
     """
     _check_images(images, "normalize", ndim=None)
     _check_channel_stats(images, mean, std, "normalize")
     check_float_dtype(dtype, "dtype", "normalize")
-    mean_arr = jnp.asarray(mean, jnp.float32)
-    std_arr = jnp.asarray(std, jnp.float32)
-    x = images.astype(jnp.float32) * (1.0 / 255.0)
+    xp = np if isinstance(images, np.ndarray) else jnp
+    mean_arr = xp.asarray(mean, xp.float32)
+    std_arr = xp.asarray(std, xp.float32)
+    x = images.astype(xp.float32) * xp.float32(1.0 / 255.0)
     return ((x - mean_arr) / std_arr).astype(dtype)
 
 

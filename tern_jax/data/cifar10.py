@@ -11,64 +11,38 @@ Two sources are supported:
   format (works without TensorFlow), else through ``tf.data`` (needs TensorFlow).
 
 ``"auto"`` tries the folder first (``data_dir``, then ``$TERN_JAX_DATA_DIR``, then a few
-usual places) and tensorflow-datasets last.
-
-This file is longer than the project's ~350-line guide: it holds every way CIFAR-10 arrives
-(a batches folder, TFDS, an explicit download, writing a folder for tests) with the checks
-each needs; they share the folder format and its error messages.
+usual places) and tensorflow-datasets last. :func:`download_cifar10` fetches the folder,
+only when called.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tern_jax import fs
-from tern_jax._args import check_bool, check_int, check_optional_path, check_path
+from tern_jax._args import check_int, check_optional_path, check_path
 from tern_jax.data.arrays import ArrayDataset
 from tern_jax.data.errors import DataNotFoundError
 
-__all__ = [
-    "CIFAR10_CLASSES",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR10_URL",
-    "DataNotFoundError",
-    "default_search_dirs",
-    "download_cifar10",
-    "find_cifar10_folder",
-    "load_cifar10",
-    "read_cifar_folder",
-    "write_cifar_batches",
-]
+__all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL", "DataNotFoundError",
+           "default_search_dirs", "download_cifar10", "find_cifar10_folder", "load_cifar10",
+           "read_cifar_folder"]
 
 #: Per-channel mean and std of the CIFAR-10 training pixels in [0, 1] units (the recipe of
 #: the paper: (125.3, 123.0, 113.9) / 255 and (63.0, 62.1, 66.7) / 255).
 CIFAR10_MEAN: tuple[float, float, float] = (125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0)
 CIFAR10_STD: tuple[float, float, float] = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)
 
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck")
 
 #: Official download of the Python-pickle version, and the MD5 of that archive.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -83,30 +57,11 @@ _NUM_CLASSES = 10
 _ROW = 32 * 32 * 3
 
 
-
-# --------------------------------------------------------------------------------------
-# Locating the folder
-# --------------------------------------------------------------------------------------
-
-
 def default_search_dirs() -> list[Path]:
     """The usual places searched for a ``cifar-10-batches-py`` folder, in order."""
     home = Path.home()
-    return [
-        Path.cwd() / "data" / FOLDER_NAME,
-        home / ".keras" / "datasets" / FOLDER_NAME,
-        home / "data" / FOLDER_NAME,
-        home / ".cache" / "tern_jax" / FOLDER_NAME,
-    ]
-
-
-def _looks_like_batches_folder(path: Path) -> bool:
-    """True when ``path`` is a directory meant to be a CIFAR-10 batches folder."""
-    if not path.is_dir():
-        return False
-    if path.name == FOLDER_NAME:
-        return True
-    return any((path / name).exists() for name in (*TRAIN_FILES, TEST_FILE))
+    return [Path.cwd() / "data" / FOLDER_NAME, home / ".keras" / "datasets" / FOLDER_NAME,
+            home / "data" / FOLDER_NAME, home / ".cache" / "tern_jax" / FOLDER_NAME]
 
 
 def find_cifar10_folder(path: str | os.PathLike[str]) -> Path | None:
@@ -116,91 +71,63 @@ def find_cifar10_folder(path: str | os.PathLike[str]) -> Path | None:
     batch files), or its parent.
     """
     p = check_path(path, "path", "find_cifar10_folder")
-    if _looks_like_batches_folder(p):
+    if p.is_dir() and (p.name == FOLDER_NAME or any((p / name).exists()
+                                                    for name in (*TRAIN_FILES, TEST_FILE))):
         return p
-    child = p / FOLDER_NAME
-    if child.is_dir():
-        return child
-    return None
+    return p / FOLDER_NAME if (p / FOLDER_NAME).is_dir() else None
 
 
-# --------------------------------------------------------------------------------------
-# Reading and writing the pickled batches
-# --------------------------------------------------------------------------------------
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch file as (images (n, 32, 32, 3) uint8, labels (n,) int32).
 
-
-def _str_keys(d: dict[Any, Any]) -> dict[str, Any]:
-    """Copy of ``d`` with bytes keys decoded (the original pickles came from Python 2)."""
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
-
-
-def _read_batch(path: Path, *, check_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pickled batch file; returns (images (n, 32, 32, 3) uint8, labels (n,) int32).
-
-    Raises:
-        ValueError: naming ``path`` when the file is missing, unreadable or malformed.
+    Raises ``ValueError`` naming ``path`` when the file is missing, unreadable or malformed.
     """
     if not path.is_file():
         raise ValueError(f"incomplete CIFAR-10 folder: batch file {path} is missing")
+
+    def corrupt(problem: str) -> ValueError:
+        return ValueError(f"corrupt CIFAR-10 batch file {path}: {problem}")
+
     try:
         with open(path, "rb") as f:
             # latin1 keeps str keys of Python-2 pickles as str and decodes their NumPy arrays.
             entry = pickle.load(f, encoding="latin1")
     except Exception as e:  # EOFError, UnpicklingError, ValueError, ... for a corrupt file
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: could not unpickle it "
-            f"({type(e).__name__}: {e}); the file may be truncated, re-download or re-extract "
-            "cifar-10-python.tar.gz"
-        ) from e
+        raise corrupt(f"could not unpickle it ({type(e).__name__}: {e}); the file may be "
+                      "truncated, re-download or re-extract cifar-10-python.tar.gz") from e
     if not isinstance(entry, dict):
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: expected a pickled dict, "
-            f"got {type(entry).__name__}"
-        )
-    entry = _str_keys(entry)
+        raise corrupt(f"expected a pickled dict, got {type(entry).__name__}")
+    entry = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
     for key in ("data", "labels"):
         if key not in entry:
-            raise ValueError(
-                f"corrupt CIFAR-10 batch file {path}: no {key!r} entry "
-                f"(keys: {sorted(map(str, entry))})"
-            )
+            raise corrupt(f"no {key!r} entry (keys: {sorted(map(str, entry))})")
     try:
-        data = np.asarray(entry["data"])
-        labels = np.asarray(entry["labels"])
+        data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"])
     except Exception as e:
-        raise ValueError(f"corrupt CIFAR-10 batch file {path}: unreadable arrays ({e})") from e
+        raise corrupt(f"unreadable arrays ({e})") from e
     if data.ndim != 2 or data.shape[1] != _ROW:
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: 'data' has shape {data.shape}, "
-            f"expected (n, {_ROW}) (32x32x3 pixels per row)"
-        )
-    if data.dtype != np.uint8:
-        if not np.issubdtype(data.dtype, np.integer) or (
-            data.size and (data.min() < 0 or data.max() > 255)
-        ):
-            raise ValueError(
-                f"corrupt CIFAR-10 batch file {path}: 'data' has dtype {data.dtype} "
-                "and is not a uint8 array of pixels"
-            )
-        data = data.astype(np.uint8)
+        raise corrupt(f"'data' has shape {data.shape}, expected (n, {_ROW}) (32x32x3 pixels "
+                      "per row)")
+    if data.dtype != np.uint8 and (not np.issubdtype(data.dtype, np.integer) or (
+            data.size and (data.min() < 0 or data.max() > 255))):
+        raise corrupt(f"'data' has dtype {data.dtype} and is not a uint8 array of pixels")
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: {data.shape[0]} images but "
-            f"labels of shape {labels.shape}"
-        )
+        raise corrupt(f"{data.shape[0]} images but labels of shape {labels.shape}")
     if data.shape[0] == 0:
-        raise ValueError(f"corrupt CIFAR-10 batch file {path}: the batch holds no images")
+        raise corrupt("the batch holds no images")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: labels have dtype {labels.dtype}, not integer"
-        )
-    if check_labels and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
-        raise ValueError(
-            f"corrupt CIFAR-10 batch file {path}: labels out of range 0..{_NUM_CLASSES - 1} "
-            f"(min {labels.min()}, max {labels.max()})"
-        )
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        raise corrupt(f"labels have dtype {labels.dtype}, not integer")
+    if labels.min() < 0 or labels.max() >= _NUM_CLASSES:
+        raise corrupt(f"labels out of range 0..{_NUM_CLASSES - 1} (min {labels.min()}, max "
+                      f"{labels.max()})")
+    images = data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def _arrays(train: tuple, test: tuple) -> ArrayDataset:
+    return ArrayDataset(train_images=train[0], train_labels=train[1], test_images=test[0],
+                        test_labels=test[1], num_classes=_NUM_CLASSES, mean=CIFAR10_MEAN,
+                        std=CIFAR10_STD, name="cifar10")
 
 
 def read_cifar_folder(
@@ -234,139 +161,17 @@ def read_cifar_folder(
         raise ValueError(f"read_cifar_folder: folder must be a cifar-10-batches-py folder, but "
                          f"{folder} is a file")
     parts = [_read_batch(folder / name) for name in TRAIN_FILES]
-    test_images, test_labels = _read_batch(folder / TEST_FILE)
-    train_images = np.concatenate([p[0] for p in parts])
-    train_labels = np.concatenate([p[1] for p in parts])
-    if expected_counts is not None:
-        got = (train_images.shape[0], test_images.shape[0])
-        if got != tuple(expected_counts):
-            raise ValueError(
-                f"incomplete CIFAR-10 folder {folder}: {got[0]} train / {got[1]} test images, "
-                f"expected {expected_counts[0]} / {expected_counts[1]}"
-            )
-    return ArrayDataset(
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        num_classes=_NUM_CLASSES,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        name="cifar10",
-    )
+    train = tuple(np.concatenate([p[k] for p in parts]) for k in (0, 1))
+    test = _read_batch(folder / TEST_FILE)
+    got = (len(train[1]), len(test[1]))
+    if expected_counts is not None and got != expected_counts:
+        raise ValueError(f"incomplete CIFAR-10 folder {folder}: {got[0]} train / {got[1]} test "
+                         f"images, expected {expected_counts[0]} / {expected_counts[1]}")
+    return _arrays(train, test)
 
 
-def _pickled(entry: dict[str, Any], bytes_keys: bool) -> bytes:
-    if bytes_keys:
-        entry = {k.encode("ascii"): v for k, v in entry.items()}
-    return pickle.dumps(entry, protocol=2)
-
-
-def write_cifar_batches(
-    folder: str | os.PathLike[str],
-    images: np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    *,
-    per_batch: int | None = None,
-    bytes_keys: bool = False,
-) -> Path:
-    """Write ``images``/``labels`` as a ``cifar-10-batches-py`` folder (mainly for tests).
-
-    The images are laid out like the original 60,000: the first ``5 * per_batch`` go to
-    ``data_batch_1`` .. ``data_batch_5`` (``per_batch`` each, in order) and all the rest to
-    ``test_batch``; ``batches.meta`` is written too.  Reading the folder back therefore
-    gives ``train = images[:5 * per_batch]`` and ``test = images[5 * per_batch:]``.
-
-    Args:
-        folder: the batches folder to create (e.g. ``tmp / "cifar-10-batches-py"``).
-        images: ``(N, 32, 32, 3)`` uint8, NHWC.
-        labels: ``(N,)`` integers.
-        per_batch: images per training batch; default ``N // 6`` (like 10,000 of 60,000).
-        bytes_keys: write ``b"data"``/``b"labels"`` keys, like the original Python-2 pickles
-            read with ``encoding="bytes"``, instead of str keys.
-
-    Returns:
-        The folder written.
-
-    Raises:
-        TypeError/ValueError naming the argument (images not uint8-range integers of shape
-        ``(N, 32, 32, 3)``, labels not integers in ``0..9``, a bad ``per_batch``);
-        :class:`tern_jax.fs.NotOwnedError` when the folder already holds a batch file this
-        function did not write (nothing is written then).
-    """
-    func = "write_cifar_batches"
-    out = check_path(folder, "folder", func)
-    bytes_keys = check_bool(bytes_keys, "bytes_keys", func)
-    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
-        images = np.asarray(images)
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(f"{func}: images must have shape (N, 32, 32, 3), got {images.shape}")
-    if not np.issubdtype(images.dtype, np.integer):
-        raise TypeError(f"{func}: images must be uint8 pixels (integers in 0..255), got dtype "
-                        f"{images.dtype}")
-    if images.size and (images.min() < 0 or images.max() > 255):
-        raise ValueError(f"{func}: images must be pixels in 0..255, got values in "
-                         f"[{images.min()}, {images.max()}]")
-    labels = np.asarray(labels)
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"{func}: labels must have shape ({images.shape[0]},), got "
-                         f"{labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{func}: labels must be integer classes in 0..9, got dtype "
-                        f"{labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
-        raise ValueError(f"{func}: labels must be classes in 0..{_NUM_CLASSES - 1}, got values "
-                         f"in [{labels.min()}, {labels.max()}]")
-    n = images.shape[0]
-    per_batch = n // 6 if per_batch is None else check_int(per_batch, "per_batch", func)
-    if per_batch < 1 or 5 * per_batch >= n:
-        raise ValueError(
-            f"{func}: need 1 <= per_batch and 5 * per_batch < N (some test images); got "
-            f"per_batch={per_batch}, N={n}"
-        )
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{func}: folder {out} is a file; give a folder to create")
-    for name in (*TRAIN_FILES, TEST_FILE, META_FILE):
-        fs.check_replaceable(out / name, fs.owned_file, "a CIFAR-10 batch (write_cifar_batches)")
-    out.mkdir(parents=True, exist_ok=True)
-    rows = np.ascontiguousarray(images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, _ROW))
-
-    def entry(lo: int, hi: int, batch_label: str) -> dict[str, Any]:
-        return {
-            "batch_label": batch_label,
-            "labels": [int(v) for v in labels[lo:hi]],
-            "data": rows[lo:hi],
-            "filenames": [f"image_{i:05d}.png" for i in range(lo, hi)],
-        }
-
-    what = "a CIFAR-10 batch (write_cifar_batches)"
-    for b, name in enumerate(TRAIN_FILES):
-        lo, hi = b * per_batch, (b + 1) * per_batch
-        fs.write_owned_bytes(out / name, _pickled(
-            entry(lo, hi, f"training batch {b + 1} of 5"), bytes_keys), what=what)
-    fs.write_owned_bytes(out / TEST_FILE, _pickled(
-        entry(5 * per_batch, n, "testing batch 1 of 1"), bytes_keys), what=what)
-    meta = {
-        "label_names": list(CIFAR10_CLASSES),
-        "num_cases_per_batch": per_batch,
-        "num_vis": _ROW,
-    }
-    fs.write_owned_bytes(out / META_FILE, _pickled(meta, bytes_keys), what=what)
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# Download (explicit only; never triggered implicitly)
-# --------------------------------------------------------------------------------------
-
-
-def download_cifar10(
-    root: str | os.PathLike[str] | None = None,
-    *,
-    url: str = CIFAR10_URL,
-    md5: str | None = CIFAR10_MD5,
-) -> Path:
+def download_cifar10(root: str | os.PathLike[str] | None = None, *, url: str = CIFAR10_URL,
+                     md5: str | None = CIFAR10_MD5) -> Path:
     """Download ``cifar-10-python.tar.gz`` (about 163 MB) and extract it under ``root``.
 
     Args:
@@ -406,11 +211,8 @@ def download_cifar10(
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 name = Path(member.name)
-                if (
-                    name.is_absolute()
-                    or ".." in name.parts
-                    or not (member.isfile() or member.isdir())
-                ):
+                if name.is_absolute() or ".." in name.parts or not (member.isfile()
+                                                                    or member.isdir()):
                     raise ValueError(f"refusing to extract suspicious member {member.name!r}")
             if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and recent patch releases
                 tar.extractall(tmp, filter="data")
@@ -423,80 +225,42 @@ def download_cifar10(
     return target
 
 
-# --------------------------------------------------------------------------------------
-# tensorflow-datasets
-# --------------------------------------------------------------------------------------
-
-
 def _tfds_cifar10(data_dir: str | os.PathLike[str] | None) -> ArrayDataset:
-    """Load the prepared tfds ``cifar10`` into arrays.
+    """The prepared tfds ``cifar10`` as arrays: random access when prepared as array_record
+    (no TensorFlow needed), else ``tf.data``.
 
-    Raises:
-        ImportError: tensorflow-datasets is not installed.
-        DataNotFoundError: ``cifar10`` is not prepared in the tfds data dir.
-        RuntimeError: it is prepared in TFRecord format and TensorFlow is missing.
+    Raises ``ImportError`` without tensorflow-datasets, :class:`DataNotFoundError` when
+    ``cifar10`` is not prepared, ``RuntimeError`` for TFRecord data without TensorFlow.
     """
     import tensorflow_datasets as tfds  # lazy: heavy, optional
 
-    # tfds logs through absl while probing a folder; what matters is raised below
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        return _tfds_read(tfds, data_dir)
-    finally:
-        absl_logger.setLevel(level)
-
-
-def _tfds_read(tfds, data_dir) -> ArrayDataset:
-    builder = tfds.builder("cifar10", data_dir=None if data_dir is None else str(data_dir))
-    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    try:
-        # Random access (array_record / parquet): needs no TensorFlow.
-        for split in ("train", "test"):
-            source = builder.as_data_source(split=split)
-            n = len(source)
-            images = np.empty((n, 32, 32, 3), np.uint8)
-            labels = np.empty((n,), np.int32)
-            for i in range(n):
-                ex = source[i]
-                images[i] = ex["image"]
-                labels[i] = ex["label"]
-            splits[split] = (images, labels)
-    except Exception as e:
-        if not builder.is_prepared():
-            raise DataNotFoundError(
-                f"tensorflow-datasets has no prepared 'cifar10' in {builder.data_dir}"
-            ) from e
+    with fs.quiet_libraries():  # tfds logs through absl while probing; errors are raised
+        builder = tfds.builder("cifar10", data_dir=None if data_dir is None else str(data_dir))
+        splits = {}
         try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                f"tensorflow-datasets' cifar10 in {builder.data_dir} is prepared in "
-                f"{builder.info.file_format} format, which can only be read with TensorFlow "
-                "(not installed).  Install tensorflow, re-prepare it without TensorFlow-only "
-                "formats (`tfds build cifar10 --file_format=array_record`), or use a "
-                f"{FOLDER_NAME} folder instead."
-            ) from e
-        for split in ("train", "test"):
-            ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
-            images, labels = tfds.as_numpy(ds)
-            splits[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
-    return ArrayDataset(
-        train_images=splits["train"][0],
-        train_labels=splits["train"][1],
-        test_images=splits["test"][0],
-        test_labels=splits["test"][1],
-        num_classes=_NUM_CLASSES,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        name="cifar10",
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Public loader
-# --------------------------------------------------------------------------------------
+            for split in ("train", "test"):
+                source = builder.as_data_source(split=split)
+                examples = [source[i] for i in range(len(source))]
+                splits[split] = (np.stack([np.asarray(ex["image"], np.uint8) for ex in examples]),
+                                 np.asarray([ex["label"] for ex in examples], np.int32))
+        except Exception as e:
+            if not builder.is_prepared():
+                raise DataNotFoundError(f"tensorflow-datasets has no prepared 'cifar10' in "
+                                        f"{builder.data_dir}") from e
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                raise RuntimeError(
+                    f"tensorflow-datasets' cifar10 in {builder.data_dir} is prepared in "
+                    f"{builder.info.file_format} format, which can only be read with TensorFlow "
+                    "(not installed).  Install tensorflow, re-prepare it without TensorFlow-only "
+                    "formats (`tfds build cifar10 --file_format=array_record`), or use a "
+                    f"{FOLDER_NAME} folder instead.") from e
+            for split in ("train", "test"):
+                ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+                images, labels = tfds.as_numpy(ds)
+                splits[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+    return _arrays(splits["train"], splits["test"])
 
 
 def _what_is_there(path: Path) -> str:
@@ -526,10 +290,8 @@ def _how_to_provide() -> str:
     )
 
 
-def load_cifar10(
-    data_dir: str | os.PathLike[str] | None = None,
-    source: str = "auto",
-) -> ArrayDataset:
+def load_cifar10(data_dir: str | os.PathLike[str] | None = None,
+                 source: str = "auto") -> ArrayDataset:
     """Load CIFAR-10 (50,000 train / 10,000 test 32x32 RGB images, 10 classes).
 
     Args:
@@ -560,10 +322,8 @@ def load_cifar10(
         try:
             return _tfds_cifar10(data_dir)
         except ImportError as e:
-            raise DataNotFoundError(
-                "source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets\n"
-                + _how_to_provide()
-            ) from e
+            raise DataNotFoundError("source='tfds' needs tensorflow-datasets: pip install "
+                                    "tensorflow-datasets\n" + _how_to_provide()) from e
         except DataNotFoundError as e:
             raise DataNotFoundError(f"{e}\n{_how_to_provide()}") from e
 
@@ -592,6 +352,5 @@ def load_cifar10(
         except (DataNotFoundError, RuntimeError) as e:
             looked.append(f"  - tensorflow-datasets: {e}")
 
-    raise DataNotFoundError(
-        "CIFAR-10 not found. Looked in:\n" + "\n".join(looked) + "\n" + _how_to_provide()
-    )
+    raise DataNotFoundError("CIFAR-10 not found. Looked in:\n" + "\n".join(looked) + "\n"
+                            + _how_to_provide())

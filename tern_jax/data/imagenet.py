@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tern_jax.data.errors import DataNotFoundError
-from tern_jax.data.pipeline import batch_dataset, batch_iterator, normalize_images
-from tern_jax.data.streams import prefetch_to_device
+from tern_jax.data.pipeline import batch_dataset, batch_iterator
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -53,8 +52,6 @@ __all__ = [
     "imagenet_batches",
     "imagenet_dataset",
     "imagenet_source",
-    "normalize_batch",
-    "prefetch_to_device",
     "random_resized_crop_box",
     "train_transform",
 ]
@@ -212,16 +209,6 @@ def eval_transform(
     left, top = center_crop_box(new_w, new_h, size)
     arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return np.ascontiguousarray(arr)
-
-
-def normalize_batch(
-    images: np.ndarray,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-    dtype: Any = np.float32,
-) -> np.ndarray:
-    """``(x / 255 - mean) / std`` per channel on the host, for uint8 NHWC batches."""
-    return normalize_images(images, mean, std, dtype)
 
 
 class TrainTransform:

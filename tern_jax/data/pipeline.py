@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tern_jax.data.augment import normalize
 from tern_jax.data.streams import pad_batch
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "batch_iterator",
     "batch_plan",
     "example_index",
-    "normalize_images",
 ]
 
 #: ``transform(image, rng) -> uint8 (H, W, C)`` applied to each example's image.
@@ -168,15 +168,6 @@ def example_index(position: int, epoch: int, num_examples: int, *, seed: int,
                              seed=(seed + 1_000_003 * epoch) % 2**32, rounds=4))
 
 
-def normalize_images(images: np.ndarray, mean, std, dtype: Any = np.float32) -> np.ndarray:
-    """``(x / 255 - mean) / std`` per channel, for uint8 NHWC images."""
-    scale = np.asarray(1.0 / (255.0 * np.asarray(std, np.float64)), np.float32)
-    shift = np.asarray(np.asarray(mean, np.float64) / np.asarray(std, np.float64), np.float32)
-    out = np.multiply(images, scale, dtype=np.float32)  # one pass, no uint8 -> float copy
-    out -= shift
-    return out.astype(dtype, copy=False)
-
-
 class _LoadBatch:
     """Maps a step (over all epochs) to this process's batch; runs in the grain workers."""
 
@@ -211,7 +202,7 @@ class _LoadBatch:
         if self.pad:
             images_arr, labels_arr, mask = pad_batch(images_arr, labels_arr, plan.batch_size)
         if self.dtype != np.uint8:
-            images_arr = normalize_images(images_arr, self.mean, self.std, self.dtype)
+            images_arr = normalize(images_arr, self.mean, self.std, self.dtype)
         if self.pad:
             return images_arr, labels_arr, mask
         return images_arr, labels_arr

@@ -1,20 +1,19 @@
-"""Host-side batch helpers: padding the last evaluation batch, device prefetch.
+"""Host-side batch helpers: padding the last evaluation batch, evaluation batches on device.
 
 The in-memory datasets (CIFAR-10, digits) normally live on the device and are batched there;
 these helpers serve the streamed path (ImageNet, or any dataset with ``stream=True``), where
-the host produces batches and the accelerator consumes them.
+the host produces batches and the accelerator consumes them. Batches are prefetched in one
+place: the grain iterator of :func:`tern_jax.data.pipeline.batch_iterator`.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["device_eval_batches", "iterate_batches", "pad_batch", "pad_examples",
-           "prefetch_to_device"]
+__all__ = ["device_eval_batches", "iterate_batches", "pad_batch", "pad_examples"]
 
 
 def pad_examples(arrays: dict, size: int) -> tuple[dict, np.ndarray]:
@@ -57,41 +56,3 @@ def iterate_batches(batches: dict, mask) -> Iterator[tuple[dict, Any]]:
     """``(batch, mask)`` pairs of :func:`device_eval_batches`' result, in order."""
     for b in range(mask.shape[0]):
         yield {k: a[b] for k, a in batches.items()}, mask[b]
-
-
-def prefetch_to_device(
-    iterator: Iterable[Any], size: int = 2, sharding: Any = None
-) -> Iterator[Any]:
-    """Keep ``size`` batches (any pytrees) ahead on device with ``jax.device_put``.
-
-    ``device_put`` is asynchronous, so the host-to-device copies of upcoming batches
-    overlap with the computation on the current one.
-
-    Args:
-        iterator: host batches (pytrees of NumPy arrays).
-        size: number of batches transferred ahead (at least 1).
-        sharding: optional ``jax.sharding.Sharding`` (or pytree of them) for ``device_put``;
-            ``None`` puts the batch on the default device.
-
-    Yields:
-        The same batches as ``jax.Array`` pytrees, in order.
-    """
-    import jax
-
-    if size < 1:
-        raise ValueError(f"size must be at least 1, got {size}")
-    queue: collections.deque[Any] = collections.deque()
-    it = iter(iterator)
-
-    def enqueue(n: int) -> None:
-        for _ in range(n):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            queue.append(jax.device_put(batch, sharding))
-
-    enqueue(size)
-    while queue:
-        yield queue.popleft()
-        enqueue(1)

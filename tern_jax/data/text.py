@@ -148,6 +148,12 @@ def _tiny_shakespeare(data_dir) -> TextDataset:
         splits = {name: b"".join(bytes(example["text"]) for example in source)
                   for name, source in zip(("train", "validation"), sources)}
     except Exception as e:  # TFDS raises many types when offline or without TensorFlow
+        missing = _missing_module(e)
+        if missing is not None:
+            raise FileNotFoundError(
+                f"tiny_shakespeare needs the Python module {missing!r}, which tensorflow_datasets "
+                f"imports and which is not installed: pip install {missing.replace('_', '-')}; "
+                "or use dataset 'python_stdlib' or text_path= for a local file") from None
         raise FileNotFoundError(
             f"tiny_shakespeare is not available here ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); it needs a download (or a data_dir "
@@ -157,6 +163,17 @@ def _tiny_shakespeare(data_dir) -> TextDataset:
                        "tiny_shakespeare",
                        f"TFDS tiny_shakespeare: train {len(splits['train']):,} bytes, validation "
                        f"{len(splits['validation']):,} bytes")
+
+
+def _missing_module(error: BaseException) -> str | None:
+    """The top-level name of a module whose import failed somewhere in ``error``'s chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImportError) and getattr(error, "name", None):
+            return error.name.split(".")[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _by_position(data: bytes) -> tuple[bytes, bytes]:
@@ -256,6 +273,20 @@ def load_text(name: str = "python_stdlib", *, text_path: str | os.PathLike | Non
     return dataset
 
 
+def _check_tokens(data, what: str) -> None:
+    """Integer tokens in ``[0, 256)``; their values only when known (not under ``jit``)."""
+    if not jnp.issubdtype(data.dtype, jnp.integer):
+        raise TypeError(f"{what} must hold integer byte tokens (e.g. uint8), got dtype "
+                        f"{data.dtype}")
+    if isinstance(data, jax.core.Tracer) or data.size == 0:
+        return
+    low, high = int(data.min()), int(data.max())
+    if low < 0 or high >= VOCAB_SIZE:
+        raise ValueError(f"{what} must hold byte tokens in [0, {VOCAB_SIZE}), got values in "
+                         f"[{low}, {high}]; a token outside the vocabulary has no embedding "
+                         "(NaN logits, or a negative one wraps round)")
+
+
 def _check_length(data_size: int, length: int, what: str) -> None:
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"sequence length must be a positive integer, got {length!r}")
@@ -271,6 +302,7 @@ def random_windows(key: jax.Array, data: jax.Array, batch_size: int, length: int
     Runs under ``jit`` (``batch_size``/``length`` static) on the device-resident ``data``;
     returns int32 ``(batch_size, length + 1)``: inputs ``[:, :-1]``, targets ``[:, 1:]``.
     """
+    _check_tokens(data, "data")
     _check_length(int(data.shape[0]), length, "text")
     starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - length)
     take = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(data, s, length + 1))
@@ -286,6 +318,7 @@ def eval_windows(data: np.ndarray, length: int, max_windows: int | None = None) 
     (deterministic), so a capped evaluation still samples every part of the text.
     """
     data = np.asarray(data)
+    _check_tokens(data, "data")
     _check_length(data.size, length, "validation split")
     n = (data.size - 1) // length
     picked = np.arange(n)

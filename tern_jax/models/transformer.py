@@ -242,7 +242,11 @@ class Transformer(nnx.Module):
     """Decoder-only transformer: ``model(tokens)`` -> float32 logits ``(B, T, vocab_size)``.
 
     ``tokens`` are integers in ``[0, vocab_size)`` of shape ``(B, T)`` with ``T <= max_len``;
-    position ``t``'s logits predict token ``t + 1`` from tokens ``0..t``.
+    position ``t``'s logits predict token ``t + 1`` from tokens ``0..t``. Called eagerly the model
+    refuses a token outside that range; inside ``jit`` (training, :func:`generate`) the values
+    are not known when it is traced, so it cannot check them: a token ``>= vocab_size`` then
+    gives NaN logits and a negative one wraps round. Check tokens where they enter, as
+    :func:`generate` and :mod:`tern_jax.data.text` do.
     """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -270,6 +274,8 @@ class Transformer(nnx.Module):
                 f"{self.config.max_len}; pass at most max_len tokens (or build the model with a "
                 "larger max_len)"
             )
+        if not isinstance(tokens, jax.core.Tracer):  # under jit the values are unknown
+            _check_token_range(np.asarray(tokens), self.config.vocab_size, "tokens")
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
@@ -291,10 +297,15 @@ def _prompt_tokens(prompt, vocab_size: int) -> np.ndarray:
         tokens = tokens.astype(np.int32)
     if tokens.size == 0:
         raise ValueError("prompt is empty; give at least one byte (e.g. b'\\n') to start from")
-    if tokens.min() < 0 or tokens.max() >= vocab_size:
-        raise ValueError(f"prompt tokens must lie in [0, {vocab_size}), got values in "
-                         f"[{tokens.min()}, {tokens.max()}]")
+    _check_token_range(tokens, vocab_size, "prompt tokens")
     return tokens
+
+
+def _check_token_range(tokens: np.ndarray, vocab_size: int, what: str) -> None:
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"{what} must lie in [0, {vocab_size}), got values in "
+                         f"[{tokens.min()}, {tokens.max()}]; a token outside the vocabulary has "
+                         "no embedding (it would give NaN logits or wrap round)")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps"))

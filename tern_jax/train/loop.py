@@ -276,7 +276,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
 
         progress = tqdm(total=config.epochs * trainer.steps_per_epoch,
                         initial=start_epoch * trainer.steps_per_epoch, unit="step",
-                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+                        file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
+                        disable=None)  # no bar (no \r) when stderr is not a terminal
     manager = folder.manager(config.keep_checkpoints)
     try:
         for epoch in range(start_epoch, config.epochs):

@@ -1,4 +1,8 @@
-"""Per-epoch metrics (JSONL), the final table over seeds, and training-curve plots."""
+"""Per-epoch metrics (JSONL) and the final results over seeds (plots: :mod:`tern_jax.report`).
+
+A language model's losses are bits per byte (:mod:`tern_jax.train.language_model`): its
+results carry them as ``bits_per_byte`` per variant, and its table leads with them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tern_jax.train.config import FULL_PRECISION
+from tern_jax.train.config import is_language_model
+from tern_jax.train.run_folder import METRICS_FILE
 
 __all__ = ["append", "truncate", "read", "epoch_record", "epoch_line", "final_results",
-           "results_table", "plot_runs"]
+           "results_table", "loss_name"]
 
 
 def _number(x):
@@ -46,7 +51,7 @@ def read(path) -> list[dict]:
     """The records of a metrics file; a torn last line (crash mid-write) is skipped."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_FILE
     records = []
     if not path.exists():
         return records
@@ -81,8 +86,22 @@ def epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
+def loss_name(config) -> str:
+    """What a run's loss is called: ``bits/byte`` for a language model, else ``loss``."""
+    return "bits/byte" if is_language_model(config.model) else "loss"
+
+
+def _spread(values) -> dict:
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
 def final_results(path, config) -> dict:
-    """Final-epoch test accuracy per model and mean/spread per variant (never the best epoch)."""
+    """Final-epoch test accuracy per model and mean/spread per variant (never the best epoch).
+
+    A language model's variants also carry ``bits_per_byte`` (the final validation loss, per
+    seed and as mean/std), the figure its table leads with.
+    """
     records = read(path)
     if not records:
         return {"name": config.name, "epochs": 0, "variants": {}}
@@ -98,12 +117,19 @@ def final_results(path, config) -> dict:
             "zero_fraction": float(np.mean([m["zero_fraction"] for m in last["models"]
                                             if m["variant"] == variant])),
         }
+        if is_language_model(config.model):
+            bits = [m["test_loss"] for m in last["models"] if m["variant"] == variant]
+            variants[variant]["bits_per_byte"] = {"per_seed": bits, **_spread(bits)}
     return {"name": config.name, "model": config.model, "dataset": config.dataset,
             "epochs": last["epoch"], "seeds": list(config.seeds),
             "train_seconds": float(sum(r["seconds"] for r in records)), "variants": variants}
 
 
 def results_table(results: dict) -> str:
+    """The final table printed after a run: per variant accuracy over seeds (a language
+    model: bits per byte first, then next-byte accuracy)."""
+    if any("bits_per_byte" in r for r in results["variants"].values()):
+        return _bits_table(results)
     lines = [f"{results['name']}: final test accuracy after {results['epochs']} epochs "
              f"(mean ± std over seeds {results.get('seeds')})",
              f"{'variant':12s} {'mean %':>8s} {'± std':>7s} {'per seed %':>24s} {'zeros':>6s}"]
@@ -114,67 +140,14 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_parts(run) -> list[Path]:
-    """The metric folders of a run: itself, or the stages of a two-stage run in order."""
-    run = Path(run)
-    stages = [run / "pretrain", run / "finetune"]
-    if not (run / "metrics.jsonl").exists() and all((s / "metrics.jsonl").exists()
-                                                     for s in stages):
-        return stages
-    return [run]
-
-
-def _plot_records(ax_acc, ax_loss, records, label_prefix, offset):
-    names = [m["name"] for m in records[0]["models"]]
-    epochs = [offset + r["epoch"] for r in records]
-    for i, name in enumerate(names):
-        acc = [np.nan if r["models"][i]["test_acc"] is None
-               else 100 * r["models"][i]["test_acc"] for r in records]
-        loss = [r["models"][i]["train_loss"] for r in records]
-        style = "-" if records[0]["models"][i]["variant"] == FULL_PRECISION else "--"
-        evaluated = [(e, a) for e, a in zip(epochs, acc) if not np.isnan(a)]
-        ax_acc.plot(*zip(*evaluated), style, label=f"{label_prefix}:{name}", linewidth=1.2)
-        ax_loss.plot(epochs, loss, style, label=f"{label_prefix}:{name}", linewidth=1.2)
-
-
-def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
-    """Test accuracy and train loss per epoch of every model of one or more runs, to PNG.
-
-    A two-stage run (``pretrain/`` then ``finetune/``) is drawn as one timeline: the
-    fine-tuning epochs continue after the full-precision ones.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in run_dirs:
-        label_prefix = Path(run).name
-        offset = 0
-        for part in _run_parts(run):
-            records = read(part)
-            if not records:
-                raise ValueError(f"{part} has no metrics.jsonl records to plot")
-            _plot_records(ax_acc, ax_loss, records, label_prefix, offset)
-            offset += records[-1]["epoch"]
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss", yscale="log")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    from tern_jax import fs
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    # replaces only a plot tern_jax wrote there before (never a user's file)
-    fs.write_owned_bytes(out_png, buffer.getvalue(), what="a plot (tern-jax plot)")
-    return out_png
+def _bits_table(results: dict) -> str:
+    lines = [f"{results['name']}: final validation bits per byte after {results['epochs']} "
+             f"epochs (mean ± std over seeds {results.get('seeds')}; lower is better)",
+             f"{'variant':12s} {'bits/byte':>9s} {'± std':>7s} {'per seed':>20s} "
+             f"{'next-byte acc %':>16s} {'zeros':>6s}"]
+    for variant, r in results["variants"].items():
+        bits = r["bits_per_byte"]
+        per_seed = ", ".join(f"{b:.4f}" for b in bits["per_seed"])
+        lines.append(f"{variant:12s} {bits['mean']:9.4f} {bits['std']:7.4f} {per_seed:>20s} "
+                     f"{100 * r['mean']:16.2f} {100 * r['zero_fraction']:5.1f}%")
+    return "\n".join(lines)

@@ -11,26 +11,40 @@ Every checkpoint carries a SHA-256 per file and per array (``integrity.json``), 
 restore (files before orbax reads them, arrays after): a damaged latest checkpoint (flipped
 bytes, a truncated or deleted file) is never trained on;
 the previous complete one is used with a warning, and when none is usable the error names
-the damaged files. Checkpoints written before integrity files existed load unverified.
+the damaged files. Checkpoints written before integrity files existed load unverified. The
+scheme is :mod:`tern_jax.integrity`, the packed exports' too. A checkpoint whose parameters
+or shapes differ from the model's (another architecture) is refused before orbax reads it,
+naming the first parameter that differs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from tern_jax import fs
+from tern_jax.integrity import (
+    IntegrityError,
+    check_files,
+    check_shapes,
+    file_records,
+    tree_digests,
+    tree_shapes,
+)
 from tern_jax.train.config import Config, from_json
 
-__all__ = ["RunFolder", "CheckpointDamaged", "DamagedCheckpointWarning", "STAGES",
-           "final_stage", "latest_checkpoint"]
+__all__ = ["RunFolder", "CheckpointDamaged", "DamagedCheckpointWarning", "RUN_FILES",
+           "STAGES", "final_stage", "latest_checkpoint"]
 
 INTEGRITY_FILE = "integrity.json"
+
+#: The files of a run folder, each named once here: ``tern_jax.report`` reads them back and
+#: ``experiments/collect.py`` copies them.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE) = ("config.json", "metrics.jsonl",
+                                                          "results.json")
 
 #: Sub-folders of a two-stage run (each a run folder): full precision, then ternary fine-tuning.
 STAGES = ("pretrain", "finetune")
@@ -42,19 +56,6 @@ class CheckpointDamaged(RuntimeError):
 
 class DamagedCheckpointWarning(UserWarning):
     """The latest checkpoint is damaged; an earlier intact one is used instead."""
-
-
-def _digest(leaf) -> str:
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h = hashlib.sha256()
-    h.update(f"{a.dtype}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _digests(tree) -> dict[str, str]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): _digest(leaf) for path, leaf in leaves}
 
 
 def _as_dict(state) -> dict:
@@ -71,15 +72,15 @@ class RunFolder:
     # -- files ----------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_FILE
 
     @property
     def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
 
     @property
     def results_file(self) -> Path:
-        return self.path / "results.json"
+        return self.path / RESULTS_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -154,27 +155,35 @@ class RunFolder:
 
         tree = _as_dict(state)
         main = jax.process_index() == 0  # several processes: one writes the shared files
-        digests = _digests(tree) if main else None
+        digests = tree_digests(tree) if main else None
         manager.save(epoch, args=ocp.args.StandardSave(tree))  # every process takes part
         manager.wait_until_finished()
         step_dir = self.checkpoint_dir / str(epoch)
         if step_dir.is_dir() and main:
-            files = {str(p.relative_to(step_dir)): fs.file_digest(p)
-                     for p in sorted(step_dir.rglob("*")) if p.is_file()}
+            files = file_records(step_dir)
             write_text_atomic(step_dir / INTEGRITY_FILE,
                               json.dumps({"format": "tern_jax.integrity.v1", "sha256": digests,
                                           "files": files}, indent=1))
 
-    @staticmethod
-    def _check_files(step_dir: Path, files: dict) -> None:
-        """Every file orbax wrote is there with its bytes, checked before orbax reads any: a
-        damaged file is named here instead of surfacing as a storage library's traceback."""
-        for name, digest in files.items():
-            path = step_dir / name
-            if not path.is_file():
-                raise CheckpointDamaged(f"{path} is missing")
-            if fs.file_digest(path) != digest:
-                raise CheckpointDamaged(f"{path} fails its SHA-256 check (damaged on disk)")
+    def _check_architecture(self, epoch: int, abstract: dict) -> None:
+        """The stored weights have the model's parameters and shapes (orbax would read a
+        mismatching array without a word); raises ``ValueError`` naming the first that differs."""
+        import orbax.checkpoint as ocp
+
+        item = self.checkpoint_dir / str(epoch) / "default"  # the manager's one item
+        if not item.is_dir():
+            return
+        try:
+            with fs.quiet_libraries(), ocp.StandardCheckpointer() as reader:
+                stored = reader.metadata(item)
+        except Exception:  # noqa: BLE001 - unreadable metadata is damage, reported by restore
+            return
+        stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
+        if not isinstance(stored, dict) or "params" not in stored:
+            return
+        for part in ("params", "batch_stats"):
+            check_shapes(tree_shapes(abstract[part]), tree_shapes(stored.get(part) or {}),
+                         f"the checkpoint {self.checkpoint_dir / str(epoch)}")
 
     def _restore_one(self, manager, epoch: int, abstract: dict) -> dict:
         import orbax.checkpoint as ocp
@@ -188,7 +197,11 @@ class RunFolder:
                 expected = record["sha256"]
             except (ValueError, KeyError, TypeError) as e:
                 raise CheckpointDamaged(f"{integrity} is unreadable ({fs.error_summary(e)})") from e
-            self._check_files(step_dir, record.get("files", {}))
+            try:  # every file before orbax reads any: a damaged one is named, not a traceback
+                check_files(step_dir, record.get("files", {}))
+            except IntegrityError as e:
+                raise CheckpointDamaged(str(e)) from None
+        self._check_architecture(epoch, abstract)
         try:
             with fs.quiet_libraries():
                 restored = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
@@ -198,7 +211,7 @@ class RunFolder:
             warnings.warn(f"{step_dir} has no {INTEGRITY_FILE} (written before integrity "
                           "checks); restored unverified", stacklevel=3)
             return restored
-        got = _digests(restored)
+        got = tree_digests(restored)
         bad = sorted(k for k in expected if got.get(k) != expected[k])
         if bad or set(got) != set(expected):
             names = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")

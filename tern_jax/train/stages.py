@@ -44,6 +44,10 @@ def stage_configs(config: Config, workdir) -> tuple[Config, Config]:
     return pretrain, finetune
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
     saved = folder.read_config()
     if saved is not None and not resume:
@@ -75,8 +79,9 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
         folder.write_config(config)
     log = distributed.main_log(log)
     pretrain, finetune = stage_configs(config, folder.path)
-    log(f"{config.name}: two stages, {config.epochs} epochs full precision, then "
-        f"{config.finetune_epochs} epochs fine-tuning {', '.join(finetune.variants)} from it")
+    log(f"{config.name}: two stages, {_epochs(pretrain.epochs)} full precision (epochs), then "
+        f"{_epochs(finetune.epochs)} fine-tuning {', '.join(finetune.variants)} from it "
+        f"(finetune_epochs): {_epochs(pretrain.epochs + finetune.epochs)} in all")
     first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
                                devices=devices, log=log)
     second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,

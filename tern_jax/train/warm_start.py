@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tern_jax.integrity import check_shapes, tree_shapes
 from tern_jax.train.config import Config, Slot
 from tern_jax.train.restore import restore_run
 from tern_jax.train.stack import ModelStack, TrainState
@@ -38,6 +39,10 @@ def from_run(stack: ModelStack, config: Config, run_dir) -> TrainState:
     picks = np.array(picks)
     params = jax.tree.map(lambda a: a[picks], source.state.params)
     stats = jax.tree.map(lambda a: a[picks], source.state.batch_stats)
+    wanted = stack.abstract_state()  # same model name, yet e.g. another number of classes
+    for part, given in (("params", params), ("batch_stats", stats)):
+        check_shapes(tree_shapes(getattr(wanted, part)), tree_shapes(given),
+                     f"init_from run {run_dir}")
     return stack.restart_optimizer(params, stats)
 
 

@@ -40,7 +40,7 @@ def write_cifar_folder(root: Path) -> Path:
     """A tiny CIFAR-10 folder (130 train, 38 test images) with a learnable signal."""
     import numpy as np
 
-    from tern_jax.data import write_cifar_batches
+    from helpers.cifar import write_cifar_batches
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 168)
