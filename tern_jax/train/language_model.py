@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from tern_jax.activations import active_rules, quantize_inputs
 from tern_jax.models.transformer import Transformer, TransformerConfig, transformer_config
 
 __all__ = ["TEXT_DATASETS", "LanguageModel", "check_config", "language_model_task", "model_config",
@@ -96,6 +97,7 @@ class LanguageModel:
     def apply(self, params, model_state, batch, *, train):
         del train  # no dropout, no batch statistics
         model = nnx.merge(self.graphdef, params)
+        model = quantize_inputs(model, active_rules())  # rules with 8-bit activations
         return model(batch["tokens"][:, :-1]), model_state
 
     def _cross_entropy(self, logits, batch):
