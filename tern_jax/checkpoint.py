@@ -357,12 +357,15 @@ def _check_dtype(dtype):
     return dt
 
 
-def load_ternary(path, *, dtype=None):
+def load_ternary(path, *, dtype=None, codes: bool = False):
     """Reads a checkpoint written by :func:`save_ternary` into a nested dict of arrays.
 
     Ternary tensors come back dequantized (``Σ_k α_k·c_k`` in their original dtype, or
     ``dtype`` if given) so the pytree drops into ``model.apply`` unchanged; other leaves come
-    back as saved (floating ones cast to ``dtype`` if given).
+    back as saved (floating ones cast to ``dtype`` if given). With ``codes=True`` each ternary
+    tensor comes back as its :class:`tern_jax.core.TernaryCodes` instead (int8 levels and
+    float32 scales, as :func:`tern_jax.encode` gives them), for a kernel of one's own;
+    ``core.decode`` of them is the dequantized tensor.
 
     Raises ``TypeError`` for a path that is not a str/PathLike or a ``dtype`` that is not a
     dtype, ``ValueError`` for a non-floating ``dtype`` (e.g. ``jnp.int8``), and
@@ -371,6 +374,8 @@ def load_ternary(path, *, dtype=None):
     """
     path = _as_path(path, "load_ternary")
     dtype = _check_dtype(dtype)
+    if not isinstance(codes, bool):
+        raise TypeError(f"load_ternary: codes must be True or False, got {codes!r}")
     meta = _read_meta(path)
     if "files" in meta:
         _verify_files(path, meta["files"])
@@ -403,7 +408,8 @@ def load_ternary(path, *, dtype=None):
             except ValueError as e:
                 raise CheckpointError(f"{path}: tensor {entry['path']!r}: {e}") from e
             levels = (levels.astype(np.int8) - np.int8(entry["t_ex"])).reshape(shape)
-            value = core.dequantize(levels, scales, dtype or entry["dtype"])
+            value = (core.TernaryCodes(levels, scales) if codes else
+                     core.dequantize(levels, scales, dtype or entry["dtype"]))
         else:
             value = np.asarray(stored)
             if array_digest(value) != entry["sha256"]:

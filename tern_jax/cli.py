@@ -7,6 +7,7 @@ Subcommands::
                    [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]
     tern-jax eval --workdir DIR [--model tern/seed0 --packed PATH]   test accuracy (bits/byte)
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
+                    [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
     tern-jax summary --model resnet20 [--variant tern_t2]         size/sparsity table
     tern-jax plot RUN_DIR [RUN_DIR ...] --out curves.png          training curves
@@ -38,8 +39,10 @@ from flax import nnx
 
 import tern_jax
 from tern_jax import fs
+from tern_jax.activations import quantize_inputs
 from tern_jax.checkpoint import read_origin
 from tern_jax.data import DataNotFoundError
+from tern_jax.export import to_gguf
 from tern_jax.integrity import check_shapes, tree_shapes
 from tern_jax.models import get_model
 from tern_jax.models.transformer import Transformer, generate
@@ -218,6 +221,16 @@ def _export(args) -> int:
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = variant_rules(slot.variant, restored.config.model) or ()
     params = jax.tree.map(lambda a: a[i], restored.state.params)
+    if args.format == "gguf":  # for llama.cpp (tern_jax/export.py)
+        if family_of(restored.config.model) is not LANGUAGE_MODEL:
+            raise UsageError(f"{args.workdir} trained {restored.config.model!r}, a model of "
+                             f"{family_of(restored.config.model).task}; --format gguf exports "
+                             "language models (model='transformer_*')")
+        path = to_gguf(out, params, model_config(restored.config), rules, type=args.type,
+                       overwrite=args.overwrite, name=f"{restored.config.name}-{slot}")
+        print(f"exported {slot} ({restored.config.model}) as GGUF {args.type.upper()} to "
+              f"{path}: {path.stat().st_size:,} bytes")
+        return 0
     stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
@@ -255,16 +268,17 @@ def _sample(args) -> int:
     restored = restore_run(args.workdir, args.epoch)
     config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)
+    rules = variant_rules(slot.variant, config.model)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
         params = _load_packed(args.packed, restored, slot)["params"]
     else:  # the run's latent weights, ternarized by the variant's rules
         params = jax.tree.map(lambda a: a[i], restored.state.params)
-        rules = variant_rules(slot.variant, config.model)
         if rules is not None:
             params = tern_jax.quantize_params(params, rules, unused="ignore")
     model = nnx.eval_shape(lambda: Transformer(model_config(config), rngs=nnx.Rngs(0)))
     prompt = args.prompt.encode("utf-8")
-    text = generate(with_params(model, params), prompt, steps=args.steps,
+    model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
+    text = generate(model, prompt, steps=args.steps,
                     key=jax.random.key(args.seed), temperature=args.temperature)
     print((prompt + text).decode("utf-8", errors="replace"))
     return 0
@@ -357,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export (never anything else)")
+    p.add_argument("--format", choices=("packed", "gguf"), default="packed",
+                   help="packed ternary checkpoint, or a GGUF file for llama.cpp")
+    p.add_argument("--type", choices=("tq2_0", "tq1_0", "q8_0", "f16"), default="tq2_0",
+                   help="GGUF type of the ternary kernels (--format gguf)")
     p.set_defaults(fn=_export)
 
     p = add("sample", help="generate text with a trained language model")

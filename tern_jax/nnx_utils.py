@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from tern_jax.activations import quantize_inputs
 from tern_jax.rules import path_to_str, quantize_params
 
 __all__ = ["ternarized", "with_params", "param_dict"]
@@ -59,7 +60,7 @@ def ternarized(model: nnx.Module, rules=None, *, unused: str = "warn",
     _check_module(model, "ternarized")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     quantized = quantize_params(params, rules, unused=unused, threshold_scale=threshold_scale)
-    return nnx.merge(graphdef, quantized, rest)
+    return quantize_inputs(nnx.merge(graphdef, quantized, rest), rules)  # Rule.activations
 
 
 def param_dict(model: nnx.Module) -> dict:

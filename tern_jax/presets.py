@@ -36,6 +36,8 @@ The presets (:data:`TRANSFORMER_RULES`), one changed setting each against ``"ter
 ``tern_fl``    the paper's quantizer with the embedding and the output head in full
                precision, BitNet's convention (the paper's "first and last layers in full
                precision" for AlexNet): one line, :data:`EMBEDDINGS_AND_HEAD_FP`
+``tern_a8``    ``tern`` with 8-bit layer inputs in llama.cpp's ``Q8_K`` blocks (W1.58A8:
+               :mod:`tern_jax.activations`), what an exported ``TQ1_0``/``TQ2_0`` file computes
 =============  ==========================================================================
 
 Keeping the embedding and head in full precision is one rule placed first (the first match
@@ -123,6 +125,7 @@ TRANSFORMER_RULES: Presets = {
     "twn": (Rule(WEIGHTS, method="twn"),),
     "absmean": (Rule(WEIGHTS, method="absmean"),),
     "tern_fl": (EMBEDDINGS_AND_HEAD_FP, Rule(WEIGHTS)),
+    "tern_a8": (Rule(WEIGHTS, activations="int8_block"),),
 }
 
 

@@ -57,6 +57,10 @@ class Rule:
         per (head, feature) output.
       strict: if ``True`` a matched leaf that is not a float array of rank >= 2 is an error;
         if ``False`` such leaves are passed over (what the default rule does).
+      activations: ``None`` (inputs in full precision), or 8-bit inputs for the layers whose
+        kernel the rule matches (W1.58A8, BitNet b1.58): ``"int8"`` (one absmax scale per
+        token) or ``"int8_block"`` (one per 256 features of a token, as llama.cpp's ``Q8_K``).
+        See :mod:`tern_jax.activations`.
     """
 
     pattern: str
@@ -66,6 +70,7 @@ class Rule:
     thresholds: tuple[float, ...] | None = None
     axis: int | tuple[int, ...] | None = None
     strict: bool = True
+    activations: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.pattern, str):
@@ -80,6 +85,10 @@ class Rule:
         if not isinstance(self.strict, bool):
             raise TypeError(f"Rule({self.pattern!r}): strict must be True or False, got "
                             f"{self.strict!r}")
+        if self.activations is not None and self.activations not in ("int8", "int8_block"):
+            raise ValueError(f"Rule({self.pattern!r}): activations must be None, 'int8' (per "
+                             f"token) or 'int8_block' (llama.cpp's Q8_K blocks), got "
+                             f"{self.activations!r}")
         try:
             object.__setattr__(self, "axis", core.normalize_axis(self.axis))
         except TypeError as e:

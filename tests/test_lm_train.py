@@ -139,6 +139,12 @@ def test_a_language_model_trains_resumes_samples_and_exports(text_file, tmp_path
     assert main(greedy + ["--packed", packed]) == 0
     assert capsys.readouterr().out == latent
 
+    gguf_out = tmp_path / "tern.gguf"  # a GELU transformer has no llama.cpp form
+    assert main(["export", "--workdir", workdir, "--model", "tern/seed0", "--format", "gguf",
+                 "--out", str(gguf_out)]) == 2
+    assert "gated MLP; this model has mlp='gelu'" in capsys.readouterr().err
+    assert not gguf_out.exists()
+
 
 def test_sampling_an_image_run_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "config.json").write_text(

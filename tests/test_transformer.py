@@ -254,3 +254,37 @@ def test_the_presets_have_one_home_reachable_as_the_docstrings_write_it():
     matches, _ = tern_jax.match_params({"conv": {"kernel": jnp.ones((3, 3, 1, 2))}},
                                        tern_jax.presets.PRESETS["tern"])
     assert isinstance(matches[0], tern_jax.Match) and matches[0].quantized
+
+
+def test_grouped_query_attention_is_multi_head_attention_with_shared_key_value_heads():
+    gqa = TransformerConfig(max_len=8, d_model=16, num_heads=4, num_kv_heads=2, num_layers=1)
+    model = Transformer(gqa, rngs=nnx.Rngs(0))
+    params = param_dict(model)
+    assert params["blocks"][0]["attn"]["key"]["kernel"].shape == (16, 2, 4)
+    mha = Transformer(TransformerConfig(max_len=8, d_model=16, num_heads=4, num_layers=1),
+                      rngs=nnx.Rngs(1))
+    attn = params["blocks"][0]["attn"]
+    repeated = {k: np.repeat(attn[k]["kernel"], 2, axis=1) for k in ("key", "value")}
+    shared = jax.tree.map(lambda a: a, params)
+    for k, v in repeated.items():
+        shared["blocks"][0]["attn"][k]["kernel"] = v
+    tokens = jnp.asarray([[1, 5, 9, 200, 7, 3]])
+    np.testing.assert_allclose(forward(model, tokens), forward(with_params(mha, shared), tokens),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_gated_mlp_is_down_of_silu_gate_times_up():
+    config = TransformerConfig(max_len=8, d_model=16, num_heads=2, num_layers=1, mlp="swiglu")
+    mlp = Transformer(config, rngs=nnx.Rngs(0)).blocks[0].mlp
+    x = jax.random.normal(jax.random.key(2), (3, 16))
+    gate, up, down = (np.asarray(m.kernel[...]) for m in (mlp.gate, mlp.up, mlp.down))
+    expected = (jax.nn.silu(x @ gate) * (x @ up)) @ down
+    np.testing.assert_allclose(mlp(x), expected, rtol=1e-5, atol=1e-6)
+    assert TransformerConfig().mlp == "gelu" and TransformerConfig().num_kv_heads is None
+
+
+def test_gated_mlp_and_kv_heads_options_are_checked():
+    with pytest.raises(ValueError, match="num_kv_heads must be a positive integer dividing"):
+        TransformerConfig(d_model=16, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="mlp must be one of"):
+        TransformerConfig(mlp="relu")

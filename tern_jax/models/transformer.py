@@ -7,14 +7,17 @@ tokens ``(B, T)``, ``T <= max_len``::
     embed (vocab, d)                                   -> (B, T, d)
     blocks/i, i < num_layers (pre-norm, residual):
         attn_norm (RMSNorm), attn: causal multi-head self-attention with rotary positions
-            query, key, value kernels (d, heads, head_dim); out kernel (heads, head_dim, d)
-        mlp_norm (RMSNorm), mlp: up (d, mlp_ratio*d), GELU, down (mlp_ratio*d, d)
+            query kernel (d, heads, head_dim); key, value kernels (d, kv_heads, head_dim)
+            (kv_heads = num_kv_heads, default heads); out kernel (heads, head_dim, d)
+        mlp_norm (RMSNorm), mlp: up (d, mlp_ratio*d), GELU, down (mlp_ratio*d, d);
+            or with mlp="swiglu" (LLaMA, BitNet): down(silu(gate(x)) * up(x)), gate as up
     final_norm (RMSNorm)
     head (d, vocab), or embed.attend (the embedding's transpose) when tie_embeddings  -> logits
 
 Parameter paths (``nnx.state(model, nnx.Param)``): ``embed/embedding``,
 ``blocks/0/attn/query/kernel``, ``blocks/0/attn/out/kernel``, ``blocks/0/mlp/up/kernel``,
-``blocks/0/attn_norm/scale``, ..., ``final_norm/scale``, ``head/kernel``. No biases (as LLaMA
+``blocks/0/attn_norm/scale``, ..., ``final_norm/scale``, ``head/kernel`` (and
+``blocks/0/mlp/gate/kernel`` with ``mlp="swiglu"``). No biases (as LLaMA
 and BitNet); positions are rotary (RoPE, Su et al. 2021), so there is no position table.
 Initialization as GPT-2: every kernel and the embedding ``N(0, 0.02)``, the residual outputs
 (``attn/out``, ``mlp/down``) ``N(0, 0.02/sqrt(2·num_layers))``.
@@ -41,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = [
+    "MLP_KINDS",
     "TRANSFORMER_CONFIGS",
     "Transformer",
     "TransformerConfig",
@@ -53,6 +57,10 @@ __all__ = [
 _ModuleList = getattr(nnx, "List", list)
 
 
+#: The MLP kinds of :class:`TransformerConfig`.
+MLP_KINDS = ("gelu", "swiglu")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Sizes of a :class:`Transformer`.
@@ -63,8 +71,12 @@ class TransformerConfig:
       d_model: width of the residual stream.
       num_heads: attention heads; ``head_dim = d_model // num_heads`` (even, for rotary
         positions).
+      num_kv_heads: key/value heads for grouped-query attention (Ainslie et al. 2023): each
+        serves ``num_heads // num_kv_heads`` query heads. ``None``: ``num_heads`` (multi-head).
       num_layers: transformer blocks.
       mlp_ratio: hidden width of the MLP as a multiple of ``d_model``.
+      mlp: ``"gelu"`` (``down(gelu(up(x)))``) or ``"swiglu"``, the gated MLP of LLaMA and
+        BitNet (``down(silu(gate(x)) · up(x))``, Shazeer 2020), which llama.cpp runs.
       tie_embeddings: the output head is the embedding's transpose (no ``head/kernel``).
       dtype: computation dtype (``"float32"``, ``"bfloat16"``); parameters stay float32 and
         logits come back float32.
@@ -78,6 +90,8 @@ class TransformerConfig:
     mlp_ratio: int = 4
     tie_embeddings: bool = False
     dtype: str = "float32"
+    num_kv_heads: int | None = None
+    mlp: str = "gelu"
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "mlp_ratio"):
@@ -90,6 +104,14 @@ class TransformerConfig:
                 f"TransformerConfig: d_model={self.d_model} is not divisible by "
                 f"num_heads={self.num_heads}; pick num_heads dividing d_model"
             )
+        kv = self.num_kv_heads
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, numbers.Integral)
+                               or kv < 1 or self.num_heads % kv):
+            raise ValueError(f"TransformerConfig.num_kv_heads must be a positive integer dividing "
+                             f"num_heads={self.num_heads} (or None), got {kv!r}")
+        if self.mlp not in MLP_KINDS:
+            raise ValueError(f"TransformerConfig.mlp must be one of {MLP_KINDS}, got "
+                             f"{self.mlp!r}")
         if self.head_dim % 2:
             raise ValueError(
                 f"TransformerConfig: head_dim = d_model/num_heads = {self.head_dim} must be even "
@@ -110,14 +132,23 @@ class TransformerConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``num_kv_heads``, or ``num_heads`` when it is ``None``."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
 
 #: Named sizes. ``transformer_tiny`` is for tests (seconds on a CPU); ``transformer_small`` is
 #: the CPU experiment's model (``experiments/results/lm``: 131k parameters, a 64-byte
-#: context); ``transformer_base`` (0.85M parameters, 128 bytes) is for longer runs.
+#: context); ``transformer_base`` (0.85M parameters, 128 bytes) is for longer runs;
+#: ``transformer_llama`` (1.3M parameters: gated MLP, grouped-query attention, d_model 256) is
+#: the smallest shape llama.cpp's ternary types take (:func:`tern_jax.export.to_gguf`).
 TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
     "transformer_tiny": TransformerConfig(max_len=32, d_model=32, num_heads=2, num_layers=2),
     "transformer_small": TransformerConfig(max_len=64, d_model=64, num_heads=2, num_layers=2),
     "transformer_base": TransformerConfig(max_len=128, d_model=128, num_heads=4, num_layers=4),
+    "transformer_llama": TransformerConfig(max_len=128, d_model=256, num_heads=4, num_layers=2,
+                                           mlp_ratio=2, num_kv_heads=2, mlp="swiglu"),
 }
 
 
@@ -156,16 +187,18 @@ class CausalSelfAttention(nnx.Module):
         dtype = jnp.dtype(config.dtype)
         out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * config.num_layers))
 
-        def projection():
-            return nnx.LinearGeneral(d, (h, hd), use_bias=False, kernel_init=_init,
+        def projection(heads):
+            return nnx.LinearGeneral(d, (heads, hd), use_bias=False, kernel_init=_init,
                                      dtype=dtype, rngs=rngs)
 
-        self.query, self.key, self.value = projection(), projection(), projection()
+        self.query = projection(h)
+        self.key, self.value = projection(config.kv_heads), projection(config.kv_heads)
         self.out = nnx.LinearGeneral((h, hd), d, axis=(-2, -1), use_bias=False,
                                      kernel_init=out_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = _rotary(self.query(x)), _rotary(self.key(x)), self.value(x)
+        # fewer key/value heads than query heads: each serves a group of query heads
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         return self.out(y)
 
@@ -175,12 +208,18 @@ class MLP(nnx.Module):
         d, hidden = config.d_model, config.mlp_ratio * config.d_model
         dtype = jnp.dtype(config.dtype)
         out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * config.num_layers))
+        self.gated = config.mlp == "swiglu"
+        if self.gated:
+            self.gate = nnx.Linear(d, hidden, use_bias=False, kernel_init=_init, dtype=dtype,
+                                   rngs=rngs)
         self.up = nnx.Linear(d, hidden, use_bias=False, kernel_init=_init, dtype=dtype,
                              rngs=rngs)
         self.down = nnx.Linear(hidden, d, use_bias=False, kernel_init=out_init, dtype=dtype,
                                rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.gated:
+            return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
         return self.down(jax.nn.gelu(self.up(x)))
 
 

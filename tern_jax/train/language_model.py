@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from tern_jax.activations import active_rules, quantize_inputs
 from tern_jax.models.transformer import Transformer, TransformerConfig, transformer_config
 
 __all__ = ["LanguageModel", "model_config", "seq_len", "check_config"]
@@ -74,6 +75,7 @@ class LanguageModel:
     def apply(self, params, model_state, batch, *, train):
         del train  # no dropout, no batch statistics
         model = nnx.merge(self.graphdef, params)
+        model = quantize_inputs(model, active_rules())  # rules with 8-bit activations
         return model(batch["tokens"][:, :-1]), model_state
 
     def _cross_entropy(self, logits, batch):

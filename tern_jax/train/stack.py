@@ -164,7 +164,19 @@ class ModelStack:
 
     def apply(self, params, model_state, batch, variant, *, train, threshold_scale=None):
         """One model's forward pass on its ternarized (per its variant) parameters."""
+        from tern_jax.activations import quantized_activations, uses_activations
+
+        if any(uses_activations(r) for r in self.rule_sets):  # 8-bit inputs: per variant
+            def forward(rules, params):
+                q = _apply_rules(params, rules, threshold_scale, self.branches == "vmapped")
+                with quantized_activations(rules):
+                    return self._apply_quantized(q, model_state, batch, train)
+            fns = [functools.partial(forward, r) for r in self.rule_sets]
+            return fns[0](params) if len(fns) == 1 else jax.lax.switch(variant, fns, params)
         q = self.quantize(params, variant, threshold_scale)
+        return self._apply_quantized(q, model_state, batch, train)
+
+    def _apply_quantized(self, q, model_state, batch, train):
         if self.branches == "vmapped":
             with vmapped_branches():
                 return self.task.apply(q, model_state, batch, train=train)

@@ -1,0 +1,338 @@
+"""GGUF export: a ternary transformer trained here, as a file llama.cpp (Ollama, LM Studio) runs.
+
+:func:`to_gguf` writes a :class:`~tern_jax.models.transformer.Transformer` in llama.cpp's
+``llama`` architecture with the ``gguf`` package (llama.cpp's own writer; ``pip install
+'tern_jax[export]'``). Ternary kernels become ``TQ2_0`` (2 bits per code, 2.06 bits per weight)
+or ``TQ1_0`` (base-3 packing, 1.69 bits per weight) tensors: blocks of 256 codes along a row
+with one fp16 scale, which is the tensor's ``α`` (or the row's, for per-output-channel scales),
+so the file holds ``fp16(α)·codes`` exactly. Norm scales are F32, other matrices F16.
+
+Layout, for ``h`` query heads, ``kv`` key/value heads of ``head_dim`` features (GGUF shapes
+are ``(rows, row width)``: a Flax kernel ``(in, out)`` is transposed)::
+
+    token_embd.weight      embed/embedding                     (vocab, d)
+    blk.N.attn_norm.weight blocks/N/attn_norm/scale            (d,)  F32
+    blk.N.attn_q.weight    blocks/N/attn/query/kernel          (h·head_dim, d)   rotary-permuted
+    blk.N.attn_k.weight    blocks/N/attn/key/kernel            (kv·head_dim, d)  rotary-permuted
+    blk.N.attn_v.weight    blocks/N/attn/value/kernel          (kv·head_dim, d)
+    blk.N.attn_output.weight  blocks/N/attn/out/kernel         (d, h·head_dim)
+    blk.N.ffn_norm.weight  blocks/N/mlp_norm/scale             (d,)  F32
+    blk.N.ffn_gate.weight / ffn_up.weight / ffn_down.weight   blocks/N/mlp/{gate,up,down}/kernel
+    output_norm.weight     final_norm/scale                    (d,)  F32
+    output.weight          head/kernel (absent when tie_embeddings: llama.cpp reuses token_embd)
+
+Rotary positions: tern_jax rotates the pairs ``(x_i, x_{i+head_dim/2})`` (the "neox" layout);
+llama.cpp's ``llama`` architecture rotates ``(x_{2i}, x_{2i+1})`` with the same frequencies.
+The query and key output features of each head are reordered ``[0, half, 1, half+1, ...]``
+so that llama.cpp's pairs are tern_jax's pairs; attention scores are unchanged by a common
+permutation of the query and key features, so the model computes the same function.
+
+The vocabulary is the 256 bytes as a byte-level BPE (``tokenizer.ggml.model = "gpt2"``)
+without merges: token ``b`` is GPT-2's printable stand-in for byte ``b``, which llama.cpp
+decodes back to the byte, so detokenizing gives the exact bytes, and any text tokenizes to its
+bytes. No BOS is added; byte 0 (NUL) is the end-of-generation token.
+
+What the format cannot hold is one clear error before anything is written: a GELU MLP
+(``llama`` has the gated one: train with ``TransformerConfig(mlp="swiglu")``), and for the TQ
+types residual expansion (``t_ex > 1``: 5 or 9 levels), a row width that is not a multiple of
+256, and scales that vary along a row (per-head scales of ``attn/out``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tern_jax import fs
+from tern_jax.core import TernaryCodes
+from tern_jax.models.transformer import TransformerConfig
+from tern_jax.rules import match_params, path_to_str
+
+__all__ = ["GGUF_TYPES", "to_gguf", "rotary_permutation", "byte_vocabulary"]
+
+#: Tensor types :func:`to_gguf` writes the ternary kernels as (``q8_0``: 8-bit, for comparison).
+GGUF_TYPES = ("tq2_0", "tq1_0", "q8_0", "f16")
+_ROW = 256  # llama.cpp's QK_K: weights per TQ1_0/TQ2_0 block
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("GGUF export needs the gguf package: pip install 'tern_jax[export]' "
+                          "(or pip install gguf)") from None
+    return gguf
+
+
+def rotary_permutation(head_dim: int) -> np.ndarray:
+    """Feature order within a head that turns tern_jax's rotary pairs into llama.cpp's.
+
+    ``new[2i] = old[i]``, ``new[2i+1] = old[i + head_dim/2]``.
+    """
+    half = head_dim // 2
+    return np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+
+
+def byte_vocabulary() -> list[str]:
+    """The 256 token texts: GPT-2's printable stand-in of each byte, in byte order."""
+    from gguf.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
+
+
+def _is_codes(x) -> bool:
+    return isinstance(x, TernaryCodes)
+
+
+def _flat(params) -> dict[str, object]:
+    """``{path: leaf}`` of ``params``, whose leaves are arrays or :class:`TernaryCodes`."""
+    import jax
+    from flax import nnx
+
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_codes)[0]
+    return {path_to_str(p): leaf for p, leaf in leaves}
+
+
+def _expected_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    from flax import nnx
+
+    from tern_jax.models.transformer import Transformer
+
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return {k: tuple(v.shape) for k, v in _flat(nnx.state(abstract, nnx.Param)).items()}
+
+
+def _codes_of(params, rules) -> dict[str, object]:
+    """Every leaf as an array, or as its :class:`TernaryCodes` when a rule ternarizes it."""
+    flat = _flat(params)
+    plain = {k: v for k, v in flat.items() if not _is_codes(v)}
+    out = dict(flat)
+    if rules is not None and plain:
+        matches, _ = match_params(plain, rules, unused="ignore")
+        for m in matches:
+            if m.quantized:
+                out[m.path] = m.rule.codes(m.leaf)
+    return out
+
+
+def _as_matrix(name: str, value: np.ndarray, config: TransformerConfig) -> np.ndarray:
+    """A Flax kernel as GGUF's ``(rows, row width)`` matrix, rotary-permuted where needed."""
+    hd = config.head_dim
+    if name.endswith(("attn/query/kernel", "attn/key/kernel", "attn/value/kernel")):
+        if not name.endswith("value/kernel"):
+            value = value[..., rotary_permutation(hd)]
+        return value.reshape(value.shape[0], -1).T  # (heads·head_dim, d)
+    if name.endswith("attn/out/kernel"):
+        return value.reshape(-1, value.shape[-1]).T  # (d, heads·head_dim)
+    if name.endswith("embed/embedding"):
+        return value  # (vocab, d): a lookup row per token
+    return value.T  # dense kernel (in, out) -> (out, in)
+
+
+def _gguf_name(path: str) -> str:
+    parts = path.split("/")
+    fixed = {"embed/embedding": "token_embd.weight", "final_norm/scale": "output_norm.weight",
+             "head/kernel": "output.weight"}
+    if path in fixed:
+        return fixed[path]
+    layer = {"attn_norm/scale": "attn_norm", "attn/query/kernel": "attn_q",
+             "attn/key/kernel": "attn_k", "attn/value/kernel": "attn_v",
+             "attn/out/kernel": "attn_output", "mlp_norm/scale": "ffn_norm",
+             "mlp/gate/kernel": "ffn_gate", "mlp/up/kernel": "ffn_up",
+             "mlp/down/kernel": "ffn_down"}["/".join(parts[2:])]
+    return f"blk.{parts[1]}.{layer}.weight"
+
+
+def _ternary_matrix(path: str, codes: TernaryCodes, config, type_: str) -> np.ndarray:
+    """``α·codes`` as the GGUF matrix; checks that a TQ type can hold it exactly."""
+    levels = np.asarray(codes.levels)
+    scales = np.asarray(codes.scales, np.float32)
+    if scales.shape[0] != 1 and type_ in ("tq2_0", "tq1_0"):
+        raise ValueError(
+            f"{path}: residual expansion (t_ex={scales.shape[0]}, {2 * scales.shape[0] + 1} "
+            f"levels) does not fit {type_.upper()}, which holds 3 levels; train with t_ex=1 "
+            "or export with type='f16'")
+    value = np.sum(scales * np.stack([np.sign(levels) * (np.abs(levels) >= k)
+                                      for k in range(1, scales.shape[0] + 1)]), axis=0)
+    matrix = _as_matrix(path, value.astype(np.float32), config)
+    if type_ not in ("tq2_0", "tq1_0"):
+        return matrix
+    row_scales = _as_matrix(path, np.broadcast_to(scales[0], levels.shape), config)
+    if matrix.shape[1] % _ROW:
+        raise ValueError(
+            f"{path}: rows of {matrix.shape[1]} inputs; {type_.upper()} packs blocks of {_ROW} "
+            f"inputs of a row. Use d_model (and the MLP's hidden width) multiples of {_ROW}, or "
+            "export with type='f16'")
+    if np.any(row_scales != row_scales[:, :1]):
+        raise ValueError(
+            f"{path}: its scales vary along a row (per-head scales of attn/out, or per-input "
+            f"channel ones); a {type_.upper()} block holds one scale for {_ROW} inputs of a "
+            "row. Use one scale per tensor or per output channel (presets 'tern', 'tern_pc'), "
+            "or export with type='f16'")
+    return matrix
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be the model's TransformerConfig, got "
+                        f"{type(config).__name__}")
+    if config.mlp != "swiglu":
+        raise ValueError(
+            f"llama.cpp's llama architecture has a gated MLP; this model has mlp="
+            f"{config.mlp!r}. Train a model with TransformerConfig(mlp='swiglu') (e.g. "
+            "model='transformer_llama') to export it")
+    if config.vocab_size != 256:
+        raise ValueError(f"the GGUF vocabulary is the 256 bytes; this model has vocab_size="
+                         f"{config.vocab_size}")
+
+
+def _tensors(params, config, rules, type_: str):
+    """``[(gguf name, array, gguf type or None)]`` in file order, all checks done."""
+    gguf = _gguf()
+    expected = _expected_shapes(config)
+    flat = _codes_of(params, rules)
+    for path in sorted(expected.keys() | flat.keys()):
+        if path not in flat:
+            raise ValueError(f"params lack {path!r}, which a {config} model has")
+        if path not in expected:
+            raise ValueError(f"params hold {path!r}, which the model does not have; pass the "
+                             "model's own nnx.Param state (params of a run or load_ternary)")
+        leaf = flat[path]
+        shape = tuple(np.shape(leaf.levels if _is_codes(leaf) else leaf))
+        if shape != expected[path]:
+            raise ValueError(f"{path!r} has shape {shape}; the model expects {expected[path]}")
+    if type_ != "f16" and not any(_is_codes(v) for v in flat.values()):
+        raise ValueError(f"no parameter is ternary (no rule ternarizes one), so there is "
+                         f"nothing to write as {type_.upper()}; pass the rules the model was "
+                         "trained with, or export a full-precision model with type='f16'")
+    quant = {"tq2_0": gguf.GGMLQuantizationType.TQ2_0, "tq1_0": gguf.GGMLQuantizationType.TQ1_0,
+             "q8_0": gguf.GGMLQuantizationType.Q8_0, "f16": gguf.GGMLQuantizationType.F16}
+    out = []
+    for path in sorted(expected, key=_order):
+        leaf = flat[path]
+        if _is_codes(leaf):
+            matrix = _ternary_matrix(path, leaf, config, type_)
+            if type_ == "f16":
+                out.append((_gguf_name(path), matrix.astype(np.float16), None))
+            else:
+                qtype = quant[type_]
+                out.append((_gguf_name(path), gguf.quants.quantize(matrix, qtype), qtype))
+        else:
+            value = np.asarray(leaf, np.float32)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{path!r} holds NaN or Inf; a model with it would not run")
+            if value.ndim == 1:
+                out.append((_gguf_name(path), value, None))
+            else:
+                out.append((_gguf_name(path), _as_matrix(path, value, config).astype(np.float16),
+                            None))
+    return out
+
+
+def _order(path: str):
+    """Tensor order in the file: embedding, blocks in order, final norm, head."""
+    parts = path.split("/")
+    if parts[0] == "blocks":
+        return (1, int(parts[1]), path)
+    return ({"embed": 0, "final_norm": 2, "head": 3}.get(parts[0], 4), 0, path)
+
+
+def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = "tq2_0",
+            overwrite: bool = False, name: str = "tern_jax") -> Path:
+    """Writes a :class:`Transformer`'s weights as a GGUF file llama.cpp loads; returns the path.
+
+    Args:
+      path: the ``.gguf`` file to create. An existing file is an error unless ``overwrite``,
+        and even then only a file tern_jax wrote (and nobody changed) is replaced.
+      params: the model's ``nnx.Param`` weights (nested dict or ``nnx.State``: a run's latent
+        weights, or ``load_ternary(path, codes=True)["params"]`` whose ternary leaves are
+        :class:`TernaryCodes` already).
+      config: the model's :class:`TransformerConfig` (``mlp="swiglu"``, ``vocab_size=256``).
+      rules: the rules it was trained with; the float leaves they ternarize are encoded with
+        them (``None``: only leaves given as :class:`TernaryCodes` are ternary).
+      type: ``"tq2_0"``, ``"tq1_0"`` (exact ternary), ``"q8_0"`` or ``"f16"`` (the ternary
+        weights ``α·codes`` rounded to 8-bit blocks or fp16) for the ternary kernels; others
+        are F16, norm scales F32.
+      overwrite: replace an earlier export of tern_jax at ``path``.
+      name: the model name in the file's metadata.
+
+    Raises before anything is written: ``ValueError`` naming what llama.cpp cannot represent
+    (see the module docstring) or a parameter that does not fit ``config``;
+    ``FileExistsError`` for an existing ``path`` without ``overwrite``;
+    :class:`tern_jax.fs.NotOwnedError` when ``path`` is not a file tern_jax wrote.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"to_gguf: path must be a str or PathLike, got "
+                        f"{path.__class__.__name__}")
+    path = Path(path).expanduser()
+    if type not in GGUF_TYPES:
+        raise ValueError(f"to_gguf: type must be one of {GGUF_TYPES}, got {type!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"to_gguf: overwrite must be True or False, got {overwrite!r}")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to "
+                                  "replace an earlier export, or choose a new path")
+        fs.check_replaceable(path, fs.owned_file, "a GGUF export (to_gguf)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"to_gguf: the folder {path.parent} does not exist; create it "
+                                "or choose another path")
+    _check_config(config)
+    gguf = _gguf()
+    tensors = _tensors(params, config, rules, type)
+
+    writer_path = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent,
+                                         delete=False) as tmp:
+            writer_path = Path(tmp.name)
+        writer = gguf.GGUFWriter(writer_path, "llama")
+        _write_metadata(writer, gguf, config, name, type)
+        for tensor_name, array, qtype in tensors:
+            writer.add_tensor(tensor_name, array, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        fs.write_owned_bytes(path, writer_path.read_bytes(), what="a GGUF export (to_gguf)")
+    finally:
+        if writer_path is not None:
+            writer_path.unlink(missing_ok=True)
+    return path
+
+
+def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: str) -> None:
+    file_types = {"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
+                  "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16}
+    writer.add_name(name)
+    writer.add_file_type(file_types[type_])
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_len)
+    writer.add_embedding_length(config.d_model)
+    writer.add_block_count(config.num_layers)
+    writer.add_feed_forward_length(config.mlp_ratio * config.d_model)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(10000.0)  # tern_jax's rotary base (models/transformer.py)
+    writer.add_layer_norm_rms_eps(1e-6)  # nnx.RMSNorm's epsilon
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(byte_vocabulary())
+    writer.add_token_types([gguf.TokenType.NORMAL] * 256)
+    # llama.cpp requires a merge list and GGUF has no empty arrays: one merge of two 2-symbol
+    # pieces, which never applies since no merge makes a 2-symbol piece (tokens stay bytes).
+    pair = byte_vocabulary()[0] * 2
+    writer.add_token_merges([f"{pair} {pair}"])
+    writer.add_add_bos_token(False)
+    # No byte is a BOS/EOS: llama.cpp's gpt2 default (11, '\v') would end generation on a
+    # vertical tab; NUL, which text does not hold, is the end-of-generation byte instead.
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
