@@ -30,7 +30,7 @@ from flax import nnx
 from tern_jax import fs
 from tern_jax.export import to_gguf
 from tern_jax.models.transformer import Transformer, TransformerConfig
-from tern_jax.presets_lm import TRANSFORMER_RULES
+from tern_jax.presets import TRANSFORMER_RULES
 
 TYPES = ("f16", "q8_0", "tq2_0", "tq1_0")
 

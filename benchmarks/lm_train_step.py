@@ -3,7 +3,7 @@
 Times one jitted training step of the library's own :func:`tern_jax.train.step.train_step`
 (forward + backward + Adam update of one model, next-byte cross entropy, the weights
 ternarized by the variant's rules inside the step) for full precision and every ternary
-variant of :data:`tern_jax.presets_lm.TRANSFORMER_RULES`, and prints each one's time, its
+variant of :data:`tern_jax.presets.TRANSFORMER_RULES`, and prints each one's time, its
 training tokens/s and its ratio to full precision, all measured in this run. Repetitions are
 interleaved (round r times every variant before round r+1 starts), so drift in machine load
 hits all variants alike; a variant's time is the minimum over ``--rounds`` rounds of the
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     import optax
 
     from tern_jax.models.transformer import transformer_config
-    from tern_jax.presets_lm import TRANSFORMER_RULES
+    from tern_jax.presets import TRANSFORMER_RULES
     from tern_jax.train import ModelStack, Slot
     from tern_jax.train.language_model import LanguageModel
 

@@ -1,6 +1,9 @@
 """Every rule preset of the package, as data: the named variants a run trains.
 
-A *variant* names a rule set; ``None`` rules mean full precision (:data:`FULL_PRECISION`).
+A *variant* names a rule set; the full-precision variant (:data:`FULL_PRECISION`) holds
+:data:`FULL_PRECISION_RULES`, one rule that keeps every parameter as it is, so
+``quantize_params(params, PRESETS["fp"])`` returns the weights unchanged (``None`` would mean
+the default rules, which ternarize every kernel); :func:`preset_rules` gives ``None`` for it.
 Each model family has its presets: :data:`PRESETS` for the CNNs of :mod:`tern_jax.models`
 (rules over ``.*/kernel``), :data:`TRANSFORMER_RULES` for the transformer language model. The
 same names mean the same idea in both (``tern``, ``tern_pc``, ``tern_t2``, ``twn``,
@@ -21,7 +24,7 @@ do: ``embedding``, ``kernel``) takes them unchanged. Norm scales (rank 1) are ne
 The presets (:data:`TRANSFORMER_RULES`), one changed setting each against ``"tern"``:
 
 =============  ==========================================================================
-``fp``         ``None``: full precision
+``fp``         :data:`FULL_PRECISION_RULES`: full precision
 ``tern``       the paper's whole network: every kernel and the token embedding, one
                ``Δ``/``α`` per tensor, ``δ = 0.05``, ``t_ex = 1``
 ``tern_pc``    one scale per output channel: dense kernels ``axis=-1``, the rank-3
@@ -55,6 +58,7 @@ from tern_jax.rules import Rule
 
 __all__ = [
     "FULL_PRECISION",
+    "FULL_PRECISION_RULES",
     "PRESETS",
     "EMBEDDINGS_AND_HEAD",
     "EMBEDDINGS_AND_HEAD_FP",
@@ -70,14 +74,17 @@ Presets = dict[str, "tuple[Rule, ...] | None"]
 #: The variant that trains in full precision (the teacher and the parent of the ternary models).
 FULL_PRECISION = "fp"
 
+#: The full-precision variant's rules: every parameter kept as it is.
+FULL_PRECISION_RULES: tuple[Rule, ...] = (Rule(r".*", None),)
+
 # First conv and classifier of every model in tern_jax.models (CIFAR/digits: stem_conv, head;
 # torchvision ResNets: conv1, fc; AlexNet: conv1, head). Full paths only: a block's inner
 # "stage1_block0/conv1" is not the first layer.
 _FIRST_LAST = r"(stem_conv|conv1|head|fc)/kernel"
 
-#: Named rule sets of the CNNs (see the module docstring). ``None`` trains in full precision.
+#: Named rule sets of the CNNs (see the module docstring).
 PRESETS: Presets = {
-    FULL_PRECISION: None,
+    FULL_PRECISION: FULL_PRECISION_RULES,
     # the paper: every conv and dense kernel, first and last included, per-tensor, t_ex=1
     "tern": (Rule(r".*/kernel"),),
     "tern_t2": (Rule(r".*/kernel", t_ex=2),),
@@ -115,9 +122,9 @@ _PER_HEAD = (
     Rule(WEIGHTS, axis=-1),
 )
 
-#: Named rule sets for transformers (see the module docstring); ``None`` is full precision.
+#: Named rule sets for transformers (see the module docstring).
 TRANSFORMER_RULES: Presets = {
-    FULL_PRECISION: None,
+    FULL_PRECISION: FULL_PRECISION_RULES,
     "tern": (Rule(WEIGHTS),),
     "tern_pc": _PER_CHANNEL,
     "tern_ph": _PER_HEAD,
@@ -131,10 +138,12 @@ TRANSFORMER_RULES: Presets = {
 
 def preset_rules(name: str, presets: Presets = PRESETS) -> tuple[Rule, ...] | None:
     """The rules of the variant ``name`` in ``presets`` (:data:`PRESETS` or
-    :data:`TRANSFORMER_RULES`); a clear error naming the choices for any other name."""
+    :data:`TRANSFORMER_RULES`), ``None`` for full precision (the trainer then skips the
+    quantizer); a clear error naming the choices for any other name."""
     if isinstance(name, dict):
         raise TypeError(f"you passed a dict of presets; pick one by name: one of "
                         f"{', '.join(map(str, name))}")
     if not isinstance(name, str) or name not in presets:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(presets)}")
-    return presets[name]
+    rules = presets[name]
+    return None if rules == FULL_PRECISION_RULES else rules

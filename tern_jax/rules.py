@@ -206,7 +206,9 @@ def _normalize_rules(rules) -> tuple[Rule, ...]:
         return (rules,)
     if isinstance(rules, Mapping):  # iterating it would give its names, not rules
         names = list(rules)
-        pick = next((k for k, v in rules.items() if v), names[0] if names else "tern")
+        pick = next((k for k, v in rules.items()  # the first that ternarizes something
+                     if any(getattr(r, "method", None) is not None for r in (v or ()))),
+                    names[0] if names else "tern")
         raise TypeError(
             f"rules must be a Rule or a sequence of Rules, got a {type(rules).__name__} with keys "
             f"{names[:8]}{' ...' if len(names) > 8 else ''}: you passed a dict of presets; pick "

@@ -11,7 +11,7 @@ from flax import nnx
 from tern_jax.activations import quantize_activations, quantize_inputs, quantized_activations
 from tern_jax.models.transformer import TransformerConfig
 from tern_jax.nnx_utils import ternarized
-from tern_jax.presets_lm import TRANSFORMER_RULES
+from tern_jax.presets import TRANSFORMER_RULES
 from tern_jax.rules import Rule
 from tern_jax.train import Slot
 from tern_jax.train.language_model import LanguageModel

@@ -8,7 +8,7 @@ from flax import nnx
 
 from tern_jax.models.transformer import Transformer, TransformerConfig
 from tern_jax.nnx_utils import ternarized
-from tern_jax.presets_lm import TRANSFORMER_RULES
+from tern_jax.presets import TRANSFORMER_RULES
 
 llama_cpp = pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")

@@ -174,3 +174,17 @@ def test_quantize_params_commutes_with_vmap_over_a_model_axis(linen_params):
     q = jax.vmap(tern_jax.quantize_params)(stacked)
     single = tern_jax.quantize_params(jax.tree.map(lambda a: 2 * a, linen_params))
     np.testing.assert_allclose(q["head"]["kernel"][1], single["head"]["kernel"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("presets", ["PRESETS", "TRANSFORMER_RULES"])
+def test_full_precision_preset_keeps_every_weight(presets):
+    # None would mean the default rules, which ternarize every kernel: the fp preset must not
+    import tern_jax.presets as p
+
+    params = {"conv": {"kernel": jnp.linspace(-1.0, 1.0, 36).reshape(3, 3, 2, 2),
+                       "bias": jnp.ones(2)},
+              "embed": {"embedding": jnp.linspace(-2.0, 2.0, 12).reshape(4, 3)}}
+    rules = getattr(p, presets)[p.FULL_PRECISION]
+    out = tern_jax.quantize_params(params, rules, unused="error")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), out, params)
+    assert p.preset_rules(p.FULL_PRECISION, getattr(p, presets)) is None  # the trainer's view

@@ -347,7 +347,7 @@ def _presets(family):
         from tern_jax.presets import PRESETS
 
         return PRESETS
-    from tern_jax.presets_lm import TRANSFORMER_RULES
+    from tern_jax.presets import TRANSFORMER_RULES
 
     return TRANSFORMER_RULES
 

@@ -12,7 +12,7 @@ on 512 windows (32,768 bytes) evenly spaced over the validation files.
 
 from tern_jax.train import Config
 
-#: Full precision and the six ternary variants of tern_jax.presets_lm.TRANSFORMER_RULES.
+#: Full precision and the six ternary variants of tern_jax.presets.TRANSFORMER_RULES.
 LM_VARIANTS = ("fp", "tern", "tern_pc", "tern_t2", "twn", "absmean", "tern_fl")
 
 

@@ -1,7 +1,7 @@
 """A small decoder-only transformer language model in Flax NNX, and sampling from it.
 
 Byte-level by default (256 symbols). Like the CNNs of :mod:`tern_jax.models` it knows nothing
-of ternarization: rules select its weights by path (:mod:`tern_jax.presets_lm`). Layout for
+of ternarization: rules select its weights by path (:mod:`tern_jax.presets`). Layout for
 tokens ``(B, T)``, ``T <= max_len``::
 
     embed (vocab, d)                                   -> (B, T, d)

@@ -12,7 +12,7 @@ from tern_jax import core, fs, save_ternary
 from tern_jax.checkpoint import load_ternary
 from tern_jax.models.transformer import Transformer, TransformerConfig
 from tern_jax.nnx_utils import ternarized, with_params
-from tern_jax.presets_lm import TRANSFORMER_RULES
+from tern_jax.presets import TRANSFORMER_RULES
 from tern_jax.rules import Rule
 
 gguf = pytest.importorskip("gguf")
