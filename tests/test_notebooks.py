@@ -41,21 +41,30 @@ def kernel_name(tmp_path_factory, request):
 
 
 # Run first in the kernel: records every file the notebook opens outside the repository but
-# beside it (as ../shared would be), which a user's checkout does not have.
+# beside it (as ../shared would be), which a user's checkout does not have. Only what stood
+# beside the repository before the notebook ran counts, less the session's XLA cache: a
+# checkout in the temp folder (as CI's may be) has the notebook's own temp files beside it.
 AUDIT = """\
 import os as _os, sys as _sys
 from pathlib import Path as _Path
 _repo = _Path.cwd().resolve().parent
+_before = set(_os.listdir(_repo.parent))
+_cache = _os.environ.get("JAX_COMPILATION_CACHE_DIR")
+_cache = _Path(_cache).resolve() if _cache else None
 _outside = []
-def _audit(event, args, _repo=_repo, _outside=_outside):
+def _audit(event, args, _repo=_repo, _outside=_outside, _before=_before, _cache=_cache):
     if event not in ("open", "os.listdir", "os.scandir") or not args or isinstance(args[0], int):
         return
     try:
         p = _Path(_os.fsdecode(_os.fspath(args[0]))).resolve()
     except (TypeError, ValueError, OSError):
         return
-    if p.is_relative_to(_repo.parent) and not p.is_relative_to(_repo):
-        _outside.append(str(p))
+    if not p.is_relative_to(_repo.parent) or p.is_relative_to(_repo):
+        return
+    beside = p.relative_to(_repo.parent).parts
+    if beside and beside[0] not in _before or _cache and p.is_relative_to(_cache):
+        return
+    _outside.append(str(p))
 _sys.addaudithook(_audit)
 """
 
