@@ -267,6 +267,10 @@ def test_the_nucleus_is_the_fewest_most_likely_tokens_reaching_top_p():
     assert kept(top_k=3, top_p=0.6) == {1, 3}
     np.testing.assert_array_equal(truncate_logits(logits, top_p=0.85)[np.array([1, 3, 0])],
                                   logits[np.array([1, 3, 0])])  # kept logits are unchanged
+    with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 5\]"):
+        truncate_logits(logits, top_k=6)
+    with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
+        truncate_logits(logits, top_p=0)
     # a batch of rows is cut row by row
     both = truncate_logits(jnp.stack([logits, logits[::-1]]), top_p=0.7)
     assert [set(np.flatnonzero(np.isfinite(row))) for row in both] == [{1, 3}, {3, 1}]

@@ -309,6 +309,21 @@ def _check_token_range(tokens: np.ndarray, vocab_size: int, what: str) -> None:
                          "no embedding (it would give NaN logits or wrap round)")
 
 
+def _check_truncation(top_k, top_p, vocab: int) -> None:
+    """``top_k`` in ``[1, vocab]`` and ``top_p`` in ``(0, 1]`` (a traced ``top_p`` passes)."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= vocab):
+        raise ValueError(f"top_k must be an integer in [1, {vocab}] (the vocabulary size) or "
+                         f"None, got {top_k!r}")
+    if isinstance(top_p, jax.Array) and top_p.ndim == 0 and jnp.issubdtype(top_p.dtype,
+                                                                           jnp.floating):
+        return  # maybe traced: its value is checked where it enters (generate)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] (the nucleus' probability mass) or "
+                         f"None, got {top_p!r}")
+
+
 def truncate_logits(logits: jax.Array, *, top_k: int | None = None,
                     top_p: float | jax.Array | None = None) -> jax.Array:
     """``logits`` (last axis: the vocabulary) with every token outside the top-k set and the
@@ -321,7 +336,11 @@ def truncate_logits(logits: jax.Array, *, top_k: int | None = None,
     the most likely token always stays. ``top_p`` may be traced; ``top_p >= 1`` keeps every
     token. With top-k and top-p both given the nucleus is taken of the top-k tokens. Tokens
     tied with the last kept one are kept too.
+
+    Raises ``ValueError`` for ``top_k`` outside ``[1, vocabulary]`` or a Python ``top_p``
+    outside ``(0, 1]``.
     """
+    _check_truncation(top_k, top_p, logits.shape[-1])
     if top_k is not None:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
@@ -394,15 +413,7 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
             temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
                          f"{temperature!r}")
-    vocab = model.config.vocab_size
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
-                              or not 1 <= top_k <= vocab):
-        raise ValueError(f"top_k must be an integer in [1, {vocab}] (the vocabulary size) or "
-                         f"None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be a number in (0, 1] (the nucleus' probability mass) or "
-                         f"None, got {top_p!r}")
+    _check_truncation(top_k, top_p, model.config.vocab_size)
     typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed and key.shape == ()) and not raw:
