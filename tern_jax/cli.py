@@ -9,7 +9,7 @@ Subcommands::
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
                     [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
-    tern-jax summary --model resnet20 [--variant tern_t2]         size/sparsity table
+    tern-jax summary --model resnet20|transformer_small [--variant tern_t2]  size/sparsity table
     tern-jax plot RUN_DIR [RUN_DIR ...] --out curves.png          training curves
 
 Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
@@ -42,14 +42,16 @@ from tern_jax import fs
 from tern_jax.activations import quantize_inputs
 from tern_jax.checkpoint import read_origin
 from tern_jax.data import DataNotFoundError
+from tern_jax.data.specs import DATASETS
 from tern_jax.export import to_gguf
 from tern_jax.integrity import check_shapes, tree_shapes
-from tern_jax.models import get_model
 from tern_jax.models.transformer import Transformer, generate
 from tern_jax.nnx_utils import with_params
+from tern_jax.presets import FULL_PRECISION_RULES, preset_rules
 from tern_jax.report import PLOT_WHAT, plot_runs
 from tern_jax.train import (
     CheckpointDamaged,
+    Config,
     Slot,
     Trainer,
     TrainingDiverged,
@@ -80,6 +82,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nucleus_mass(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
 
 
@@ -279,21 +291,31 @@ def _sample(args) -> int:
     prompt = args.prompt.encode("utf-8")
     model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
     text = generate(model, prompt, steps=args.steps,
-                    key=jax.random.key(args.seed), temperature=args.temperature)
+                    key=jax.random.key(args.seed), temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p)
     print((prompt + text).decode("utf-8", errors="replace"))
     return 0
 
 
 def _summary(args) -> int:
-    rules = variant_rules(args.variant)  # an unknown variant fails before any model is built
-    model = get_model(args.model, args.num_classes)
-    size = args.image_size
-    shape = (1, size, size, args.channels)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    family = family_of(args.model)
+    # an unknown variant fails before any model is built
+    rules = preset_rules(args.variant, family.presets) or FULL_PRECISION_RULES
+    dataset = next(d for d in DATASETS.values() if d.kind == family.reads)  # its input's specs
+    image_flags = {"--num_classes": args.num_classes, "--image_size": args.image_size,
+                   "--channels": args.channels}
+    if dataset.input_shape:  # an image model, sized by the flags
+        size = args.image_size or 32
+        dataset = dataclasses.replace(dataset, num_classes=args.num_classes or 10,
+                                      input_shape=(size, size, args.channels or 3))
+    elif given := [flag for flag, value in image_flags.items() if value is not None]:
+        raise UsageError(f"{' '.join(given)} size image models; {args.model!r} is a "
+                         f"{family.task} (reads {family.reads}): leave them out")
+    config = Config(model=args.model, dataset=dataset.name, variants=(args.variant,))
+    task = family.build(config, dataset, None)
+    variables = jax.eval_shape(task.init, jax.random.key(0))
     params = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05,
                           variables["params"])
-    if rules is None:
-        rules = [tern_jax.Rule(".*", None)]
     tern_jax.summary(params, rules, unused="ignore")
     return 0
 
@@ -383,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="def ")
     p.add_argument("--steps", type=_positive_int, default=200, help="bytes to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely byte")
+    p.add_argument("--top_k", type=_positive_int, default=None,
+                   help="sample among the k most likely bytes only (1: the most likely byte)")
+    p.add_argument("--top_p", type=_nucleus_mass, default=None,
+                   help="sample from the nucleus: the fewest most likely bytes whose probability "
+                        "reaches p, 0 < p <= 1")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--packed", default=None,
@@ -392,9 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("summary", help="size/sparsity table of a model under a variant")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--variant", default="tern")
-    p.add_argument("--num_classes", type=_positive_int, default=10)
-    p.add_argument("--image_size", type=_positive_int, default=32)
-    p.add_argument("--channels", type=_positive_int, default=3)
+    p.add_argument("--num_classes", type=_positive_int, default=None,
+                   help="image models: classes (default 10)")
+    p.add_argument("--image_size", type=_positive_int, default=None,
+                   help="image models: height and width (default 32)")
+    p.add_argument("--channels", type=_positive_int, default=None,
+                   help="image models: channels (default 3)")
     p.set_defaults(fn=_summary)
 
     p = add("plot", help="plot the curves of one or more runs to PNG")

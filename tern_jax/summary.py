@@ -23,7 +23,10 @@ class LayerSummary:
     layer, per output pixel for a conv); ``muls_per_position`` is what remains of the
     multiplications, one per output channel and branch (the scale ``α_k`` applied after the
     accumulation; per-channel scales cost the same). ``macs_per_position`` is the full-precision
-    layer's multiply-accumulates for comparison.
+    layer's multiply-accumulates for comparison. Every tensor is counted as a dense layer that
+    multiplies all its weights: a transformer's token embedding, which is looked up and costs
+    none unless it is the tied output head, is counted too, and so is a rank-3 attention kernel
+    (whose outputs are its last two axes: ``muls_per_position`` then counts the last one only).
     """
 
     path: str

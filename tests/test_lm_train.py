@@ -138,6 +138,8 @@ def test_a_language_model_trains_resumes_samples_and_exports(text_file, tmp_path
     latent = capsys.readouterr().out
     assert main(greedy + ["--packed", packed]) == 0
     assert capsys.readouterr().out == latent
+    assert main(argv + ["--temperature", "2", "--top_k", "1"]) == 0  # top-1: greedy at any heat
+    assert capsys.readouterr().out == latent
 
     gguf_out = tmp_path / "tern.gguf"  # a GELU transformer has no llama.cpp form
     assert main(["export", "--workdir", workdir, "--model", "tern/seed0", "--format", "gguf",

@@ -15,6 +15,7 @@ from tern_jax.models.transformer import (
     TransformerConfig,
     generate,
     transformer_config,
+    truncate_logits,
 )
 from tern_jax.nnx_utils import param_dict, ternarized, with_params
 from tern_jax.presets import EMBEDDINGS_AND_HEAD_FP, TRANSFORMER_RULES, preset_rules
@@ -224,6 +225,57 @@ def test_greedy_sampling_follows_the_argmax_with_a_sliding_window(model):
     assert out == bytes(tokens[len(prompt):])
 
 
+def _steps_logits(model, prompt, out):
+    """The model's own next-token logits before each generated token (window of 16)."""
+    tokens = list(prompt) + list(out)
+    return [forward(model, jnp.asarray(tokens[:n][-16:], jnp.int32)[None])[0, -1]
+            for n in range(len(prompt), len(tokens))]
+
+
+def test_top_k_one_and_a_tiny_top_p_are_greedy(model):
+    greedy = generate(model, TEXT[:6], steps=12, key=jax.random.key(0), temperature=0.0)
+    for seed in (0, 1):
+        key = jax.random.key(seed)
+        assert generate(model, TEXT[:6], steps=12, key=key, temperature=2.0, top_k=1) == greedy
+        assert generate(model, TEXT[:6], steps=12, key=key, temperature=2.0,
+                        top_p=1e-6) == greedy
+
+
+def test_top_k_samples_only_among_the_k_most_likely_tokens(model):
+    k = 3
+    out = generate(model, b"def ", steps=20, key=jax.random.key(3), temperature=5.0, top_k=k)
+    again = generate(model, b"def ", steps=20, key=jax.random.key(3), temperature=5.0, top_k=k)
+    assert out == again  # deterministic for a key
+    for token, logits in zip(out, _steps_logits(model, b"def ", out)):
+        assert token in set(np.argsort(-np.asarray(logits))[:k].tolist())
+    # without the cut, this hot a temperature leaves the top 3 within 20 steps
+    free = generate(model, b"def ", steps=20, key=jax.random.key(3), temperature=5.0)
+    assert any(token not in set(np.argsort(-np.asarray(logits))[:k].tolist())
+               for token, logits in zip(free, _steps_logits(model, b"def ", free)))
+
+
+def test_the_nucleus_is_the_fewest_most_likely_tokens_reaching_top_p():
+    probs = np.array([0.1, 0.5, 0.05, 0.3, 0.05], np.float32)  # order: 1, 3, 0, then 2 and 4
+    logits = jnp.log(jnp.asarray(probs))
+    kept = lambda **kw: set(np.flatnonzero(np.isfinite(truncate_logits(logits, **kw))))  # noqa: E731
+    assert kept(top_p=0.4) == {1}  # 0.5 >= 0.4 already
+    assert kept(top_p=0.7) == {1, 3}  # 0.5 < 0.7 <= 0.8
+    assert kept(top_p=0.85) == {1, 3, 0}  # 0.8 < 0.85 <= 0.9
+    assert kept(top_p=0.92) == {0, 1, 2, 3, 4}  # the two tied 0.05 tokens stay together
+    assert kept(top_p=1.0) == {0, 1, 2, 3, 4}
+    assert kept(top_k=2) == {1, 3}
+    assert kept(top_k=3, top_p=0.6) == {1, 3}
+    np.testing.assert_array_equal(truncate_logits(logits, top_p=0.85)[np.array([1, 3, 0])],
+                                  logits[np.array([1, 3, 0])])  # kept logits are unchanged
+    with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 5\]"):
+        truncate_logits(logits, top_k=6)
+    with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
+        truncate_logits(logits, top_p=0)
+    # a batch of rows is cut row by row
+    both = truncate_logits(jnp.stack([logits, logits[::-1]]), top_p=0.7)
+    assert [set(np.flatnonzero(np.isfinite(row))) for row in both] == [{1, 3}, {3, 1}]
+
+
 def test_bad_inputs_are_clear_errors(model):
     too_long = jnp.zeros((1, 17), jnp.int32)
     with pytest.raises(ValueError, match="sequence length 17 is above the model's max_len=16"):
@@ -238,6 +290,12 @@ def test_bad_inputs_are_clear_errors(model):
         generate(model, b"a", steps=2, key=jax.random.key(0), temperature=-1.0)
     with pytest.raises(TypeError, match="key must be a jax.random key"):
         generate(model, b"a", steps=2, key=0)
+    for top_k in (0, 257, 2.0, True):
+        with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 256\]"):
+            generate(model, b"a", steps=2, key=jax.random.key(0), top_k=top_k)
+    for top_p in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
+            generate(model, b"a", steps=2, key=jax.random.key(0), top_p=top_p)
     with pytest.raises(ValueError, match="not divisible by num_heads=3"):
         TransformerConfig(d_model=16, num_heads=3)
     with pytest.raises(ValueError, match="num_layers must be a positive integer"):

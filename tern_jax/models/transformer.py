@@ -50,6 +50,7 @@ __all__ = [
     "TransformerConfig",
     "generate",
     "transformer_config",
+    "truncate_logits",
 ]
 
 # nnx.List (flax >= 0.12) marks a list of submodules as part of the graph; older flax took a
@@ -308,8 +309,52 @@ def _check_token_range(tokens: np.ndarray, vocab_size: int, what: str) -> None:
                          "no embedding (it would give NaN logits or wrap round)")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
-def _sample(graphdef, state, window, length, key, temperature, *, steps):
+def _check_truncation(top_k, top_p, vocab: int) -> None:
+    """``top_k`` in ``[1, vocab]`` and ``top_p`` in ``(0, 1]`` (a traced ``top_p`` passes)."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= vocab):
+        raise ValueError(f"top_k must be an integer in [1, {vocab}] (the vocabulary size) or "
+                         f"None, got {top_k!r}")
+    if isinstance(top_p, jax.Array) and top_p.ndim == 0 and jnp.issubdtype(top_p.dtype,
+                                                                           jnp.floating):
+        return  # maybe traced: its value is checked where it enters (generate)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1] (the nucleus' probability mass) or "
+                         f"None, got {top_p!r}")
+
+
+def truncate_logits(logits: jax.Array, *, top_k: int | None = None,
+                    top_p: float | jax.Array | None = None) -> jax.Array:
+    """``logits`` (last axis: the vocabulary) with every token outside the top-k set and the
+    nucleus set to ``-inf``; a distribution sampled from it never draws those tokens.
+
+    top-k keeps the ``top_k`` largest logits (``top_k`` static: it sets a shape). top-p
+    (nucleus sampling, Holtzman et al. 2020) keeps the smallest set of most likely tokens whose
+    probability ``softmax(logits)`` adds up to at least ``top_p``: token ``i`` in order of
+    decreasing probability is kept while the mass of the tokens before it is ``< top_p``, so
+    the most likely token always stays. ``top_p`` may be traced; ``top_p >= 1`` keeps every
+    token. With top-k and top-p both given the nucleus is taken of the top-k tokens. Tokens
+    tied with the last kept one are kept too.
+
+    Raises ``ValueError`` for ``top_k`` outside ``[1, vocabulary]`` or a Python ``top_p``
+    outside ``(0, 1]``.
+    """
+    _check_truncation(top_k, top_p, logits.shape[-1])
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    if top_p is not None:
+        probs = jax.nn.softmax(logits, axis=-1)
+        ordered = -jnp.sort(-probs, axis=-1)  # decreasing
+        before = jnp.cumsum(ordered, axis=-1) - ordered  # mass of the more likely tokens
+        cutoff = jnp.min(jnp.where(before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where((probs >= cutoff) | (top_p >= 1), logits, -jnp.inf)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "top_k"))
+def _sample(graphdef, state, window, length, key, temperature, top_p, *, steps, top_k):
     """``steps`` tokens after ``window[:length]``, the window sliding once it is full."""
     model = nnx.merge(graphdef, state)
     max_len = window.shape[0]
@@ -317,8 +362,9 @@ def _sample(graphdef, state, window, length, key, temperature, *, steps):
     def step(carry, i):
         window, length = carry
         logits = model(window[None])[0, length - 1]
-        sampled = jax.random.categorical(jax.random.fold_in(key, i),
-                                         logits / jnp.maximum(temperature, 1e-6))
+        scaled = truncate_logits(logits / jnp.maximum(temperature, 1e-6), top_k=top_k,
+                                 top_p=top_p)
+        sampled = jax.random.categorical(jax.random.fold_in(key, i), scaled)
         token = jnp.where(temperature > 0, sampled, jnp.argmax(logits)).astype(window.dtype)
         appended = window.at[jnp.minimum(length, max_len - 1)].set(token)
         shifted = jnp.concatenate([window[1:], token[None]])
@@ -330,11 +376,14 @@ def _sample(graphdef, state, window, length, key, temperature, *, steps):
 
 
 def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
-             temperature: float = 1.0) -> bytes:
+             temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None) -> bytes:
     """Samples ``steps`` bytes after ``prompt`` with the model's weights; returns them as bytes.
 
     Deterministic for a given ``key``: token ``i`` is drawn with ``fold_in(key, i)`` from
-    ``softmax(logits / temperature)``; ``temperature=0`` takes the most likely token. The model
+    ``softmax(logits / temperature)``, restricted to the ``top_k`` most likely tokens and to the
+    nucleus of probability ``top_p`` when given (:func:`truncate_logits`, applied after the
+    temperature); ``temperature=0`` takes the most likely token. The model
     sees at most the last ``max_len`` tokens (a sliding window). To sample with other weights
     (ternarized, or loaded from a packed checkpoint), pass a model holding them::
 
@@ -347,6 +396,11 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
       steps: number of bytes to generate (>= 1).
       key: a ``jax.random`` key.
       temperature: >= 0.
+      top_k: sample among the ``top_k`` most likely tokens only, ``1 <= top_k <= vocab_size``
+        (1: greedy); ``None``: every token.
+      top_p: sample from the nucleus, the fewest most likely tokens whose probability adds up
+        to at least ``top_p``, ``0 < top_p <= 1`` (a tiny one: greedy); ``None`` or 1: every
+        token.
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be a tern_jax Transformer, got {type(model).__name__}")
@@ -359,6 +413,7 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
             temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
                          f"{temperature!r}")
+    _check_truncation(top_k, top_p, model.config.vocab_size)
     typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed and key.shape == ()) and not raw:
@@ -370,5 +425,6 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
     window[: tokens.size] = tokens
     graphdef, state = nnx.split(model)
     out = _sample(graphdef, state, jnp.asarray(window), jnp.int32(tokens.size), key,
-                  jnp.float32(temperature), steps=int(steps))
+                  jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p),
+                  steps=int(steps), top_k=None if top_k is None else int(top_k))
     return np.asarray(out, np.uint8).tobytes()
