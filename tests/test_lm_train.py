@@ -154,3 +154,53 @@ def test_sampling_an_image_run_is_a_clear_error(tmp_path, capsys):
     status = main(["sample", "--workdir", str(tmp_path), "--model", "tern/seed0"])
     assert status == 2
     assert "'small_cnn', a model of image classification; sample needs" in capsys.readouterr().err
+
+
+def test_a_two_stage_language_model_fine_tunes_ternary_from_the_fp_model_and_resumes(
+        text_file, tmp_path):
+    from tern_jax.train import restore_run, stage_configs
+    from tern_jax.train.metrics import read
+    from tern_jax.train.warm_start import from_run
+
+    config = _config(text_file, finetune_epochs=1, finetune_learning_rate=1e-3,
+                     finetune_schedule="constant")
+    workdir = tmp_path / "two"
+    results = run(config, workdir, log=lambda *a: None)
+    assert results["stages"] == {"pretrain": 2, "finetune": 1}
+    pre, fine = read(workdir / "pretrain"), read(workdir / "finetune")
+    assert [m["name"] for m in fine[0]["models"]] == ["tern/seed0"]
+    # stage 2's models start as the final fp model of stage 1, weight for weight
+    finetune = stage_configs(config, workdir)[1]
+    stack = ModelStack.from_config(finetune, task_for(finetune), 4)
+    start = from_run(stack, finetune, finetune.init_from)
+    fp = restore_run(workdir / "pretrain").state.params
+    jax.tree.map(np.testing.assert_array_equal, start.params, fp)
+    assert fine[0]["models"][0]["train_loss"] < pre[0]["models"][0]["train_loss"]
+
+    # resumed with one more fine-tuning epoch: stage 1 is not trained again
+    run(dataclasses.replace(config, finetune_epochs=2), workdir, resume=True,
+        log=lambda *a: None)
+    assert len(read(workdir / "pretrain")) == 2
+    assert [r["epoch"] for r in read(workdir / "finetune")] == [1, 2]
+    assert read(workdir / "finetune")[0] == fine[0]
+
+
+def test_a_language_model_distils_per_token_and_only_the_student_moves(text_file, tmp_path):
+    from tern_jax.train.metrics import read
+    from tern_jax.train.step import _kl
+
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(2, 3, 5, 7))
+    per_token = [np.sum(jax.nn.softmax(teacher[b, i] / 2)
+                        * (jax.nn.log_softmax(teacher[b, i] / 2)
+                           - jax.nn.log_softmax(student[b, i] / 2)))
+                 for b in range(3) for i in range(5)]
+    assert float(_kl(teacher, student, 2.0)) == pytest.approx(np.mean(per_token), rel=1e-5)
+
+    base = _config(text_file, epochs=1, checkpoint_every=0)
+    run(base, tmp_path / "plain", log=lambda *a: None)
+    run(dataclasses.replace(base, distill_weight=1.0), tmp_path / "distilled",
+        log=lambda *a: None)
+    a, b = read(tmp_path / "plain")[-1]["models"], read(tmp_path / "distilled")[-1]["models"]
+    assert a[0]["train_loss"] == b[0]["train_loss"] and a[0]["test_loss"] == b[0]["test_loss"]
+    assert a[1]["train_loss"] != b[1]["train_loss"] and a[1]["test_loss"] != b[1]["test_loss"]

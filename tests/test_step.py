@@ -118,3 +118,48 @@ def test_rules_given_as_the_preset_dict_say_pick_one():
     with pytest.raises(TypeError, match="you passed a dict of presets; pick one by name: one "
                                         "of fp, tern, "):
         preset_rules(PRESETS)
+
+
+def _bitnet_config(**changes):
+    fields = dict(epochs=10, optimizer="adamw", learning_rate=1.5e-3, weight_decay=0.1,
+                  schedule="bitnet", weight_decay_schedule="bitnet", warmup_epochs=1)
+    fields.update(changes)
+    return Config(**fields)
+
+
+def test_the_bitnet_schedules_take_their_stated_values_at_chosen_steps():
+    from tern_jax.train.optim import make_schedule, make_weight_decay
+
+    lr, wd = make_schedule(_bitnet_config(), 10), make_weight_decay(_bitnet_config(), 10)
+    # 100 steps: warm-up to step 10, cosine 1.5e-3 -> 8e-4 over steps 10..50, drop to 5e-4 at
+    # step 50, cosine to 0 at step 100; weight decay: cosine 0.1 -> 0 over steps 0..50, then 0
+    expected_lr = {0: 1.5e-4, 5: 1.5e-4 + (1.5e-3 - 1.5e-4) * 5 / 10,  # warm-up from lr / 10 steps
+                   10: 1.5e-3, 30: 8e-4 + (1.5e-3 - 8e-4) * 0.5,
+                   49: 8e-4 + (1.5e-3 - 8e-4) * 0.5 * (1 + np.cos(np.pi * 39 / 40)),
+                   50: 5e-4, 75: 5e-4 * 0.5, 100: 0.0}
+    for step, value in expected_lr.items():
+        assert float(lr(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
+    for step, value in {0: 0.1, 25: 0.05, 49: 0.05 * (1 + np.cos(np.pi * 49 / 50)), 50: 0.0,
+                        99: 0.0}.items():
+        assert float(wd(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
+    with pytest.raises(ValueError, match="warmup_epochs < epochs / 2"):
+        _bitnet_config(warmup_epochs=5)
+
+
+def test_adamw_decays_each_weight_by_the_scheduled_decay_times_the_rate():
+    """With a zero gradient Adam's step is 0, so the update is -lr(t) * wd(t) * w exactly."""
+    from tern_jax.train.optim import make_optimizer, make_schedule, make_weight_decay
+
+    config = _bitnet_config()
+    lr, wd = make_schedule(config, 10), make_weight_decay(config, 10)
+    tx = make_optimizer(config, lr, wd)
+    params = {"w": jnp.asarray([1.0, -2.0, 4.0])}
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for step in range(60):
+        updates, state = tx.update(zero, state, params)
+        np.testing.assert_allclose(updates["w"], -lr(step) * wd(step) * params["w"], rtol=1e-5)
+    # a constant decay keeps the optimizer of earlier versions (same state, no step count)
+    plain = make_optimizer(Config(optimizer="adam"), lr)
+    assert jax.tree.structure(plain.init(params)) == jax.tree.structure(
+        optax.chain(optax.add_decayed_weights(3e-4), optax.adam(lr)).init(params))

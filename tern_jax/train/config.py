@@ -102,12 +102,16 @@ class Config:
     # optimization (the paper's CIFAR recipe, METHOD.md section 3)
     epochs: Annotated[int, _AT_LEAST_1] = 12
     batch_size: Annotated[int, _AT_LEAST_1] = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"  # sgd: momentum, Nesterov
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # sgd: momentum, Nesterov; adamw:
+    # weight decay decoupled from Adam's step (tern_jax.train.optim)
     learning_rate: Annotated[float, _POSITIVE] = 0.1
     momentum: Annotated[float, _FRACTION] = 0.9
     nesterov: bool = True
     weight_decay: Annotated[float, _AT_LEAST_0] = 3e-4  # L2 added to the gradient, all params
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    schedule: Literal["multistep", "cosine", "constant", "bitnet"] = "multistep"
+    # "bitnet": BitNet b1.58's two-stage schedules, the rate dropping at half the steps and the
+    # weight decay decaying to 0 by then (tern_jax.train.optim)
+    weight_decay_schedule: Literal["constant", "bitnet"] = "constant"
     milestones: tuple[tuple[int, float], ...] = ((6, 0.1), (9, 0.1))
     warmup_epochs: Annotated[int, _AT_LEAST_0] = 0
     label_smoothing: Annotated[float, _FRACTION] = 0.0
@@ -150,6 +154,10 @@ class Config:
             if self.init_from or self.pretrained:
                 raise ValueError("finetune_epochs > 0 trains its own full-precision start; "
                                  "drop init_from/pretrained, or set finetune_epochs=0")
+        if self.schedule == "bitnet" and 2 * self.warmup_epochs >= self.epochs:
+            raise ValueError(f"schedule='bitnet' drops the rate at half the epochs; its warm-up "
+                             f"must end before: warmup_epochs={self.warmup_epochs} with "
+                             f"epochs={self.epochs}; use warmup_epochs < epochs / 2")
         if self.distill_weight and FULL_PRECISION not in self.variants:
             raise ValueError("distill_weight > 0 needs an 'fp' variant in the run as the teacher")
 

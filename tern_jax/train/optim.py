@@ -1,7 +1,19 @@
-"""The optimizer, its learning-rate schedule and the threshold warm-up, from a config.
+"""The optimizer, its learning-rate and weight-decay schedules and the threshold warm-up.
 
 Every schedule here is a function of the optimizer step; the config gives epochs, and
 ``steps_per_epoch`` converts.
+
+``schedule="bitnet"`` with ``weight_decay_schedule="bitnet"`` is the two-stage schedule BitNet
+b1.58 trains with (Ma et al. 2024, "The Era of 1-bit LLMs"; the figures of the BitNet b1.58
+2B4T report). What is implemented here, for a run of ``T`` steps and ``h = T // 2``:
+
+* learning rate: after the warm-up, a cosine decay from ``learning_rate`` at the warm-up's
+  end to ``8/15 · learning_rate`` at step ``h`` (the report's 1.5e-3 -> 8e-4); at step ``h``
+  it drops to ``learning_rate / 3`` (the report's 5e-4) and decays by a cosine to 0 at ``T``;
+* weight decay: a cosine decay from ``weight_decay`` at step 0 to 0 at step ``h``, then 0 for
+  the second half (the report: a cosine schedule peaking at 0.1, then none).
+
+BitNet's weight decay is decoupled (AdamW): ``optimizer="adamw"``.
 """
 
 from __future__ import annotations
@@ -14,7 +26,13 @@ import optax
 
 from tern_jax.train.config import Config
 
-__all__ = ["make_schedule", "make_optimizer", "make_threshold_warmup"]
+__all__ = ["BITNET_FIRST_HALF_END", "BITNET_SECOND_HALF_PEAK", "make_schedule",
+           "make_weight_decay", "make_optimizer", "make_threshold_warmup"]
+
+#: The BitNet schedule's learning rate at the end of its first half, and at the start of its
+#: second, as fractions of the peak (the 2B4T report's 8e-4 and 5e-4 of 1.5e-3).
+BITNET_FIRST_HALF_END = 8 / 15
+BITNET_SECOND_HALF_PEAK = 1 / 3
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -30,6 +48,12 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     elif config.schedule == "cosine":
         schedule = optax.cosine_decay_schedule(lr, max(total - config.warmup_epochs
                                                        * steps_per_epoch, 1))
+    elif config.schedule == "bitnet":  # steps counted after the warm-up: the drop is at T // 2
+        first = total // 2 - config.warmup_epochs * steps_per_epoch
+        schedule = optax.join_schedules(
+            [optax.cosine_decay_schedule(lr, first, BITNET_FIRST_HALF_END),
+             optax.cosine_decay_schedule(lr * BITNET_SECOND_HALF_PEAK, total - total // 2)],
+            [first])
     else:
         schedule = optax.constant_schedule(lr)
     if config.warmup_epochs:
@@ -40,11 +64,34 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     return schedule
 
 
-def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum or Adam, with L2 weight decay added to the gradient."""
-    decay = optax.add_decayed_weights(config.weight_decay)
+def make_weight_decay(config: Config, steps_per_epoch: int) -> float | optax.Schedule:
+    """The weight decay: ``config.weight_decay``, or its schedule in optimizer steps."""
+    if config.weight_decay_schedule == "constant":
+        return config.weight_decay
+    half = config.epochs * steps_per_epoch // 2
+    return optax.join_schedules([optax.cosine_decay_schedule(config.weight_decay, half),
+                                 optax.constant_schedule(0.0)], [half])
+
+
+def make_optimizer(config: Config, schedule: optax.Schedule,
+                   weight_decay: float | optax.Schedule | None = None
+                   ) -> optax.GradientTransformation:
+    """SGD with Nesterov momentum or Adam, with L2 weight decay added to the gradient; or
+    AdamW, whose decay is added to Adam's step (decoupled, Loshchilov & Hutter 2019), both
+    then scaled by the learning rate.
+
+    ``weight_decay``: a number or a schedule (:func:`make_weight_decay`); ``None``:
+    ``config.weight_decay``.
+    """
+    weight_decay = config.weight_decay if weight_decay is None else weight_decay
+    if callable(weight_decay):  # the decay's own step count, kept in the optimizer state
+        decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
+    else:
+        decay = optax.add_decayed_weights(weight_decay)
     if config.optimizer == "sgd":
         return optax.chain(decay, optax.sgd(schedule, config.momentum, config.nesterov))
+    if config.optimizer == "adamw":
+        return optax.chain(optax.scale_by_adam(), decay, optax.scale_by_learning_rate(schedule))
     return optax.chain(decay, optax.adam(schedule))
 
 

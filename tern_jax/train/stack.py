@@ -227,7 +227,9 @@ class ModelStack:
     def from_config(cls, config: Config, task: Task, steps_per_epoch: int) -> ModelStack:
         """The stack of ``config.slots`` with the config's optimizer and settings."""
         schedule = optim.make_schedule(config, steps_per_epoch)
-        return cls(task, config.slots, optim.make_optimizer(config, schedule), config.model_axis,
+        tx = optim.make_optimizer(config, schedule,
+                                  optim.make_weight_decay(config, steps_per_epoch))
+        return cls(task, config.slots, tx, config.model_axis,
                    config.distill_weight, config.distill_temperature,
                    optim.make_threshold_warmup(config, steps_per_epoch), schedule,
                    model=config.model)
