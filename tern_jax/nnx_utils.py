@@ -83,6 +83,13 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
         raise TypeError(f"with_params: params must be a nested dict (e.g. tern_jax.load_ternary"
                         f"(path)) or an nnx.State, got {type(params).__name__}")
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    for p, leaf in jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=lambda x: isinstance(x, (list, tuple)))[0]:
+        if isinstance(leaf, (list, tuple)):  # read as a subtree, it would be "missing" weights
+            raise TypeError(f"with_params: parameter {path_to_str(p)!r} is a "
+                            f"{type(leaf).__name__}, not an array; pass arrays, e.g. "
+                            "jax.tree.map(np.asarray, params, "
+                            "is_leaf=lambda x: isinstance(x, list))")
 
     def shapes(tree):
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]

@@ -377,6 +377,9 @@ REAL_CAUSES = [
         _tiny_lm(), _params_as(np.int32)), TypeError, ["dtype int32", "float32"], []),
     ("with_params-bfloat16-weights", lambda m: tern_jax.nnx_utils.with_params(
         _tiny_lm(), _params_as(jnp.bfloat16)), TypeError, ["dtype bfloat16", "float32"], []),
+    ("with_params-weights-as-lists", lambda m: tern_jax.nnx_utils.with_params(
+        _tiny_lm(), jax.tree.map(lambda a: np.asarray(a).tolist(), _params_as(np.float32))),
+     TypeError, ["is a list, not an array", "np.asarray"], ["is missing"]),
     ("with_params-a-checkpoints-whole-tree", lambda m: tern_jax.nnx_utils.with_params(
         _tiny_lm(), {"params": _params_as(np.float32), "batch_stats": {}}), ValueError,
      ["is missing from params", "pass its ['params']"], []),
