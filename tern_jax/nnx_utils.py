@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from tern_jax.activations import quantize_inputs
+from tern_jax.integrity import check_shapes, tree_shapes
 from tern_jax.rules import path_to_str, quantize_params
 
 __all__ = ["ternarized", "with_params", "param_dict"]
@@ -73,8 +74,9 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
     """A copy of ``model`` holding ``params`` (a pure dict or ``nnx.State`` of its weights).
 
     Raises ``ValueError`` naming the first parameter that is missing, unexpected or of another
-    shape, and ``TypeError`` for one of another dtype than the model's (integer weights would
-    otherwise be cast silently), so weights of a different model never load silently.
+    shape (:func:`tern_jax.integrity.check_shapes`, as for every checkpoint), and ``TypeError``
+    for one of another dtype than the model's (integer weights would otherwise be cast
+    silently), so weights of a different model never load silently.
     """
     _check_module(model, "with_params")
     if isinstance(params, nnx.State):
@@ -90,22 +92,14 @@ def with_params(model: nnx.Module, params) -> nnx.Module:
                             f"{type(leaf).__name__}, not an array; pass arrays, e.g. "
                             "jax.tree.map(np.asarray, params, "
                             "is_leaf=lambda x: isinstance(x, list))")
-
-    def shapes(tree):
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {path_to_str(p): np.shape(leaf) for p, leaf in leaves}
-
-    expected, given = shapes(nnx.to_pure_dict(state)), shapes(params)
-    for path in sorted(expected.keys() | given.keys()):
-        if path not in given:
-            hint = ("; params hold a checkpoint's whole tree: pass its ['params']"
-                    if set(params) & {"params", "batch_stats"} == set(params) else "")
-            raise ValueError(f"with_params: parameter {path!r} is missing from params{hint}")
-        if path not in expected:
-            raise ValueError(f"with_params: params hold {path!r}, which the model does not have")
-        if expected[path] != given[path]:
-            raise ValueError(f"with_params: parameter {path!r} has shape {given[path]}, the "
-                             f"model expects {expected[path]}")
+    try:
+        check_shapes(tree_shapes(nnx.to_pure_dict(state)), tree_shapes(params),
+                     "with_params: params")
+    except ValueError as e:
+        if set(params) & {"params", "batch_stats"} == set(params):
+            raise ValueError(f"{e}; params hold a checkpoint's whole tree: pass its "
+                             "['params']") from None
+        raise
     _check_dtypes(nnx.to_pure_dict(state), params)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state, rest)

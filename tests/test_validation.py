@@ -382,7 +382,7 @@ REAL_CAUSES = [
      TypeError, ["is a list, not an array", "np.asarray"], ["is missing"]),
     ("with_params-a-checkpoints-whole-tree", lambda m: tern_jax.nnx_utils.with_params(
         _tiny_lm(), {"params": _params_as(np.float32), "batch_stats": {}}), ValueError,
-     ["is missing from params", "pass its ['params']"], []),
+     ["lacks parameter", "pass its ['params']"], []),
     ("transformer-token-above-vocab", lambda m: _tiny_lm()(jnp.array([[1, 300]])), ValueError,
      ["tokens must lie in [0, 256)", "[1, 300]"], []),
     ("transformer-negative-token", lambda m: _tiny_lm()(jnp.array([[-1, 7]])), ValueError,
