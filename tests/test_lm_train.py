@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from tern_jax.train.language_model import LanguageModel
 from tern_jax.train.stack import ModelStack
 from tern_jax.train.task import DeviceResident
 
+REPO = Path(__file__).parent.parent
 TEXT = b"".join(b"def f%d(x):\n    return x * %d\n\n" % (i, i) for i in range(200))
 
 
@@ -204,3 +206,58 @@ def test_a_language_model_distils_per_token_and_only_the_student_moves(text_file
     a, b = read(tmp_path / "plain")[-1]["models"], read(tmp_path / "distilled")[-1]["models"]
     assert a[0]["train_loss"] == b[0]["train_loss"] and a[0]["test_loss"] == b[0]["test_loss"]
     assert a[1]["train_loss"] != b[1]["train_loss"] and a[1]["test_loss"] != b[1]["test_loss"]
+
+
+def test_the_recipe_study_collector_compares_each_arm_with_fp_seed_by_seed(text_file, tmp_path):
+    import importlib.util
+
+    from tern_jax.train.metrics import read
+
+    root = tmp_path / "study"
+    base = dict(seeds=(0, 1), checkpoint_every=0)
+    run(_config(text_file, name="lm_recipe_fp", variants=("fp",), epochs=2, **base),
+        root / "fp", log=lambda *a: None)
+    run(_config(text_file, name="lm_recipe_half", epochs=1, finetune_epochs=1, **base),
+        root / "half", log=lambda *a: None)
+    run(_config(text_file, name="lm_recipe_fp_cold", variants=("fp",), epochs=2,
+                learning_rate=1e-5, **base), root / "fp_cold", log=lambda *a: None)
+    spec = importlib.util.spec_from_file_location(
+        "lm_recipes_collect", REPO / "experiments" / "lm_recipes_collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    out = tmp_path / "collected"
+    collect.main([str(root), "--out", str(out), "--width", "32"])
+
+    rows = {(r["arm"], r["variant"]): r for r in json.loads((out / "summary.json").read_text())}
+    fp = [m["test_loss"] for m in read(root / "fp")[-1]["models"]]
+    tern = [m["test_loss"] for m in read(root / "half" / "finetune")[-1]["models"]]
+    assert rows["fp", "fp"]["bits_per_byte"] == pytest.approx(fp)
+    assert rows["fp", "fp"]["reference"] and not rows["fp_cold", "fp"]["reference"]
+    cold = [m["test_loss"] for m in read(root / "fp_cold")[-1]["models"]]  # the worse fp arm
+    assert rows["fp_cold", "fp"]["gap"] == pytest.approx([c - f for c, f in zip(cold, fp)])
+    assert rows["half", "tern"]["steps"] == 8  # 1 fp epoch, then 1 ternary epoch, of 4 steps
+    assert rows["half", "tern"]["gap"] == pytest.approx([t - f for t, f in zip(tern, fp)])
+    assert rows["half", "fp"]["steps"] == 4 and rows["half", "fp"]["gap"] is None  # stage 1
+    assert rows["half", "tern"]["stored_bytes"] < rows["fp", "fp"]["stored_bytes"] / 4
+    table = (out / "table.md").read_text()
+    gaps = [t - f for t, f in zip(tern, fp)]
+    assert "| half | tern | 32 |" in table and f"{np.mean(gaps):.3f} ± " in table
+    assert "| fp (**ref**) | fp | 32 |" in table
+    assert (out / "half" / "finetune" / "metrics.jsonl").exists()
+    assert not list(out.rglob("checkpoints")) and (out / "curves.png").stat().st_size > 0
+
+
+def test_the_default_lm_recipe_is_the_study_arms_it_was_chosen_from():
+    from tern_jax.train import load_config
+    from tern_jax.train.recipes import lm_best
+
+    configs = REPO / "experiments" / "configs"
+    best = load_config(str(configs / "lm_best.py"))
+    assert best == lm_best() and best.variants == ("fp", "tern") and not best.finetune_epochs
+    # field for field the study's ternary and fp arms at lr 2e-3, trained together
+    for arm, variants in (("scratch_slow", ("tern",)), ("fp_slow", ("fp",))):
+        study = load_config(str(configs / f"lm_recipe_{arm}.py"))
+        assert dataclasses.replace(best, name=study.name, variants=variants, model=study.model,
+                                   finetune_learning_rate=study.finetune_learning_rate  # unused
+                                   ) == study
+    assert lm_best("transformer_tiny", seq_len=32).model == "transformer_tiny"

@@ -145,7 +145,8 @@ class TransformerConfig:
 #: ``transformer_llama`` (1.3M parameters: gated MLP, grouped-query attention, d_model 256) is
 #: the smallest shape llama.cpp's ternary types take (:func:`tern_jax.export.to_gguf`);
 #: ``transformer_llama_half`` is it at half the width (d_model 128, 0.36M parameters), the
-#: recipe study's model, so that ``transformer_llama`` is its 2x-width ternary arm.
+#: recipe study's model, so that ``transformer_llama`` is its 2x-width ternary arm;
+#: ``transformer_llama_quarter`` (d_model 64, 0.11M parameters) is the study's smallest width.
 TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
     "transformer_tiny": TransformerConfig(max_len=32, d_model=32, num_heads=2, num_layers=2),
     "transformer_small": TransformerConfig(max_len=64, d_model=64, num_heads=2, num_layers=2),
@@ -155,6 +156,9 @@ TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
     "transformer_llama_half": TransformerConfig(max_len=128, d_model=128, num_heads=4,
                                                 num_layers=2, mlp_ratio=2, num_kv_heads=2,
                                                 mlp="swiglu"),
+    "transformer_llama_quarter": TransformerConfig(max_len=128, d_model=64, num_heads=4,
+                                                   num_layers=2, mlp_ratio=2, num_kv_heads=2,
+                                                   mlp="swiglu"),
 }
 
 

@@ -1,0 +1,13 @@
+"""``lm_recipe_finetune_half`` at the better rate for both stages: full precision at Adam lr
+2e-3 for 1,000 steps, then the ternary model fine-tuned from it at 2e-3 for 1,000 more (see
+``lm_recipe_fp.py``)."""
+
+import dataclasses
+from pathlib import Path
+
+from tern_jax.train import Config, load_config
+
+
+def get_config() -> Config:
+    half = load_config(str(Path(__file__).with_name("lm_recipe_finetune_half.py")))
+    return dataclasses.replace(half, name="lm_recipe_finetune_slow", learning_rate=2e-3)
