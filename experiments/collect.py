@@ -12,7 +12,6 @@ appends to OUT/table.md. A two-stage run's epochs read "fp+finetune", e.g. 200+8
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from tern_jax import report
@@ -34,16 +33,6 @@ HEADER = ("| run | model | variant | epochs | test acc % (mean ± std) | per see
           "train min | device |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def copy_run_files(run: report.Run, target: Path) -> None:
-    """The run's files (and each stage's), never its checkpoints."""
-    for source in (run.path, *(s.path for s in run.stages if s.name)):
-        folder = target / source.relative_to(run.path)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in report.RUN_FILES:
-            if (source / name).exists():  # a two-stage run keeps its metrics in the stages
-                shutil.copy(source / name, folder / name)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
@@ -58,7 +47,7 @@ def main(argv=None):
         run = report.load_run(path)
         if not run.results:
             raise SystemExit(f"{path} has no results.json: the run did not finish")
-        copy_run_files(run, out / run.path.name)
+        report.copy_run_files(run, out / run.path.name)
         for variant, stats in run.results["variants"].items():
             lines.append(row(run.results, variant, stats, args.device))
     table = out / "table.md"

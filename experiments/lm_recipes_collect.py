@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -199,17 +198,6 @@ def _plot(rows, width: int, out: Path) -> None:
     plt.close(fig)
 
 
-def _copy_files(run: report.Run, out: Path) -> None:
-    for stage in run.stages:
-        dest = out / run.name / stage.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in report.RUN_FILES:
-            if (stage.path / name).exists():
-                shutil.copy2(stage.path / name, dest / name)
-    if (run.path / "results.json").exists():
-        shutil.copy2(run.path / "results.json", out / run.name / "results.json")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="the folder holding one run folder per arm")
@@ -260,7 +248,7 @@ def main(argv=None) -> int:
     summary = [{k: v for k, v in r.items() if k != "run"} for r in rows]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for run in runs:
-        _copy_files(run, out)
+        report.copy_run_files(run, out / run.name)
     _plot(rows, args.width, out / "curves.png")
     print(table)
     return 0

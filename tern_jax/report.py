@@ -22,6 +22,7 @@ best epoch) in percent; a language model's losses are bits per byte.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,8 +32,8 @@ from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
 
 __all__ = ["PAPER_CIFAR10", "RUN_FILES", "STAGES", "Stage", "Run", "Curve", "load_run", "load_runs",
-           "curves", "final_accuracy", "compare_table", "plot_curves", "plot_grid",
-           "plot_runs", "runs_figure"]
+           "copy_run_files", "curves", "final_accuracy", "compare_table", "plot_curves",
+           "plot_grid", "plot_runs", "runs_figure"]
 
 #: He, Gong & Fan (WACV 2019), CIFAR-10 top-1 test accuracy in percent: full precision
 #: (``fp``), every layer ternarized (``tern``, t_ex = 1), and TTQ (Zhu et al. 2017) as the
@@ -167,6 +168,17 @@ def load_runs(root) -> list[Run]:
             continue  # a run's own subfolders are its stages, not runs
         pending.extend(p for p in path.iterdir() if p.is_dir())
     return sorted(runs, key=lambda r: r.path.as_posix())
+
+
+def copy_run_files(run: Run, target) -> None:
+    """Copies the run's files (and each stage's, into ``target/STAGE``) to ``target``: its
+    config, metrics and results, never its checkpoints."""
+    for source in (run.path, *(s.path for s in run.stages if s.name)):
+        folder = Path(target) / source.relative_to(run.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (source / name).exists():  # a two-stage run keeps its metrics in the stages
+                shutil.copy(source / name, folder / name)
 
 
 def _check_runs(runs, func: str) -> list[Run]:

@@ -6,9 +6,10 @@ one with a few fields changed; each arm trains 2,000 optimizer steps in all.
 SwiGLU MLP of width 256: 0.36M parameters, a 128-byte context) on the Python standard
 library's sources: Adam lr 5e-3 without weight decay (the study's starting point, after the
 literature's advice that small ternary models prefer a high rate and no decay; the study
-found 2e-3 better for both fp and ternary), a one-epoch linear warm-up and cosine decay, batch 16 windows of 128 bytes,
-20 "epochs" of 100 steps (2,000 steps, 4.1M training bytes), seeds 0 and 1. Validation bits
-per byte on 256 windows (32,768 bytes) after every epoch; a checkpoint every 2 epochs.
+found 2e-3 better for both fp and ternary), a one-epoch linear warm-up and cosine decay,
+batch 16 windows of 128 bytes, 20 "epochs" of 100 steps (2,000 steps, 4.1M training bytes),
+seeds 0 and 1. Validation bits per byte on 256 windows (32,768 bytes) after every epoch; a
+checkpoint every 2 epochs.
 
 The arms (one config each, same 2,000 steps per model):
 
