@@ -27,48 +27,13 @@ them would spread the argument checks over several files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import warnings
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
-import tern_jax
-from tern_jax import fs
-from tern_jax.activations import quantize_inputs
-from tern_jax.checkpoint import read_origin
-from tern_jax.data import DataNotFoundError
-from tern_jax.data.specs import DATASETS
-from tern_jax.export import to_gguf
-from tern_jax.integrity import check_shapes, tree_shapes
-from tern_jax.models.transformer import Transformer, generate
-from tern_jax.nnx_utils import with_params
-from tern_jax.presets import FULL_PRECISION_RULES, preset_rules
-from tern_jax.report import PLOT_WHAT, plot_runs
-from tern_jax.train import (
-    CheckpointDamaged,
-    Config,
-    Slot,
-    Trainer,
-    TrainingDiverged,
-    distributed,
-    latest_checkpoint,
-    load_config,
-    override,
-    quickstart_config,
-    restore_run,
-    run,
-    train_and_evaluate,
-)
-from tern_jax.train.families import LANGUAGE_MODEL, family_of, variant_rules
-from tern_jax.train.language_model import model_config
-from tern_jax.train.loop import Preempted
-from tern_jax.train.metrics import loss_name
-from tern_jax.train.run_folder import RunFolder, final_stage
+# JAX, Flax and the package's training code are imported inside the commands that use them,
+# so ``tern-jax --help`` and a usage error answer at once.
 
 
 class UsageError(ValueError):
@@ -97,6 +62,8 @@ def _nucleus_mass(text: str) -> float:
 
 def _check_training_workdir(workdir: str) -> None:
     """A new run goes into a new or empty folder, or into an earlier run's folder."""
+    from tern_jax.train.run_folder import RunFolder
+
     try:
         RunFolder(Path(workdir).expanduser()).check_trainable()
     except FileExistsError as e:
@@ -114,18 +81,22 @@ def _check_run_workdir(workdir: str) -> None:
 
 def _check_data_dir(config) -> None:
     """The data folder the config names exists and is a folder (its content: the loader)."""
-    if config.data_dir is None:  # a dataset that reads no data_dir refuses one (Config)
+    data_dir = config.data.data_dir
+    if data_dir is None:  # a dataset that reads no data_dir refuses one (Config)
         return
-    path = Path(config.data_dir).expanduser()
+    path = Path(data_dir).expanduser()
     if not path.exists():
-        raise UsageError(f"data_dir {path} does not exist; pass --set data_dir=FOLDER holding "
-                         f"the {config.dataset} data")
+        raise UsageError(f"data.data_dir {path} does not exist; pass --set "
+                         f"data.data_dir=FOLDER holding the {config.data.dataset} data")
     if not path.is_dir():
-        raise UsageError(f"data_dir {path} is a file; pass --set data_dir=FOLDER holding the "
-                         f"{config.dataset} data")
+        raise UsageError(f"data.data_dir {path} is a file; pass --set data.data_dir=FOLDER "
+                         f"holding the {config.data.dataset} data")
 
 
 def _check_plot_out(out) -> None:
+    from tern_jax import fs
+    from tern_jax.report import PLOT_WHAT
+
     fs.check_replaceable(Path(out).expanduser(), fs.owned_file, PLOT_WHAT)
 
 
@@ -138,10 +109,11 @@ def _needs_matplotlib() -> None:
 
 
 def _train(args) -> int:
+    from tern_jax.train import distributed, load_config, override, run
+
     config = override(load_config(args.config), args.set or [])
     joined = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed or any(a is not None for a in joined):
-
         distributed.initialize(*joined, timeout=args.init_timeout)
         with distributed.failures_end_the_job():
             return _train_checked(args, config, run, main=distributed.is_main())
@@ -156,6 +128,7 @@ def _train_checked(args, config, run, main: bool = True) -> int:
         _check_plot_out(Path(args.workdir) / "curves.png")
     run(config, args.workdir, resume=args.resume)
     if args.plot and main:
+        from tern_jax.report import plot_runs
 
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
         print(f"curves written to {out}")
@@ -163,6 +136,8 @@ def _train_checked(args, config, run, main: bool = True) -> int:
 
 
 def _quickstart(args) -> int:
+    from tern_jax.train import latest_checkpoint, quickstart_config, train_and_evaluate
+
     workdir = Path(args.workdir)
     _check_training_workdir(args.workdir)
     resume = latest_checkpoint(workdir) is not None
@@ -182,8 +157,10 @@ def _eval(args) -> int:
     if (args.packed is None) != (args.model is None):
         raise UsageError("--packed and --model go together: --model names the run's model "
                          "whose export --packed holds, e.g. --model tern/seed0")
+    from tern_jax.train import Trainer, restore_run
+
     restored = restore_run(args.workdir, args.epoch)
-    trainer = Trainer(restored.config)
+    trainer = Trainer(restored.config, resolved=restored.resolved)
     state, shown = restored.state, range(len(trainer.names))
     if args.packed is not None:  # that model's weights replaced by its export's
         slot, i = _pick_model(restored, args.model, args.workdir)
@@ -191,7 +168,7 @@ def _eval(args) -> int:
     result = trainer.evaluate(trainer.place(state))
     print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test "
           "examples" + (f", {args.model} from {args.packed}" if args.packed else ""))
-    loss = loss_name(restored.config)
+    loss = restored.resolved.family.loss_name
     for i in shown:
         print(f"  {trainer.names[i]:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
               f"{loss} {result['test_loss'][i]:.4f}  zeros "
@@ -201,9 +178,12 @@ def _eval(args) -> int:
 
 def _load_packed(path, restored, slot) -> dict:
     """A packed export (tern-jax export) of ``slot`` of the run; another model's is refused."""
+    import tern_jax
+    from tern_jax.checkpoint import read_origin
+
     origin = read_origin(path) or {}  # an export written before origins: nothing to compare
     held = (origin.get("model"), origin.get("variant"), origin.get("seed"))
-    wanted = (restored.config.model, slot.variant, slot.seed)
+    wanted = (restored.config.model.name, slot.variant, slot.seed)
     if origin.get("model") is not None and held != wanted:
         raise UsageError(
             f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
@@ -213,14 +193,19 @@ def _load_packed(path, restored, slot) -> dict:
 
 def _with_packed(state, i: int, packed: dict):
     """``state`` with model ``i``'s weights (and statistics) replaced by a loaded export."""
+    import jax
+    import jax.numpy as jnp
+
+    from tern_jax.integrity import check_shapes, tree_shapes
+
     def put(stacked, loaded, what):
         check_shapes(tree_shapes(jax.tree.map(lambda a: a[i], stacked)), tree_shapes(loaded),
                      what)
         return jax.tree.map(lambda a, b: a.at[i].set(jnp.asarray(b, a.dtype)), stacked, loaded)
 
     params = put(state.params, packed.get("params", {}), "the packed checkpoint")
-    stats = put(state.batch_stats, packed.get("batch_stats", {}), "the packed checkpoint")
-    return state.replace(params=params, batch_stats=stats)
+    stats = put(state.model_state, packed.get("batch_stats", {}), "the packed checkpoint")
+    return state.replace(params=params, model_state=stats)
 
 
 def _export(args) -> int:
@@ -229,36 +214,50 @@ def _export(args) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out {out} already exists; pass --overwrite to replace an earlier "
                          "export, or choose a new path")
+    import dataclasses
+
+    import jax
+
+    import tern_jax
+    from tern_jax.presets import is_full_precision_rules
+    from tern_jax.train import restore_run
+
     restored = restore_run(args.workdir, args.epoch)
+    family, model = restored.resolved.family, restored.config.model.name
+    if args.format not in family.exports:
+        raise UsageError(f"{args.workdir} trained {model!r}, a model of {family.task_name}, "
+                         f"which exports as {', '.join(family.exports)}; --format "
+                         f"{args.format} is not among them")
     slot, i = _pick_model(restored, args.model, args.workdir)
-    rules = variant_rules(slot.variant, restored.config.model) or ()
+    rules = family.rules(slot.variant)
+    rules = () if is_full_precision_rules(rules) else rules
     params = jax.tree.map(lambda a: a[i], restored.state.params)
     if args.format == "gguf":  # for llama.cpp (tern_jax/export.py)
-        if family_of(restored.config.model) is not LANGUAGE_MODEL:
-            raise UsageError(f"{args.workdir} trained {restored.config.model!r}, a model of "
-                             f"{family_of(restored.config.model).task}; --format gguf exports "
-                             "language models (model='transformer_*')")
-        path = to_gguf(out, params, model_config(restored.config), rules, type=args.type,
+        from tern_jax.export import to_gguf
+
+        path = to_gguf(out, params, restored.stack.task.config, rules, type=args.type,
                        overwrite=args.overwrite, name=f"{restored.config.name}-{slot}")
-        print(f"exported {slot} ({restored.config.model}) as GGUF {args.type.upper()} to "
+        print(f"exported {slot} ({model}) as GGUF {args.type.upper()} to "
               f"{path}: {path.stat().st_size:,} bytes")
         return 0
-    stats = jax.tree.map(lambda a: a[i], restored.state.batch_stats)
+    stats = jax.tree.map(lambda a: a[i], restored.state.model_state)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
-    origin = {"model": restored.config.model, "variant": slot.variant, "seed": slot.seed,
+    origin = {"model": model, "variant": slot.variant, "seed": slot.seed,
               "run": restored.config.name, "epoch": restored.epoch}
     path = tern_jax.save_ternary(args.out, tree, scoped, overwrite=args.overwrite,
                                  unused="ignore", origin=origin)
     summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     print(summary)
-    print(f"exported {slot} ({restored.config.model}) to {path}: {size:,} bytes on disk")
+    print(f"exported {slot} ({model}) to {path}: {size:,} bytes on disk")
     return 0
 
 
 def _pick_model(restored, name: str, workdir):
     """The :class:`Slot` named ``name`` (``tern/seed0``) in a restored run, and its index."""
+    from tern_jax.train import Slot
+
     slots = restored.config.slots
     names = [s.name for s in slots]
     try:
@@ -271,23 +270,35 @@ def _pick_model(restored, name: str, workdir):
 
 
 def _sample(args) -> int:
+    import jax
+    from flax import nnx
+
+    import tern_jax
+    from tern_jax.activations import quantize_inputs
+    from tern_jax.models.transformer import Transformer, generate
+    from tern_jax.nnx_utils import with_params
+    from tern_jax.presets import is_full_precision_rules
+    from tern_jax.train import restore_run
+    from tern_jax.train.families import resolve
+    from tern_jax.train.run_folder import RunFolder, final_stage
+
     _check_run_workdir(args.workdir)
     saved = final_stage(RunFolder(args.workdir)).read_config()
-    if saved is not None and family_of(saved.model) is not LANGUAGE_MODEL:
-        raise UsageError(f"{args.workdir} trained {saved.model!r}, a model of "
-                         f"{family_of(saved.model).task}; sample needs the run of a language "
-                         "model (model='transformer_*')")
+    if saved is not None and not (family := resolve(saved).family).samples:
+        raise UsageError(f"{args.workdir} trained {saved.model.name!r}, a model of "
+                         f"{family.task_name}, which does not sample text; sample needs the "
+                         "run of a language model (model.name='transformer_*')")
     restored = restore_run(args.workdir, args.epoch)
-    config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)
-    rules = variant_rules(slot.variant, config.model)
+    rules = restored.resolved.family.rules(slot.variant)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
         params = _load_packed(args.packed, restored, slot)["params"]
     else:  # the run's latent weights, ternarized by the variant's rules
         params = jax.tree.map(lambda a: a[i], restored.state.params)
-        if rules is not None:
+        if not is_full_precision_rules(rules):
             params = tern_jax.quantize_params(params, rules, unused="ignore")
-    model = nnx.eval_shape(lambda: Transformer(model_config(config), rngs=nnx.Rngs(0)))
+    task = restored.stack.task  # a sampling family's task holds its TransformerConfig
+    model = nnx.eval_shape(lambda: Transformer(task.config, rngs=nnx.Rngs(0)))
     prompt = args.prompt.encode("utf-8")
     model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
     text = generate(model, prompt, steps=args.steps,
@@ -298,21 +309,31 @@ def _sample(args) -> int:
 
 
 def _summary(args) -> int:
+    import dataclasses
+
+    import jax
+
+    import tern_jax
+    from tern_jax.data.specs import DATASETS
+    from tern_jax.train import Config
+    from tern_jax.train.families import family_of
+
     family = family_of(args.model)
-    # an unknown variant fails before any model is built
-    rules = preset_rules(args.variant, family.presets) or FULL_PRECISION_RULES
+    rules = family.rules(args.variant)  # an unknown variant fails before any model is built
     dataset = next(d for d in DATASETS.values() if d.kind == family.reads)  # its input's specs
     image_flags = {"--num_classes": args.num_classes, "--image_size": args.image_size,
                    "--channels": args.channels}
     if dataset.input_shape:  # an image model, sized by the flags
-        size = args.image_size or 32
+        size, channels = args.image_size or 32, args.channels or 3
         dataset = dataclasses.replace(dataset, num_classes=args.num_classes or 10,
-                                      input_shape=(size, size, args.channels or 3))
+                                      input_shape=(size, size, channels),
+                                      mean=(0.5,) * channels, std=(0.25,) * channels)
     elif given := [flag for flag, value in image_flags.items() if value is not None]:
         raise UsageError(f"{' '.join(given)} size image models; {args.model!r} is a "
-                         f"{family.task} (reads {family.reads}): leave them out")
-    config = Config(model=args.model, dataset=dataset.name, variants=(args.variant,))
-    task = family.build(config, dataset, None)
+                         f"{family.task_name} (reads {family.reads}): leave them out")
+    config = Config(model={"name": args.model, "variants": (args.variant,)},
+                    data={"dataset": dataset.name})
+    task = family.task(config, dataset)
     variables = jax.eval_shape(task.init, jax.random.key(0))
     params = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype) * 0.05,
                           variables["params"])
@@ -329,6 +350,8 @@ def _plot(args) -> int:
                              "training run" if not path.exists() else
                              f"run folder {path} is a file; give the --workdir of a training run")
     _check_plot_out(args.out)
+    from tern_jax.report import plot_runs
+
     out = plot_runs(args.runs, args.out, title=args.title)
     print(f"wrote {out}")
     return 0
@@ -363,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="path to a Python file with get_config(), or 'quickstart'")
     p.add_argument("--workdir", required=True)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set epochs=10 --set seeds=0,1")
+                   help="override a config field by its dotted path, e.g. --set "
+                        "schedule.epochs=10 --set seeds=0,1 --set model.kwargs.d_model=128")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-host job detected by JAX (TPU pod slice, Slurm)")
@@ -443,6 +467,8 @@ def _one_line(error: BaseException) -> str:
             lines = lines[:i]
             break
     text = " ".join(lines) or type(error).__name__
+    from tern_jax.data import DataNotFoundError
+
     if isinstance(error, DataNotFoundError):
         text += " Pass --set data_dir=FOLDER (see help(tern_jax.data.load_dataset))"
     return text
@@ -472,11 +498,16 @@ def _run(args, debug: bool) -> int:
         where = _process_prefix()
         print(f"tern-jax: {where}interrupted", file=sys.stderr)
         if where:  # the other processes stopped too (failures_end_the_job)
+            from tern_jax.train import distributed
+
             distributed.exit_after_failure(130)
         return 130
     except Exception as e:  # noqa: BLE001 - every error ends as one line unless --debug
         if debug:
             raise
+        from tern_jax.train import CheckpointDamaged, TrainingDiverged
+        from tern_jax.train.loop import Preempted
+
         where = _process_prefix()
         if isinstance(e, TrainingDiverged):
             status = 3
@@ -491,6 +522,8 @@ def _run(args, debug: bool) -> int:
         if status != 1:
             print(f"tern-jax: error: {where}{_one_line(e)}", file=sys.stderr)
         if where:  # a multi-process job: the others stopped; skip JAX's shutdown barrier
+            from tern_jax.train import distributed
+
             distributed.exit_after_failure(status)
         return status
 
@@ -501,6 +534,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _process_prefix() -> str:
     """``"process N: "`` in a job of several processes, else ``""``."""
+    if "jax" not in sys.modules:  # nothing of JAX ran: no job either
+        return ""
+    import jax
+
+    from tern_jax.train import distributed
+
     if not distributed.in_job():
         return ""
     return f"process {jax.process_index()}: "

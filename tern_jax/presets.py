@@ -3,7 +3,8 @@
 A *variant* names a rule set; the full-precision variant (:data:`FULL_PRECISION`) holds
 :data:`FULL_PRECISION_RULES`, one rule that keeps every parameter as it is, so
 ``quantize_params(params, PRESETS["fp"])`` returns the weights unchanged (``None`` would mean
-the default rules, which ternarize every kernel); :func:`preset_rules` gives ``None`` for it.
+the default rules, which ternarize every kernel); :func:`is_full_precision_rules` tells such a
+rule set.
 Each model family has its presets: :data:`PRESETS` for the CNNs of :mod:`tern_jax.models`
 (rules over ``.*/kernel``), :data:`TRANSFORMER_RULES` for the transformer language model. The
 same names mean the same idea in both (``tern``, ``tern_pc``, ``tern_t2``, ``twn``,
@@ -66,10 +67,11 @@ __all__ = [
     "ATTENTION_OUT",
     "WEIGHTS",
     "TRANSFORMER_RULES",
+    "is_full_precision_rules",
     "preset_rules",
 ]
 
-Presets = dict[str, "tuple[Rule, ...] | None"]
+Presets = dict[str, "tuple[Rule, ...]"]
 
 #: The variant that trains in full precision (the teacher and the parent of the ternary models).
 FULL_PRECISION = "fp"
@@ -136,14 +138,18 @@ TRANSFORMER_RULES: Presets = {
 }
 
 
-def preset_rules(name: str, presets: Presets = PRESETS) -> tuple[Rule, ...] | None:
+def is_full_precision_rules(rules: tuple[Rule, ...]) -> bool:
+    """Whether ``rules`` keep every parameter as it is (no rule ternarizes anything)."""
+    return all(rule.method is None for rule in rules)
+
+
+def preset_rules(name: str, presets: Presets = PRESETS) -> tuple[Rule, ...]:
     """The rules of the variant ``name`` in ``presets`` (:data:`PRESETS` or
-    :data:`TRANSFORMER_RULES`), ``None`` for full precision (the trainer then skips the
-    quantizer); a clear error naming the choices for any other name."""
+    :data:`TRANSFORMER_RULES`; full precision: :data:`FULL_PRECISION_RULES`); a clear error
+    naming the choices for any other name."""
     if isinstance(name, dict):
         raise TypeError(f"you passed a dict of presets; pick one by name: one of "
                         f"{', '.join(map(str, name))}")
     if not isinstance(name, str) or name not in presets:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(presets)}")
-    rules = presets[name]
-    return None if rules == FULL_PRECISION_RULES else rules
+    return presets[name]

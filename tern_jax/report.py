@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tern_jax.presets import FULL_PRECISION
-from tern_jax.train.families import LANGUAGE_MODEL, family_of
 from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
 
@@ -65,16 +64,27 @@ class Run(NamedTuple):
 
     @property
     def model(self) -> str | None:
-        return self.results.get("model") or self.config.get("model")
+        return self.results.get("model") or self.config.get("model", {}).get("name")
 
     @property
     def dataset(self) -> str | None:
-        return self.results.get("dataset") or self.config.get("dataset")
+        return self.results.get("dataset") or self.config.get("data", {}).get("dataset")
 
     @property
-    def is_language_model(self) -> bool:
-        """A language model's run: its losses are bits per byte, its accuracy next-byte."""
-        return self.model is not None and family_of(self.model) is LANGUAGE_MODEL
+    def loss_name(self) -> str:
+        """What the run's loss is called, as its model family declared it in the run folder
+        (results, else the first metrics record): read without importing the model."""
+        if "loss_name" in self.results:
+            return self.results["loss_name"]
+        for stage in self.stages:
+            if stage.records:
+                return stage.records[0].get("loss_name", "loss")
+        return "loss"
+
+    @property
+    def losses_in_bits(self) -> bool:
+        """Its losses are bits per byte (a byte language model: accuracy is next-byte)."""
+        return self.loss_name == "bits/byte"
 
 
 class Curve(NamedTuple):
@@ -282,7 +292,7 @@ def _axis_label(metric: str, runs) -> str:
     if metric == "test_acc":
         return "test accuracy (%)"
     which = "test" if metric == "test_loss" else "train"
-    if runs and all(r.is_language_model for r in runs):
+    if runs and all(r.losses_in_bits for r in runs):
         return f"{which} bits per byte"
     return f"{which} loss"
 
@@ -324,7 +334,7 @@ def plot_curves(runs, ax=None, *, metric: str = "test_acc"):
 def _panel_metric(run: Run) -> str:
     """What a run's panel shows: bits per byte for a language model, else test accuracy, or
     the training loss when fewer than two epochs were evaluated."""
-    if run.is_language_model:
+    if run.losses_in_bits:
         return "test_loss"
     evaluated = max((sum(a is not None for a in c.test_acc) for c in curves(run)), default=0)
     return "test_acc" if evaluated >= 2 else "train_loss"
@@ -363,7 +373,7 @@ def runs_figure(runs, *, title: str | None = None):
     import matplotlib.pyplot as plt
 
     fig, (ax_test, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    lm = bool(runs) and all(r.is_language_model for r in runs)
+    lm = bool(runs) and all(r.losses_in_bits for r in runs)
     plot_curves(runs, ax_test, metric="test_loss" if lm else "test_acc")
     plot_curves(runs, ax_loss, metric="train_loss")
     ax_test.set(title=ax_test.get_ylabel().removesuffix(" (%)"))

@@ -40,7 +40,16 @@ from tern_jax.data.imagenet import (
     imagenet_batches,
     train_transform,
 )
-from tern_jax.data.specs import DATASETS, IMAGES, TOKENS, Dataset, dataset_spec
+from tern_jax.data.specs import (
+    DATASETS,
+    IMAGES,
+    TOKENS,
+    Dataset,
+    ImageDataset,
+    StreamedImageDataset,
+    TokenDataset,
+    dataset_spec,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -50,6 +59,9 @@ __all__ = [
     "IMAGES",
     "TOKENS",
     "Dataset",
+    "ImageDataset",
+    "StreamedImageDataset",
+    "TokenDataset",
     "dataset_spec",
     "IMAGENET_MEAN",
     "IMAGENET_NUM_CLASSES",
@@ -103,10 +115,10 @@ def load_dataset(
         spec = dataset_spec(name)
     except ValueError as e:
         raise ValueError(f"load_dataset: {e}") from None
-    if spec.streamed:
+    if isinstance(spec, StreamedImageDataset):
         raise ValueError(f"{spec.name} does not fit in memory; stream it with "
                          "tern_jax.data.imagenet_batches()")
-    if spec.kind != IMAGES:
+    if not isinstance(spec, ImageDataset):
         raise ValueError(f"load_dataset loads images; {spec.name} holds {spec.kind} "
                          "(tern_jax.data.text.load_text reads it)")
     allowed = [p for p in inspect.signature(spec.load).parameters if p != "data_dir"]
@@ -114,6 +126,6 @@ def load_dataset(
     if unknown:
         raise TypeError(f"load_dataset: {name!r} takes no argument {', '.join(unknown)}; it "
                         f"takes {', '.join(allowed)}")
-    if "data_dir" in spec.fields:
+    if "data.data_dir" in spec.fields:
         kw["data_dir"] = data_dir
     return spec.load(**kw)

@@ -36,12 +36,14 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from tern_jax.fields import Range, check_fields
 
 __all__ = [
     "MLP_KINDS",
@@ -60,6 +62,7 @@ _ModuleList = getattr(nnx, "List", list)
 
 #: The MLP kinds of :class:`TransformerConfig`.
 MLP_KINDS = ("gelu", "swiglu")
+_POSITIVE = Range(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,51 +86,32 @@ class TransformerConfig:
         logits come back float32.
     """
 
-    vocab_size: int = 256
-    max_len: int = 128
-    d_model: int = 128
-    num_heads: int = 4
-    num_layers: int = 4
-    mlp_ratio: int = 4
+    vocab_size: Annotated[int, _POSITIVE] = 256
+    max_len: Annotated[int, _POSITIVE] = 128
+    d_model: Annotated[int, _POSITIVE] = 128
+    num_heads: Annotated[int, _POSITIVE] = 4
+    num_layers: Annotated[int, _POSITIVE] = 4
+    mlp_ratio: Annotated[int, _POSITIVE] = 4
     tie_embeddings: bool = False
-    dtype: str = "float32"
-    num_kv_heads: int | None = None
-    mlp: str = "gelu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_kv_heads: Annotated[int | None, _POSITIVE] = None
+    mlp: Literal[MLP_KINDS] = "gelu"
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "mlp_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"TransformerConfig.{name} must be a positive integer, got "
-                                 f"{value!r}")
+        check_fields(self, owner="TransformerConfig")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"TransformerConfig: d_model={self.d_model} is not divisible by "
                 f"num_heads={self.num_heads}; pick num_heads dividing d_model"
             )
-        kv = self.num_kv_heads
-        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, numbers.Integral)
-                               or kv < 1 or self.num_heads % kv):
-            raise ValueError(f"TransformerConfig.num_kv_heads must be a positive integer dividing "
-                             f"num_heads={self.num_heads} (or None), got {kv!r}")
-        if self.mlp not in MLP_KINDS:
-            raise ValueError(f"TransformerConfig.mlp must be one of {MLP_KINDS}, got "
-                             f"{self.mlp!r}")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"TransformerConfig.num_kv_heads must divide num_heads="
+                             f"{self.num_heads} (or be None), got {self.num_kv_heads!r}")
         if self.head_dim % 2:
             raise ValueError(
                 f"TransformerConfig: head_dim = d_model/num_heads = {self.head_dim} must be even "
                 "(rotary positions rotate pairs of features)"
             )
-        if not isinstance(self.tie_embeddings, bool):
-            raise TypeError(f"TransformerConfig.tie_embeddings must be True or False, got "
-                            f"{self.tie_embeddings!r}")
-        try:
-            dtype = jnp.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"TransformerConfig.dtype must name a float dtype such as "
-                             f"'float32' or 'bfloat16', got {self.dtype!r}")
 
     @property
     def head_dim(self) -> int:
@@ -144,21 +128,15 @@ class TransformerConfig:
 #: context); ``transformer_base`` (0.85M parameters, 128 bytes) is for longer runs;
 #: ``transformer_llama`` (1.3M parameters: gated MLP, grouped-query attention, d_model 256) is
 #: the smallest shape llama.cpp's ternary types take (:func:`tern_jax.export.to_gguf`);
-#: ``transformer_llama_half`` is it at half the width (d_model 128, 0.36M parameters), the
-#: recipe study's model, so that ``transformer_llama`` is its 2x-width ternary arm;
-#: ``transformer_llama_quarter`` (d_model 64, 0.11M parameters) is the study's smallest width.
+#: ``transformer`` is :class:`TransformerConfig`'s defaults. Each is a preset of the fields: a
+#: run config sizes its model with ``model.kwargs`` over one (``{"d_model": 128}``).
 TRANSFORMER_CONFIGS: dict[str, TransformerConfig] = {
+    "transformer": TransformerConfig(),
     "transformer_tiny": TransformerConfig(max_len=32, d_model=32, num_heads=2, num_layers=2),
     "transformer_small": TransformerConfig(max_len=64, d_model=64, num_heads=2, num_layers=2),
     "transformer_base": TransformerConfig(max_len=128, d_model=128, num_heads=4, num_layers=4),
     "transformer_llama": TransformerConfig(max_len=128, d_model=256, num_heads=4, num_layers=2,
                                            mlp_ratio=2, num_kv_heads=2, mlp="swiglu"),
-    "transformer_llama_half": TransformerConfig(max_len=128, d_model=128, num_heads=4,
-                                                num_layers=2, mlp_ratio=2, num_kv_heads=2,
-                                                mlp="swiglu"),
-    "transformer_llama_quarter": TransformerConfig(max_len=128, d_model=64, num_heads=4,
-                                                   num_layers=2, mlp_ratio=2, num_kv_heads=2,
-                                                   mlp="swiglu"),
 }
 
 

@@ -1,16 +1,33 @@
-"""Experiment configs: one frozen dataclass names a run completely (with its seeds).
+"""Experiment configs: one frozen dataclass of sections names a run completely (with its seeds).
 
 Experiments live as Python files exposing ``get_config() -> Config`` (``experiments/configs``);
-the command line loads one by path or by built-in name and overrides fields with
-``--set field=value``. Model *variants* are named rule presets (:mod:`tern_jax.presets`):
-several variants and seeds of one architecture train together in one program, vmapped over a
-leading model axis.
+the command line loads one by path or by built-in name and overrides values with
+``--set section.field=value`` (``--set data.batch_size=128``,
+``--set model.kwargs.d_model=512``, ``--set seeds=0,1``). Model *variants* are named rule
+presets (:mod:`tern_jax.presets`): several variants and seeds of one architecture train
+together in one program, vmapped over a leading model axis.
 
-Every field is checked from its type annotation, once, when a config is made: its type, its
-range (a :class:`~tern_jax.train.fields.Range` in ``Annotated``), its choices (``Literal``);
-the ``--set`` parser reads the same annotations (:mod:`tern_jax.train.fields`). The model
-family and the dataset then hold the config against what they read
-(:func:`tern_jax.train.families.check_config`).
+A config has two top-level values (``name``, ``seeds``), two switches of how it runs
+(``scan_steps``, ``progress``) and six sections, each a frozen dataclass:
+
+=================  =========================================================================
+``model``          :class:`ModelConfig`: which model (a built-in name or an import path), its
+                   keyword arguments (sizes), variants, compute dtype, how the model axis runs
+``data``           :class:`DataConfig`: the dataset, where it is, subsets, batches, windows
+``optimizer``      :class:`OptimizerConfig`: SGD/Adam/AdamW, rate, momentum, weight decay
+``schedule``       :class:`ScheduleConfig`: epochs, the rate's and the decay's schedules,
+                   warm-ups
+``checkpointing``  :class:`CheckpointConfig`: how often to evaluate and save, what to keep
+``stages``         :class:`StagesConfig`: where models start (another run, torchvision), a
+                   second fine-tuning stage, distillation
+=================  =========================================================================
+
+A section may be given as its dataclass or as a dict of its fields
+(``Config(data={"dataset": "cifar10"})``). Every field is checked from its type annotation,
+once, when a config is made (:mod:`tern_jax.fields`); the ``--set`` parser reads the same
+annotations. The model family and the dataset then hold the config against what they read
+(:func:`tern_jax.train.families.check_config`). Field names in messages, ``--set`` and
+:func:`differences` are dotted paths (``optimizer.learning_rate``).
 """
 
 from __future__ import annotations
@@ -21,14 +38,15 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from tern_jax.presets import FULL_PRECISION, PRESETS
-from tern_jax.train.families import check_config, is_full_precision, variant_rules
-from tern_jax.train.fields import Range, check_fields, parse_value
+from tern_jax.fields import Range, check_fields, parse_json_value, parse_value
+from tern_jax.presets import FULL_PRECISION
+from tern_jax.train.families import check_config, is_full_precision
 
-__all__ = ["Config", "FULL_PRECISION", "PRESETS", "Slot", "differences", "from_json",
-           "is_full_precision", "load_config", "override", "quickstart_config", "variant_rules"]
+__all__ = ["CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimizerConfig",
+           "ScheduleConfig", "Slot", "StagesConfig", "differences", "flatten", "from_json",
+           "load_config", "override", "quickstart_config"]
 
 
 _NONE_NOTE = Range(1, note=" (None: the whole set)")
@@ -68,111 +86,239 @@ class Slot(NamedTuple):
         return cls(found.group(1), int(found.group(2)))
 
 
+class _Section:
+    """A config section: its fields checked from their annotations when it is made."""
+
+    def __post_init__(self):
+        check_fields(self, owner=_SECTION_NAMES[type(self)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Which models a run trains.
+
+    Attributes:
+      name: a built-in model (:data:`tern_jax.models.MODELS`: ``resnet20``,
+        ``transformer_llama``, ...) or the import path of the user's own
+        (``"my_pkg.nets:MyNet"``: a linen module class or factory, or a
+        :class:`~tern_jax.train.families.ModelFamily`).
+      kwargs: keyword arguments of the model, over the named model's own (its sizes:
+        ``{"d_model": 128}``; a CIFAR ResNet's ``{"width": 32}``); what ``config.json`` can hold.
+      compute_dtype: the computation's dtype (bfloat16: GPU/TPU).
+      variants: the rule presets trained side by side (``fp``: full precision).
+      axis: how the model axis runs (:data:`ModelAxis`).
+    """
+
+    name: str = "small_cnn"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    variants: tuple[str, ...] = ("fp", "tern")
+    axis: ModelAxis = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """The data of a run and how it is batched.
+
+    Attributes:
+      dataset: a built-in dataset (:data:`tern_jax.data.DATASETS`) or the import path of the
+        user's own ``Dataset``.
+      data_dir: where the dataset's files are (datasets that read files).
+      text_path: a language model's local text file or folder (None: the Python standard
+        library's sources).
+      train_subset, test_subset: use only this many training / test examples (cheap proxies;
+        for text, test windows).
+      augment: pad-4 random crop and flip (the CIFAR recipe), on device.
+      stream: feed batches from the host (the ImageNet path) instead of device memory.
+      seq_len: a language model's window (None: the model's ``max_len``).
+      steps_per_epoch: a language model's steps per "epoch" (None: one pass over the text).
+      batch_size: examples per training step (every model sees its own batch of this size).
+      eval_batch_size: examples per evaluation step (padding is masked).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    text_path: str | None = None
+    train_subset: Annotated[int | None, _NONE_NOTE] = None
+    test_subset: Annotated[int | None, _NONE_NOTE] = None
+    augment: bool = True
+    stream: bool = False
+    seq_len: Annotated[int | None, _AT_LEAST_1] = None
+    steps_per_epoch: Annotated[int | None, _AT_LEAST_1] = None
+    batch_size: Annotated[int, _AT_LEAST_1] = 64
+    eval_batch_size: Annotated[int, _AT_LEAST_1] = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """The optimizer (:mod:`tern_jax.train.optim`); defaults: the paper's CIFAR recipe.
+
+    Attributes:
+      name: ``sgd`` (momentum, Nesterov), ``adam``, or ``adamw`` (weight decay decoupled from
+        Adam's step).
+      learning_rate: the peak rate.
+      momentum, nesterov: SGD's.
+      weight_decay: L2 added to the gradient (``adamw``: to the step), every parameter.
+      label_smoothing: of the classification targets (image classifiers).
+    """
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: Annotated[float, _POSITIVE] = 0.1
+    momentum: Annotated[float, _FRACTION] = 0.9
+    nesterov: bool = True
+    weight_decay: Annotated[float, _AT_LEAST_0] = 3e-4
+    label_smoothing: Annotated[float, _FRACTION] = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(_Section):
+    """How long a run trains and how its rates move.
+
+    Attributes:
+      epochs: epochs of training.
+      name: the learning rate's schedule: ``multistep`` (``milestones``), ``cosine``,
+        ``constant``, or ``bitnet`` (BitNet b1.58's two halves, :mod:`tern_jax.train.optim`).
+      milestones: ``(epoch, factor)`` pairs of the multistep schedule.
+      warmup_epochs: a linear warm-up of the rate first.
+      weight_decay: the weight decay's schedule: ``constant`` or ``bitnet`` (decaying to 0 by
+        half the steps).
+      threshold_warmup: epochs over which every threshold Δ ramps from
+        ``threshold_warmup_start`` times its value to its value (0: off; evaluation always
+        uses the full Δ).
+      threshold_warmup_start: the ramp's first factor (0 keeps every nonzero weight).
+    """
+
+    epochs: Annotated[int, _AT_LEAST_1] = 12
+    name: Literal["multistep", "cosine", "constant", "bitnet"] = "multistep"
+    milestones: tuple[tuple[int, float], ...] = ((6, 0.1), (9, 0.1))
+    warmup_epochs: Annotated[int, _AT_LEAST_0] = 0
+    weight_decay: Literal["constant", "bitnet"] = "constant"
+    threshold_warmup: Annotated[float, _AT_LEAST_0] = 0.0
+    threshold_warmup_start: Annotated[float, Range(0, 1, high_closed=True)] = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(_Section):
+    """When a run evaluates and saves.
+
+    Attributes:
+      every: epochs between checkpoints (0: only at the end).
+      keep: checkpoints kept (a run keeps at least its last).
+      eval_every: epochs between test evaluations (the last epoch is always evaluated).
+    """
+
+    every: Annotated[int, Range(0, note=" (0: only at the end)")] = 5
+    keep: Annotated[int, Range(1, note=" (a run must keep its last checkpoint)")] = 2
+    eval_every: Annotated[int, _AT_LEAST_1] = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StagesConfig(_Section):
+    """Where the models start, a second stage, and what they learn from.
+
+    Attributes:
+      init_from: start every model from the final params of ``init_variant`` of another run.
+      pretrained: or from a torchvision ResNet state_dict (.pth), as the paper's ImageNet
+        recipe does.
+      init_variant: the variant of ``init_from`` to start from.
+      finetune_epochs: > 0: the two-stage recipe. The fp models train ``schedule.epochs``
+        epochs first (the run's ``pretrain/``), then every other variant starts from the fp
+        model of its seed and trains ``finetune_epochs`` more (``finetune/``) at
+        ``finetune_learning_rate`` with ``finetune_schedule``.
+      distill_weight: weight of the KL term distilling each ternary model from the fp model
+        of its seed trained alongside (0: off).
+      distill_temperature: its softmax temperature.
+    """
+
+    init_from: str | None = None
+    pretrained: str | None = None
+    init_variant: str = "fp"
+    finetune_epochs: Annotated[int, _AT_LEAST_0] = 0
+    finetune_learning_rate: Annotated[float, _POSITIVE] = 0.01
+    finetune_schedule: Literal["cosine", "constant"] = "cosine"
+    distill_weight: Annotated[float, _AT_LEAST_0] = 0.0
+    distill_temperature: Annotated[float, _POSITIVE] = 4.0
+
+
+#: The sections of a :class:`Config`, by field name.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig, "checkpointing": CheckpointConfig, "stages": StagesConfig}
+_SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines a training run. Defaults: the offline digits quickstart.
+    """Everything that defines a training run. Defaults: the offline digits quickstart's model
+    and data with the paper's CIFAR optimizer (see the module docstring for the sections).
 
-    ``model`` and ``dataset`` are a built-in name (:mod:`tern_jax.train.families`,
-    :mod:`tern_jax.data.specs`) or the import path of the user's own (``"my_pkg.nets:MyNet"``).
     A field the chosen model family and dataset do not read must keep its default (or "off":
     ``None``, ``False``, 0).
     """
 
     name: str = "quickstart_digits"
-    # data
-    dataset: str = "digits"  # "cifar10" | "digits" | "imagenet" | "text" | ... | "pkg.mod:name"
-    data_dir: str | None = None
-    # use only this many training / test images (cheap proxies)
-    train_subset: Annotated[int | None, _NONE_NOTE] = None
-    test_subset: Annotated[int | None, _NONE_NOTE] = None
-    augment: bool = True  # pad-4 random crop + flip (CIFAR recipe); on device
-    stream: bool = False  # feed batches from the host (ImageNet path) instead of device memory
-    # language models (model="transformer_*", dataset="text"|"tiny_shakespeare"): a local text
-    # file or folder (None: the Python standard library's sources), the window length (None:
-    # the model's max_len) and the steps of an "epoch" (None: one pass over the text)
-    text_path: str | None = None
-    seq_len: Annotated[int | None, _AT_LEAST_1] = None
-    steps_per_epoch: Annotated[int | None, _AT_LEAST_1] = None
-    # model
-    model: str = "small_cnn"
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: GPU/TPU
-    variants: tuple[str, ...] = ("fp", "tern")
-    model_axis: ModelAxis = "auto"
     seeds: Annotated[tuple[int, ...], _AT_LEAST_0] = (0,)
-    # optimization (the paper's CIFAR recipe, METHOD.md section 3)
-    epochs: Annotated[int, _AT_LEAST_1] = 12
-    batch_size: Annotated[int, _AT_LEAST_1] = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # sgd: momentum, Nesterov; adamw:
-    # weight decay decoupled from Adam's step (tern_jax.train.optim)
-    learning_rate: Annotated[float, _POSITIVE] = 0.1
-    momentum: Annotated[float, _FRACTION] = 0.9
-    nesterov: bool = True
-    weight_decay: Annotated[float, _AT_LEAST_0] = 3e-4  # L2 added to the gradient, all params
-    schedule: Literal["multistep", "cosine", "constant", "bitnet"] = "multistep"
-    # "bitnet": BitNet b1.58's two-stage schedules, the rate dropping at half the steps and the
-    # weight decay decaying to 0 by then (tern_jax.train.optim)
-    weight_decay_schedule: Literal["constant", "bitnet"] = "constant"
-    milestones: tuple[tuple[int, float], ...] = ((6, 0.1), (9, 0.1))
-    warmup_epochs: Annotated[int, _AT_LEAST_0] = 0
-    label_smoothing: Annotated[float, _FRACTION] = 0.0
-    # fine-tuning: start every model from the final params of another run's model ...
-    init_from: str | None = None
-    # ... or from a torchvision ResNet state_dict (.pth), as the paper's ImageNet recipe does
-    pretrained: str | None = None
-    init_variant: str = "fp"
-    # two-stage recipe: with finetune_epochs > 0 the fp model trains `epochs` epochs first (the
-    # run's pretrain/ folder), then every other variant starts from the fp model of its seed
-    # and trains finetune_epochs more with its own learning rate and schedule (finetune/)
-    finetune_epochs: Annotated[int, _AT_LEAST_0] = 0
-    finetune_learning_rate: Annotated[float, _POSITIVE] = 0.01
-    finetune_schedule: Literal["cosine", "constant"] = "cosine"  # milestones: the first stage
-    # distillation from the full-precision model trained alongside (weight on the KL term)
-    distill_weight: Annotated[float, _AT_LEAST_0] = 0.0
-    distill_temperature: Annotated[float, _POSITIVE] = 4.0
-    # threshold warm-up: every threshold Δ is scaled by a factor that ramps linearly from
-    # threshold_warmup_start to 1 over the first threshold_warmup epochs (0 = off). Scale 0
-    # keeps every nonzero weight (a binary-like start); test evaluation always uses the full Δ.
-    threshold_warmup: Annotated[float, _AT_LEAST_0] = 0.0
-    threshold_warmup_start: Annotated[float, Range(0, 1, high_closed=True)] = 0.0
-    # bookkeeping
-    eval_batch_size: Annotated[int, _AT_LEAST_1] = 500
-    # epochs between test evaluations (the last epoch is always evaluated)
-    eval_every: Annotated[int, _AT_LEAST_1] = 1
-    checkpoint_every: Annotated[int, Range(0, note=" (0: only at the end)")] = 5
-    keep_checkpoints: Annotated[int, Range(1, note=" (a run must keep its last checkpoint)")] = 2
-    # steps per compiled call; 0 = a whole epoch as one lax.scan
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    checkpointing: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
+    # steps per compiled call; 0 = a whole epoch as one lax.scan on GPU/TPU, single steps on CPU
     scan_steps: Annotated[int, _AT_LEAST_0] = 0
     progress: bool = True
 
     def __post_init__(self):
+        for name, cls in SECTIONS.items():  # a dict of a section's fields becomes the section
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, _section(cls, name, value))
         check_fields(self)
         check_config(self)  # the model family and the dataset: names, kinds, variants, fields
-        if self.finetune_epochs:
-            if all(is_full_precision(v, self.model) for v in self.variants):
-                raise ValueError("finetune_epochs > 0 needs a ternary variant to fine-tune, "
-                                 "e.g. variants=fp,tern")
-            if self.init_from or self.pretrained:
-                raise ValueError("finetune_epochs > 0 trains its own full-precision start; "
-                                 "drop init_from/pretrained, or set finetune_epochs=0")
-        if self.schedule == "bitnet" and 2 * self.warmup_epochs >= self.epochs:
-            raise ValueError(f"schedule='bitnet' drops the rate at half the epochs; its warm-up "
-                             f"must end before: warmup_epochs={self.warmup_epochs} with "
-                             f"epochs={self.epochs}; use warmup_epochs < epochs / 2")
-        if self.distill_weight and FULL_PRECISION not in self.variants:
-            raise ValueError("distill_weight > 0 needs an 'fp' variant in the run as the teacher")
+        stages, schedule = self.stages, self.schedule
+        if stages.finetune_epochs:
+            if all(is_full_precision(v, self) for v in self.model.variants):
+                raise ValueError("stages.finetune_epochs > 0 needs a ternary variant to "
+                                 "fine-tune, e.g. model.variants=fp,tern")
+            if stages.init_from or stages.pretrained:
+                raise ValueError("stages.finetune_epochs > 0 trains its own full-precision "
+                                 "start; drop stages.init_from/pretrained, or set "
+                                 "stages.finetune_epochs=0")
+        if schedule.name == "bitnet" and 2 * schedule.warmup_epochs >= schedule.epochs:
+            raise ValueError(
+                f"schedule.name='bitnet' drops the rate at half the epochs; its warm-up must "
+                f"end before: schedule.warmup_epochs={schedule.warmup_epochs} with "
+                f"schedule.epochs={schedule.epochs}; use warmup_epochs < epochs / 2")
+        if stages.distill_weight and FULL_PRECISION not in self.model.variants:
+            raise ValueError("stages.distill_weight > 0 needs an 'fp' variant in "
+                             "model.variants as the teacher")
 
     @property
     def slots(self) -> tuple[Slot, ...]:
         """The trained models in model-axis order, variant-major."""
-        return tuple(Slot(v, s) for v in self.variants for s in self.seeds)
+        return tuple(Slot(v, s) for v in self.model.variants for s in self.seeds)
 
     @property
     def model_names(self) -> list[str]:
         """One label per trained model, variant-major: ``tern/seed1``."""
         return [slot.name for slot in self.slots]
 
+    def to_dict(self) -> dict:
+        """The config as nested plain values (sections as dicts), as ``config.json`` holds it."""
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _section(cls, name: str, values: dict):
+    """A section from a dict of its fields; an unknown key is named with the section's keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{name} has no field {', '.join(unknown)}; its fields: "
+                         f"{', '.join(sorted(known))}")
+    return cls(**values)
 
 
 def quickstart_config() -> Config:
@@ -181,29 +327,94 @@ def quickstart_config() -> Config:
     No crop/flip augmentation: shifting an 8x8 digit by up to 4 pixels or mirroring it
     destroys it. Cosine decay over 15 epochs of SGD with Nesterov momentum.
     """
-    return Config(name="quickstart_digits", dataset="digits", model="small_cnn", augment=False,
-                  epochs=15, batch_size=64, learning_rate=0.05, schedule="cosine",
-                  weight_decay=5e-4, checkpoint_every=5)
+    return Config(name="quickstart_digits",
+                  model=ModelConfig("small_cnn"),
+                  data=DataConfig("digits", augment=False, batch_size=64),
+                  optimizer=OptimizerConfig(learning_rate=0.05, weight_decay=5e-4),
+                  schedule=ScheduleConfig(epochs=15, name="cosine"),
+                  checkpointing=CheckpointConfig(every=5))
 
 
-def override(config: Config, assignments: list[str] | tuple[str, ...]) -> Config:
-    """Applies ``field=value`` strings (``seeds=0,1``, ``milestones=80:0.1,120:0.1``)."""
-    hints = typing.get_type_hints(Config)
-    changes = {}
-    for item in assignments:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form field=value")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if key not in hints:
-            raise ValueError(
-                f"unknown config field {key!r}; fields: {', '.join(sorted(hints))}"
-            )
-        try:
-            changes[key] = parse_value(value, hints[key])
-        except ValueError as e:
-            raise ValueError(f"bad value for {key}: {value!r} ({e})") from None
-    return dataclasses.replace(config, **changes)
+def flatten(config: Config) -> dict[str, Any]:
+    """``{dotted path: value}`` of every field (``data.batch_size``; ``model.kwargs`` whole)."""
+    flat = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in SECTIONS:
+            for inner in dataclasses.fields(value):
+                flat[f"{field.name}.{inner.name}"] = getattr(value, inner.name)
+        else:
+            flat[field.name] = value
+    return flat
+
+
+def _all_paths() -> list[str]:
+    paths = []
+    for field in dataclasses.fields(Config):
+        if field.name in SECTIONS:
+            paths += [f"{field.name}.{f.name}" for f in dataclasses.fields(SECTIONS[field.name])]
+        else:
+            paths.append(field.name)
+    return paths
+
+
+def _hint(path: str):
+    """The annotation of a dotted path (``data.batch_size``)."""
+    if "." not in path:
+        return typing.get_type_hints(Config, include_extras=True)[path]
+    section, name = path.split(".", 1)
+    return typing.get_type_hints(SECTIONS[section], include_extras=True)[name]
+
+
+def _unknown(path: str) -> ValueError:
+    paths = _all_paths()
+    leaf = path.rsplit(".", 1)[-1]
+    near = [p for p in paths if p.rsplit(".", 1)[-1] == leaf]
+    hint = f"; did you mean {' or '.join(near)}?" if near else f"; fields: {', '.join(paths)}"
+    return ValueError(f"unknown config field {path!r}{hint}")
+
+
+def override(config: Config, changes) -> Config:
+    """``config`` with values replaced: ``field=value`` strings (the ``--set`` form:
+    ``seeds=0,1``, ``schedule.milestones=80:0.1,120:0.1``, ``model.kwargs.d_model=512``), or a
+    dict of dotted paths to values (``{"data.batch_size": 128}``)."""
+    if isinstance(changes, dict):
+        items = list(changes.items())
+        parse = False
+    else:
+        items = []
+        for item in changes:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form field=value "
+                                 "(e.g. data.batch_size=128)")
+            key, value = item.split("=", 1)
+            items.append((key.strip(), value))
+        parse = True
+    top, sections = {}, {}
+    paths = set(_all_paths())
+    for key, value in items:
+        if key.startswith("model.kwargs."):
+            name = key.removeprefix("model.kwargs.")
+            kwargs = sections.setdefault("model", {}).setdefault(
+                "kwargs", dict(sections.get("model", {}).get("kwargs", config.model.kwargs)))
+            kwargs[name] = parse_json_value(value) if parse else value
+            continue
+        if key not in paths:
+            raise _unknown(key)
+        if parse:
+            try:
+                value = parse_value(value, _hint(key)) if key != "model.kwargs" else \
+                    json.loads(value)
+            except (ValueError, json.JSONDecodeError) as e:
+                raise ValueError(f"bad value for {key}: {value!r} ({e})") from None
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in sections.items():
+        top[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **top)
 
 
 def load_config(name_or_path: str | None) -> Config:
@@ -232,25 +443,41 @@ def load_config(name_or_path: str | None) -> Config:
     return config
 
 
+def _tuples(value):
+    """JSON lists back to the tuples the annotations name (pairs of milestones too)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def from_json(text: str) -> Config:
-    """The config of a ``config.json`` (:meth:`Config.to_json`); a key that is no field is an
-    error naming it (every field written by earlier versions is still a field)."""
+    """The config of a ``config.json`` (:meth:`Config.to_json`); a key that is no field (at
+    the top or in a section) is an error naming it."""
     data = json.loads(text)
-    hints = typing.get_type_hints(Config)
-    unknown = sorted(set(data) - set(hints))
+    if not isinstance(data, dict):
+        raise ValueError("config.json must hold an object of the config's fields")
+    top = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - top)
     if unknown:
         raise ValueError(f"config.json holds keys that are no Config field: {', '.join(unknown)}"
-                         f"; fields: {', '.join(sorted(hints))}")
+                         f"; fields: {', '.join(sorted(top))}")
+    values = {}
     for key, value in data.items():
-        if isinstance(value, list):
-            data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return Config(**data)
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"config.json: {key} must be an object of its fields")
+            value = {k: (v if k == "kwargs" else _tuples(v)) for k, v in value.items()}
+        else:
+            value = _tuples(value)
+        values[key] = value
+    return Config(**values)
 
 
 def differences(a: Config, b: Config) -> dict[str, tuple]:
-    """The fields whose values differ, in field order: ``{name: (a's value, b's value)}``.
+    """The fields whose values differ, by dotted path in field order: ``{path: (a's, b's)}``.
 
     The one comparison of two configs: resuming a run and the processes of one job use it.
     """
-    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Config)
-            if getattr(a, f.name) != getattr(b, f.name)}
+    flat_a, flat_b = flatten(a), flatten(b)
+    return {path: (flat_a[path], flat_b[path]) for path in flat_a
+            if flat_a[path] != flat_b[path]}

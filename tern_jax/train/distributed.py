@@ -1,4 +1,4 @@
-"""Several processes, one run: start-up, global batches, one writer, failures that end the job.
+"""Several processes, one run: start-up, one writer, failures that end the job.
 
 A TPU pod slice or several GPU hosts run one process per host; JAX joins them into one
 program (``jax.distributed.initialize``) whose mesh spans every device of every process.
@@ -17,10 +17,9 @@ APIs only (``jax.distributed``, ``jax.experimental.multihost_utils``):
 * :func:`stop_requested`: SIGTERM (a scheduler's preemption notice) in any process makes
   every process stop at the same boundary (JAX's preemption service; one process: a signal
   handler);
-* :func:`global_batch`: this process's share of a batch -> the global ``jax.Array``
-  sharded over the mesh's ``data`` axis (``jax.make_array_from_process_local_data``);
-* :func:`is_main` / :func:`main_log`: process 0 alone writes the run's files and prints;
-* :func:`constrain_batch`: inside a jitted step, a batch sharded over the ``data`` axis.
+* :func:`is_main` / :func:`main_log`: process 0 alone writes the run's files and prints.
+
+Each process's share of a batch becomes a global array in :mod:`tern_jax.data.inputs`.
 
 A failure is seen by the other processes where they exchange: at start-up, after the
 trainer is built, at the end of a run. A process that fails while the others are inside a
@@ -50,17 +49,15 @@ from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-__all__ = ["ProcessFailed", "barrier", "check_same_config", "constrain_batch", "exchange",
-           "exit_after_failure", "failures_end_the_job", "global_batch", "global_batches",
+__all__ = ["ProcessFailed", "barrier", "check_same_config", "exchange",
+           "exit_after_failure", "failures_end_the_job",
            "in_job", "initialize", "is_main", "main_log", "stop_requested"]
 
 #: Config fields that may differ between the processes of one job (set to these values
 #: before comparing): each host may keep the data at its own path, and only process 0
 #: draws a progress bar.
-PER_PROCESS_FIELDS = {"data_dir": None, "progress": False}
+PER_PROCESS_FIELDS = {"data.data_dir": None, "progress": False}
 
 
 class ProcessFailed(RuntimeError):
@@ -145,18 +142,16 @@ def check_same_config(config) -> None:
     """
     if jax.process_count() == 1:
         return
-    import dataclasses
+    from tern_jax.train.config import differences, flatten, from_json, override
 
-    from tern_jax.train.config import differences, from_json
-
-    text = dataclasses.replace(config, **PER_PROCESS_FIELDS).to_json()
+    text = override(config, PER_PROCESS_FIELDS).to_json()
     if len(set(exchange(hashlib.sha256(text.encode()).hexdigest()))) == 1:
         return
     configs = [from_json(t) for t in exchange(text)]
     fields: dict[str, list] = {}
     for other in configs[1:]:
         for name in differences(configs[0], other):
-            fields.setdefault(name, [getattr(c, name) for c in configs])
+            fields.setdefault(name, [flatten(c)[name] for c in configs])
     shown = "; ".join(f"{name} is " + ", ".join(f"{v!r} on process {p}" for p, v in
                                                  enumerate(values))
                       for name, values in fields.items())
@@ -316,42 +311,6 @@ def _check_same_process_count(num_processes: int, process_id: int) -> None:
             raise ValueError(f"process {other} was started with --num_processes {count}, "
                              f"process {process_id} with {num_processes}; start every "
                              "process with the same --num_processes")
-
-
-# --------------------------------------------------------------------------------------
-# global batches
-# --------------------------------------------------------------------------------------
-
-
-def global_batch(local, sharding):
-    """This process's rows of a batch (a pytree of NumPy arrays) -> global ``jax.Array``\\ s.
-
-    Leading axes are concatenated over the processes in process order (the order of the
-    mesh's devices), so the global batch has ``process_count`` times the local rows.
-    """
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
-
-
-def global_batches(batches, sharding, size: int = 2) -> Iterator:
-    """:func:`global_batch` of each local batch, keeping ``size`` batches in flight."""
-    if size < 1:
-        raise ValueError(f"size must be at least 1, got {size}")
-    pending: list = []
-    for local in batches:
-        pending.append(global_batch(local, sharding))
-        if len(pending) > size:
-            yield pending.pop(0)
-    yield from pending
-
-
-def constrain_batch(batch, mesh: Mesh, *, example_axis: int = 1):
-    """Shards a batch's ``example_axis`` over the mesh's ``data`` axis (inside jit; 1 device:
-    no-op). The default 1 skips the leading model axis of a batch every model sees."""
-    if mesh.size == 1:
-        return batch
-    spec = P(*[None] * example_axis, "data")
-    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
 
 
 # --------------------------------------------------------------------------------------

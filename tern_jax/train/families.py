@@ -1,27 +1,40 @@
-"""Model families: what a config's ``model`` names, each declared once (:data:`FAMILIES`).
+"""Model families: what a config's ``model.name`` names, each declared once.
 
-A :class:`ModelFamily` declares its task (how a batch becomes a loss), the kind of input its
-models read (:data:`~tern_jax.data.specs.IMAGES` or :data:`~tern_jax.data.specs.TOKENS`), its
-variant presets and the config fields only its task reads. The datasets are declared the same
-way in :mod:`tern_jax.data.specs`. :func:`check_config` holds a config against both, once,
-when the config is made: the model and dataset exist and read the same kind of input, the
-variants are presets of the family, and no field is set that the run would not read.
+A :class:`ModelFamily` declares everything the trainer, the command line and the reports ask
+of a kind of model, so nothing downstream tests which family it holds:
 
-**Adding a family** is one entry in :data:`FAMILIES`. **A user's own model** needs no edit to
-tern_jax: a config's ``model="my_pkg.nets:MyNet"`` names, by import path, either
+* its task (how a batch becomes a loss), built from the config and the :class:`Dataset`
+  alone (:meth:`ModelFamily.task`), and the kind of input its models read;
+* its variant presets and the config fields only it reads;
+* its capabilities: what its loss is called (``bits/byte`` for a byte language model), the
+  result metrics it reports, the export formats it writes (``packed``, ``gguf``) and whether
+  it samples text.
 
-* a Flax linen module class, or any function, called as ``MyNet(num_classes=N)`` (with
-  ``dtype=`` too when ``compute_dtype`` is not float32) and returning a linen module that is
-  applied as ``model.apply(variables, images, train=...)`` to float NHWC images and returns
-  logits: an image classifier, trained with the CNN presets (:data:`tern_jax.presets.PRESETS`,
-  rules over ``.*/kernel``), BatchNorm statistics in ``batch_stats`` if it has any;
-* or a :class:`ModelFamily` of its own (its task, input kind, presets and fields).
+:func:`resolve` turns a config's names into a :class:`Resolved` (the family and the
+dataset), once; the loop, the run folder and the command line receive it. Everything a report
+needs (the loss's name, the metrics) is written into the run folder, so reading a finished
+run never imports the model's package.
+
+**Adding a family** is one :class:`ModelFamily` in :data:`FAMILIES`. **A user's own model**
+needs no edit to tern_jax: a config's ``model.name="my_pkg.nets:MyNet"`` names, by import
+path, either
+
+* a Flax linen module class, or any function, called as ``MyNet(num_classes=N, **kwargs)``
+  (``model.kwargs``; with ``dtype=`` too when ``model.compute_dtype`` is not float32) and
+  returning a linen module applied as ``model.apply(variables, images, train=...)`` to float
+  NHWC images: an image classifier, trained with the CNN presets
+  (:data:`tern_jax.presets.PRESETS`), BatchNorm statistics in ``batch_stats`` if it has any;
+* or a :class:`ModelFamily` of its own, which declares its capabilities as the built-in ones
+  do (an export to GGUF and sampling need a task with a ``config``
+  (:class:`~tern_jax.models.transformer.TransformerConfig`) and a ``graphdef``, as
+  :class:`~tern_jax.train.language_model.LanguageModel` has).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -29,13 +42,25 @@ from flax import linen as nn
 from tern_jax._imports import describe, import_object, is_import_path
 from tern_jax.data.specs import DATASETS, IMAGES, TOKENS, Dataset, dataset_spec
 from tern_jax.models import MODEL_NAMES, TRANSFORMER_CONFIGS, get_model
-from tern_jax.presets import PRESETS, TRANSFORMER_RULES, Presets, preset_rules
+from tern_jax.presets import (
+    PRESETS,
+    TRANSFORMER_RULES,
+    Presets,
+    is_full_precision_rules,
+    preset_rules,
+)
 from tern_jax.rules import Rule
 from tern_jax.train import language_model
-from tern_jax.train.task import ImageClassification, Inputs, Task
+from tern_jax.train.task import ImageClassification, Task
 
-__all__ = ["FAMILIES", "IMAGE_CLASSIFIER", "LANGUAGE_MODEL", "ModelFamily", "check_config",
-           "family_of", "is_full_precision", "task_for", "variant_rules"]
+__all__ = ["FAMILIES", "IMAGE_CLASSIFIER", "LANGUAGE_MODEL", "ModelFamily", "Resolved",
+           "check_config", "family_of", "is_full_precision", "resolve"]
+
+#: Result metrics a family may declare: final-epoch accuracy, and bits per byte (the
+#: validation loss of a byte-level language model).
+ACCURACY, BITS_PER_BYTE = "accuracy", "bits_per_byte"
+#: Export formats (``tern-jax export --format``).
+PACKED, GGUF = "packed", "gguf"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -43,18 +68,22 @@ class ModelFamily:
     """One kind of model a run trains (see the module docstring).
 
     Attributes:
-      task: what it learns, in words (``"image classification"``), for messages.
+      task_name: what it learns, in words (``"image classification"``), for messages.
       reads: the kind of input of its models (a dataset must hold the same kind).
-      models: the names a config gives its models (lower case).
+      models: the built-in names it builds (lower case); empty for a user's own family.
       presets: its variants (:mod:`tern_jax.presets`).
-      fields: the config fields only this task reads; a run of another family refuses them.
-      build: ``build(config, dataset, inputs) -> Task``; ``inputs`` are the run's loaded
-        :class:`~tern_jax.train.task.Inputs`, or ``None`` when restoring without data.
-      check: ``check(config)``: what a config of this family needs beyond the common checks.
-      loss_name: what its loss is called in tables and plots (``bits/byte``: a language model).
+      fields: the config fields (dotted paths) only this family reads; a run of another
+        family refuses them.
+      build: ``build(config, dataset) -> Task``.
+      check: ``check(config)``: what a config of this family needs beyond the common checks
+        (its model's keyword arguments, ...), before anything is written.
+      loss_name: what its loss is called in tables and plots.
+      results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
+      exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`).
+      samples: whether ``tern-jax sample`` generates text with it.
     """
 
-    task: str
+    task_name: str
     reads: str
     models: tuple[str, ...]
     presets: Presets
@@ -62,55 +91,74 @@ class ModelFamily:
     build: Callable[..., Task]
     check: Callable[..., None] | None = None
     loss_name: str = "loss"
+    results: tuple[str, ...] = (ACCURACY,)
+    exports: tuple[str, ...] = (PACKED,)
+    samples: bool = False
+
+    def task(self, config, dataset: Dataset) -> Task:
+        """The task ``config`` trains on ``dataset`` (no data is read)."""
+        return self.build(config, dataset)
+
+    def rules(self, variant: str) -> tuple[Rule, ...]:
+        """The rules of one of its variants (a clear error naming the choices otherwise)."""
+        return preset_rules(variant, self.presets)
 
 
 def _image_model(config, num_classes: int) -> nn.Module:
-    dtype = jnp.dtype(config.compute_dtype)
-    if not is_import_path(config.model):
-        return get_model(config.model, num_classes, dtype=dtype)
-    factory = import_object(config.model, "model")
-    model = factory(num_classes=num_classes, **({} if dtype == jnp.float32 else
-                                                {"dtype": dtype}))
+    dtype = jnp.dtype(config.model.compute_dtype)
+    extra = {} if dtype == jnp.float32 else {"dtype": dtype}
+    if not is_import_path(config.model.name):
+        return get_model(config.model.name, num_classes, **extra, **config.model.kwargs)
+    factory = import_object(config.model.name, "model")
+    try:
+        model = factory(num_classes=num_classes, **extra, **config.model.kwargs)
+    except TypeError as e:
+        raise TypeError(f"model {config.model.name!r} could not be built with num_classes and "
+                        f"model.kwargs {config.model.kwargs}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model {config.model!r} returned {describe(model)}; it must return a "
-                        "flax.linen Module")
+        raise TypeError(f"model {config.model.name!r} returned {describe(model)}; it must "
+                        "return a flax.linen Module")
     return model
 
 
-def _image_classification(config, dataset: Dataset, inputs: Inputs | None) -> Task:
+def _image_classification(config, dataset: Dataset) -> Task:
     model = _image_model(config, dataset.num_classes)
-    # uint8 images are normalized in the step with the statistics of the loaded data
-    mean = std = None
-    if inputs is not None:
-        mean, std = inputs.mean, inputs.std
     return ImageClassification(model, dataset.num_classes, tuple(dataset.input_shape),
-                               None if mean is None else tuple(mean),
-                               None if std is None else tuple(std), config.label_smoothing)
+                               tuple(dataset.mean), tuple(dataset.std),
+                               config.optimizer.label_smoothing)
 
 
-def _language_model(config, dataset: Dataset, inputs: Inputs | None) -> Task:
-    del dataset, inputs  # a byte model: its vocabulary is the dataset's
-    return language_model.LanguageModel(language_model.model_config(config))
+def _check_image_model(config) -> None:
+    _image_model(config, 2)  # its keyword arguments, before anything is written
+
+
+def _language_model(config, dataset: Dataset) -> Task:
+    return language_model.LanguageModel(language_model.model_config(config, dataset),
+                                        language_model.seq_len(config, dataset))
 
 
 #: Image classifiers (:mod:`tern_jax.models`): CIFAR and ImageNet ResNets, AlexNet, a small CNN.
 IMAGE_CLASSIFIER = ModelFamily(
     "image classification", IMAGES, MODEL_NAMES, PRESETS,
-    ("label_smoothing", "augment", "stream", "train_subset", "pretrained"),
-    _image_classification)
+    ("optimizer.label_smoothing", "data.augment", "data.stream", "data.train_subset",
+     "stages.pretrained"),
+    _image_classification, _check_image_model)
 #: Byte-level transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`).
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
-    ("seq_len", "steps_per_epoch"), _language_model, language_model.check_config, "bits/byte")
+    ("data.seq_len", "data.steps_per_epoch"), _language_model, language_model.check_config,
+    loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY), exports=(PACKED, GGUF),
+    samples=True)
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)
 
 
-def family_of(model) -> ModelFamily:
-    """The family of a config's ``model``: a built-in name (any case) or an import path."""
+def family_of(model: str) -> ModelFamily:
+    """The family of a model name: a built-in name (any case) or an import path."""
     if not isinstance(model, str):
-        raise TypeError(f"model must be a name such as 'resnet20', got {type(model).__name__}")
+        raise TypeError(f"model.name must be a name such as 'resnet20', got "
+                        f"{type(model).__name__}")
     if is_import_path(model):
         found = import_object(model, "model")
         if isinstance(found, ModelFamily):
@@ -129,14 +177,24 @@ def family_of(model) -> ModelFamily:
                      "own as 'package.module:Name'")
 
 
-def variant_rules(name: str, model: str | None = None) -> tuple[Rule, ...] | None:
-    """The rules of the variant ``name`` of ``model``'s family (``None``: the CNN presets)."""
-    return preset_rules(name, PRESETS if model is None else family_of(model).presets)
+class Resolved(NamedTuple):
+    """A config's names resolved: its model family and its dataset."""
+
+    family: ModelFamily
+    dataset: Dataset
+
+    def task(self, config) -> Task:
+        return self.family.task(config, self.dataset)
 
 
-def is_full_precision(variant: str, model: str | None = None) -> bool:
-    """Whether a variant trains without ternarization (its preset has no rules)."""
-    return variant_rules(variant, model) is None
+def resolve(config) -> Resolved:
+    """The family and the dataset a config names (import paths are imported here)."""
+    return Resolved(family_of(config.model.name), dataset_spec(config.data.dataset))
+
+
+def is_full_precision(variant: str, config) -> bool:
+    """Whether a variant of ``config``'s model trains without ternarization."""
+    return is_full_precision_rules(family_of(config.model.name).rules(variant))
 
 
 def _asks_for_something(value, default) -> bool:
@@ -144,53 +202,57 @@ def _asks_for_something(value, default) -> bool:
     return value != default and value not in (None, False, 0)
 
 
-def check_config(config) -> tuple[ModelFamily, Dataset]:
+def _defaults() -> dict:
+    from tern_jax.train.config import SECTIONS
+
+    return {f"{section}.{f.name}": (f.default if f.default is not dataclasses.MISSING
+                                    else f.default_factory())
+            for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def check_config(config) -> Resolved:
     """The family and dataset of ``config``, held against each other and against its fields.
 
     Raises a ValueError naming the model and the dataset when they read different kinds of
     input, the variant when it is not a preset of the family, and every field set that this
     run would not read (with who reads it).
     """
-    family = family_of(config.model)
-    dataset = dataset_spec(config.dataset)
+    from tern_jax.train.config import flatten
+
+    resolved = resolve(config)
+    family, dataset = resolved
     if family.reads != dataset.kind:
         fits = [d.name for d in DATASETS.values() if d.kind == family.reads]
         raise ValueError(
-            f"model {config.model!r} ({family.task}) reads {family.reads}, but dataset "
-            f"{config.dataset!r} holds {dataset.kind}; give it a dataset of {family.reads} "
-            f"({', '.join(fits)}) or choose a model that reads {dataset.kind}")
-    for variant in config.variants:
-        preset_rules(variant, family.presets)
-    if config.init_variant not in family.presets:
-        raise ValueError(f"init_variant must be one of {', '.join(family.presets)}, got "
-                         f"{config.init_variant!r}")
+            f"model {config.model.name!r} ({family.task_name}) reads {family.reads}, but "
+            f"dataset {config.data.dataset!r} holds {dataset.kind}; give it a dataset of "
+            f"{family.reads} ({', '.join(fits)}) or choose a model that reads {dataset.kind}")
+    for variant in config.model.variants:
+        family.rules(variant)
+    if config.stages.init_variant not in family.presets:
+        raise ValueError(f"stages.init_variant must be one of {', '.join(family.presets)}, "
+                         f"got {config.stages.init_variant!r}")
     readers = {}
     for f in {family, *FAMILIES}:
         for name in f.fields:
-            readers.setdefault(name, []).append(f"{f.task} runs")
+            readers.setdefault(name, []).append(f"{f.task_name} runs")
     for d in {dataset, *DATASETS.values()}:
         for name in d.fields:
             readers.setdefault(name, []).append(f"dataset {d.name}")
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    defaults, values = _defaults(), flatten(config)
     for name in dataset.fields:
         if name not in defaults:
-            raise ValueError(f"dataset {dataset.name!r} reads {name!r}, which is no config field")
+            raise ValueError(f"dataset {dataset.name!r} reads {name!r}, which is no config "
+                             "field")
     for name, who in readers.items():
         if name in family.fields or name in dataset.fields:
             continue
-        value = getattr(config, name)
+        value = values[name]
         if _asks_for_something(value, defaults[name]):
             raise ValueError(
-                f"{name}={value!r} is not read by this run ({family.task}, model "
-                f"{config.model!r} on dataset {config.dataset!r}); it is read by "
+                f"{name}={value!r} is not read by this run ({family.task_name}, model "
+                f"{config.model.name!r} on dataset {config.data.dataset!r}); it is read by "
                 f"{', '.join(sorted(set(who)))}. Leave {name} out")
     if family.check is not None:
         family.check(config)
-    return family, dataset
-
-
-def task_for(config, inputs: Inputs | None = None) -> Task:
-    """The task a config trains, built by its model family; ``inputs``: the loaded data (the
-    statistics of its images), or ``None`` to build the models from the declared specs."""
-    # the config was held against its family and dataset when it was made (Config)
-    return family_of(config.model).build(config, dataset_spec(config.dataset), inputs)
+    return resolved

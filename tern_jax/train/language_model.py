@@ -2,11 +2,12 @@
 
 A :class:`~tern_jax.train.task.Task` like image classification, so the same loop, step, run
 folder, checkpoints and command line train it. A config selects it with a transformer model
-(``model="transformer_small"``, :data:`tern_jax.models.TRANSFORMER_CONFIGS`: the language-model
-family of :mod:`tern_jax.train.families`) on a dataset of tokens (``dataset="text"``:
-``text_path``, or by default the Python standard library's sources; ``"tiny_shakespeare"``:
-TFDS), and its variants are the transformer rule presets
-(:data:`tern_jax.presets.TRANSFORMER_RULES`).
+(``model.name="transformer_small"``, a named size of
+:data:`tern_jax.models.TRANSFORMER_CONFIGS`, whose fields ``model.kwargs`` override: the
+language-model family of :mod:`tern_jax.train.families`) on a dataset of tokens
+(``data.dataset="text"``: ``data.text_path``, or by default the Python standard library's
+sources; ``"tiny_shakespeare"``: TFDS), and its variants are the transformer rule presets
+(:data:`tern_jax.presets.TRANSFORMER_RULES`). The vocabulary is the dataset's.
 
 A batch is ``{"tokens": int32 (B, seq_len + 1)}``: the model reads ``tokens[:, :-1]`` and
 predicts ``tokens[:, 1:]``. The loss is the mean cross entropy in **bits per byte** (nats /
@@ -32,28 +33,35 @@ from flax import nnx
 from tern_jax.activations import active_rules, quantize_inputs
 from tern_jax.models.transformer import Transformer, TransformerConfig, transformer_config
 
-__all__ = ["LanguageModel", "model_config", "seq_len", "check_config"]
+__all__ = ["LanguageModel", "check_config", "model_config", "seq_len"]
 
 _LN2 = math.log(2.0)
 
 
-def model_config(config) -> TransformerConfig:
-    """The transformer a run config names (its ``model`` and ``compute_dtype``)."""
-    return transformer_config(config.model, dtype=config.compute_dtype)
+def model_config(config, dataset) -> TransformerConfig:
+    """The transformer a run config names: its named size, ``model.kwargs`` over it, the
+    ``model.compute_dtype`` and the dataset's vocabulary (``num_classes`` of a token set)."""
+    kwargs = {"vocab_size": dataset.num_classes, "dtype": config.model.compute_dtype,
+              **config.model.kwargs}
+    return transformer_config(config.model.name, **kwargs)
 
 
-def seq_len(config) -> int:
-    """Tokens per training window: ``config.seq_len``, or the model's ``max_len``."""
-    return config.seq_len or model_config(config).max_len
+def seq_len(config, dataset) -> int:
+    """Tokens per training window: ``data.seq_len``, or the model's ``max_len``."""
+    return config.data.seq_len or model_config(config, dataset).max_len
 
 
 def check_config(config) -> None:
-    """What a language-model config needs beyond its fields and the registries' checks."""
-    model = model_config(config)
-    if config.seq_len is not None and config.seq_len > model.max_len:
+    """What a language-model config needs beyond its fields and the registries' checks: its
+    sizes (``model.kwargs``) make a transformer, and the window fits its context."""
+    from tern_jax.data.specs import dataset_spec
+
+    model = model_config(config, dataset_spec(config.data.dataset))
+    if config.data.seq_len is not None and config.data.seq_len > model.max_len:
         raise ValueError(
-            f"seq_len={config.seq_len} is above the model's max_len={model.max_len} "
-            f"({config.model}); use seq_len <= {model.max_len} or a model with a longer context")
+            f"data.seq_len={config.data.seq_len} is above the model's max_len={model.max_len} "
+            f"({config.model.name}); use data.seq_len <= {model.max_len} or a model with a "
+            "longer context (model.kwargs.max_len)")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,6 +69,7 @@ class LanguageModel:
     """Next-token prediction with a :class:`Transformer`; losses in bits per token (byte)."""
 
     config: TransformerConfig
+    seq_len: int
 
     @functools.cached_property
     def graphdef(self):
@@ -70,7 +79,7 @@ class LanguageModel:
 
     def init(self, key: jax.Array) -> dict:
         model = Transformer(self.config, rngs=nnx.Rngs(params=key))
-        return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)), "batch_stats": {}}
+        return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)), "model_state": {}}
 
     def apply(self, params, model_state, batch, *, train):
         del train  # no dropout, no batch statistics

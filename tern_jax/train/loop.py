@@ -31,13 +31,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tern_jax.data.inputs import constrain_batch
 from tern_jax.train import distributed, warm_start
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
 from tern_jax.train.config import Config, differences
-from tern_jax.train.distributed import constrain_batch
-from tern_jax.train.families import task_for
-from tern_jax.train.inputs import load_inputs
+from tern_jax.train.families import Resolved, resolve
 from tern_jax.train.run_folder import RunFolder
 from tern_jax.train.stack import ModelStack, TrainState
 from tern_jax.train.task import Inputs
@@ -49,8 +48,8 @@ __all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_
 #: they were (the progress bar; how often to save and how many to keep; the evaluation
 #: batch, which only pads the test set differently; the path of the same data). ``epochs``:
 #: see :func:`check_same_run`.
-SAFE_TO_CHANGE = frozenset({"progress", "checkpoint_every", "keep_checkpoints",
-                            "eval_batch_size", "data_dir"})
+SAFE_TO_CHANGE = frozenset({"progress", "checkpointing.every", "checkpointing.keep",
+                            "data.eval_batch_size", "data.data_dir"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,27 +67,33 @@ class Preempted(RuntimeError):
 class Trainer:
     """The compiled pieces of one run: inputs, model stack, jitted steps, epoch and eval.
 
-    Built by :func:`train_and_evaluate`; tests and notebooks may build one to drive epochs
-    themselves. Every jitted function here is a :mod:`tern_jax.train.step` function.
+    Built by :func:`train_and_evaluate` from the config's resolved names (``resolved``:
+    :func:`tern_jax.train.families.resolve`, done here when not given): the family builds the
+    task, the dataset its inputs (or ``inputs`` given). Tests and notebooks may build one to
+    drive epochs themselves. Every jitted function here is a :mod:`tern_jax.train.step`
+    function; none looks anything up by name.
     """
 
     def __init__(self, config: Config, inputs: Inputs | None = None, *,
-                 devices=None):
+                 devices=None, resolved: Resolved | None = None):
         devices = devices if devices is not None else jax.devices()
-        if config.batch_size % len(devices):
+        batch_size = config.data.batch_size
+        if batch_size % len(devices):
             raise ValueError(
-                f"batch_size {config.batch_size} is not divisible by the {len(devices)} devices; "
-                f"use a multiple of {len(devices)}")
+                f"data.batch_size {batch_size} is not divisible by the {len(devices)} "
+                f"devices; use a multiple of {len(devices)}")
         self.config = config
+        self.resolved = resolved if resolved is not None else resolve(config)
         self.mesh = Mesh(np.array(devices), ("data",))
-        self.inputs = inputs if inputs is not None else load_inputs(
-            config, [s.seed for s in config.slots], self.mesh)
-        if config.batch_size > self.inputs.num_train:
-            raise ValueError(f"batch_size {config.batch_size} exceeds the "
-                             f"{self.inputs.num_train} training images")
+        task = self.resolved.task(config)
+        self.inputs = inputs if inputs is not None else self.resolved.dataset.inputs(
+            config, task, self.mesh)
+        if batch_size > self.inputs.num_train:
+            raise ValueError(f"data.batch_size {batch_size} exceeds the "
+                             f"{self.inputs.num_train} training examples")
         self.steps_per_epoch = self.inputs.steps_per_epoch
-        task = task_for(config, self.inputs)
-        self.stack = ModelStack.from_config(config, task, self.steps_per_epoch)
+        self.stack = ModelStack.from_config(config, task, self.resolved.family,
+                                            self.steps_per_epoch)
         self.schedule = self.stack.schedule
         self.replicated = NamedSharding(self.mesh, P())
         stack = self.stack
@@ -234,10 +239,10 @@ def check_same_run(saved: Config, config: Config, done: int, where, *,
         why = ""
         if name in SAFE_TO_CHANGE:
             continue
-        if name == "epochs":
+        if name == "schedule.epochs":
             if epochs_fixed:
                 why = f": {epochs_fixed}"
-            elif config.schedule == "cosine":
+            elif config.schedule.name == "cosine":
                 why = ": the cosine schedule spans every epoch, so each step so far would change"
             elif new < done:
                 why = f": the run already trained {done}"
@@ -248,7 +253,8 @@ def check_same_run(saved: Config, config: Config, done: int, where, *,
         raise ValueError(
             f"--resume of {where} with a config that changes the run so far: "
             f"{'; '.join(changed)}. Resume with the run's values (its config.json), or start a "
-            "new run in another --workdir (--set init_from=RUN starts it from a run's models)")
+            "new run in another --workdir (--set stages.init_from=RUN starts it from a run's "
+            "models)")
 
 
 def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | None:
@@ -267,7 +273,7 @@ def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | N
 def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous, log):
     """``(start_epoch, state)``: restored, warm-started or fresh."""
     if previous is not None:
-        manager = folder.manager(config.keep_checkpoints)
+        manager = folder.manager(config.checkpointing.keep)
         try:
             epoch, state = folder.restore(manager, trainer.abstract_state())
         finally:
@@ -277,10 +283,11 @@ def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous
         log(f"resumed from the checkpoint of epoch {epoch} in {folder.path}")
         return epoch, state
     state = trainer.init_state()
-    if config.init_from:
-        state = warm_start.from_run(trainer.stack, config, config.init_from)
-    if config.pretrained:
-        state = warm_start.from_torchvision(trainer.stack, config, config.pretrained, state)
+    if config.stages.init_from:
+        state = warm_start.from_run(trainer.stack, config, config.stages.init_from)
+    if config.stages.pretrained:
+        state = warm_start.from_torchvision(trainer.stack, config, config.stages.pretrained,
+                                            state)
     return 0, trainer.place(state)
 
 
@@ -294,8 +301,8 @@ def _set_aside_newer(folder: RunFolder, epoch: int) -> None:
 
 def _saves(config: Config, epoch: int) -> bool:
     """Whether the end of ``epoch`` (0-based) saves a checkpoint."""
-    return epoch + 1 == config.epochs or bool(
-        config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0)
+    every = config.checkpointing.every
+    return epoch + 1 == config.schedule.epochs or bool(every and (epoch + 1) % every == 0)
 
 
 def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int, progress,
@@ -304,7 +311,7 @@ def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int
     config = trainer.config
     start = time.perf_counter()
     state, train_loss, train_acc = trainer.train_epoch(state, epoch, progress)
-    if epoch + 1 == config.epochs or (epoch + 1) % max(config.eval_every, 1) == 0:
+    if epoch + 1 == config.schedule.epochs or (epoch + 1) % config.checkpointing.eval_every == 0:
         evaluation = trainer.evaluate(state)
     else:
         nan = np.full(trainer.stack.num_models, np.nan)
@@ -312,7 +319,8 @@ def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int
     seconds = time.perf_counter() - start
     record = metrics_lib.epoch_record(
         epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
-        seconds, trainer.stack.slots, train_loss, train_acc, evaluation)
+        seconds, trainer.stack.slots, train_loss, train_acc, evaluation,
+        trainer.resolved.family.loss_name)
     if main:
         metrics_lib.append(folder.metrics_file, record)
     if progress is not None:
@@ -323,7 +331,7 @@ def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int
 
 
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices=None,
-                       log=print) -> dict:
+                       log=print, resolved: Resolved | None = None) -> dict:
     """Trains every model of ``config`` and evaluates each epoch; returns the final results.
 
     ``workdir`` receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
@@ -337,53 +345,56 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     (``finetune_epochs > 0``) is run by :func:`tern_jax.train.run`, which calls this function
     once per stage.
     """
-    if config.finetune_epochs:
+    if config.stages.finetune_epochs:
         raise ValueError(
-            f"{config.name} has two stages (finetune_epochs={config.finetune_epochs}); run it "
-            "with tern_jax.train.run(config, workdir), which trains each stage in its own folder")
+            f"{config.name} has two stages (stages.finetune_epochs="
+            f"{config.stages.finetune_epochs}); run it with tern_jax.train.run(config, "
+            "workdir), which trains each stage in its own folder")
     distributed.check_same_config(config)
     folder = RunFolder(workdir)
     folder.check_trainable()
     previous = _check_resumable(folder, config, resume)
     main = distributed.is_main()  # several processes: process 0 writes, prints and plots
     log = distributed.main_log(log)
-    trainer = Trainer(config, devices=devices)
+    trainer = Trainer(config, devices=devices, resolved=resolved)
     distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
     start_epoch, state = _initial_state(trainer, folder, config, previous, log)
     if main:
         folder.write_config(config)
         metrics_lib.truncate(folder.metrics_file, start_epoch)
 
-    log(f"{config.name}: {trainer.stack.num_models} model(s) {config.model} "
+    log(f"{config.name}: {trainer.stack.num_models} model(s) {config.model.name} "
         f"[{', '.join(trainer.names)}] on {trainer.inputs.num_train} training examples, "
-        f"{trainer.steps_per_epoch} steps/epoch, {config.epochs} epochs, "
+        f"{trainer.steps_per_epoch} steps/epoch, {config.schedule.epochs} epochs, "
         f"{trainer.mesh.size} device(s) ({jax.devices()[0].device_kind})")
     progress = None
     if config.progress and main:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.epochs * trainer.steps_per_epoch,
+        progress = tqdm(total=config.schedule.epochs * trainer.steps_per_epoch,
                         initial=start_epoch * trainer.steps_per_epoch, unit="step",
                         file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
                         disable=None)  # no bar (no \r) when stderr is not a terminal
-    manager = folder.manager(config.keep_checkpoints)
+    manager = folder.manager(config.checkpointing.keep)
     try:
         with distributed.stop_requested() as stop_here:
-            for epoch in range(start_epoch, config.epochs):
+            for epoch in range(start_epoch, config.schedule.epochs):
                 state = _train_epoch(trainer, folder, manager, state, epoch, progress, main)
                 if stop_here():  # SIGTERM: every process stops after the same epoch
                     if not _saves(config, epoch):
                         folder.save(manager, epoch + 1, state)
                     raise Preempted(
                         f"SIGTERM stopped {folder.path} after epoch {epoch + 1} of "
-                        f"{config.epochs}, its checkpoint saved; continue with --resume")
+                        f"{config.schedule.epochs}, its checkpoint saved; continue with "
+                        "--resume")
     finally:
         if progress is not None:
             progress.close()
         manager.close()
+    family = trainer.resolved.family
     if main:
-        folder.write_results(metrics_lib.final_results(folder.metrics_file, config))
+        folder.write_results(metrics_lib.final_results(folder.metrics_file, config, family))
     distributed.barrier(f"results {folder.path}")  # the others read what process 0 wrote
-    results = metrics_lib.final_results(folder.metrics_file, config)
+    results = metrics_lib.final_results(folder.metrics_file, config, family)
     log(metrics_lib.results_table(results))
     return results

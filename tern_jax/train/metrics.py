@@ -1,7 +1,9 @@
 """Per-epoch metrics (JSONL) and the final results over seeds (plots: :mod:`tern_jax.report`).
 
-A language model's losses are bits per byte (:mod:`tern_jax.train.language_model`): its
-results carry them as ``bits_per_byte`` per variant, and its table leads with them.
+Every record and the results name the run's loss (``loss_name``, declared by its model
+family: ``bits/byte`` for a byte language model), so a report reads it from the run folder.
+A family whose results include bits per byte (:data:`~tern_jax.train.families.BITS_PER_BYTE`)
+has them per variant as ``bits_per_byte``, and its table leads with them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tern_jax.train.families import LANGUAGE_MODEL, family_of
+from tern_jax.train.families import BITS_PER_BYTE, ModelFamily
 from tern_jax.train.run_folder import METRICS_FILE
 
 __all__ = ["append", "truncate", "read", "epoch_record", "epoch_line", "final_results",
-           "results_table", "loss_name"]
+           "results_table"]
 
 
 def _number(x):
@@ -25,8 +27,10 @@ def _number(x):
     return None if np.isnan(x) else x
 
 
-def epoch_record(epoch, lr, seconds, slots, train_loss, train_acc, evaluation) -> dict:
-    """One epoch's line: per model (a :class:`~tern_jax.train.config.Slot`) its figures."""
+def epoch_record(epoch, lr, seconds, slots, train_loss, train_acc, evaluation,
+                 loss_name: str = "loss") -> dict:
+    """One epoch's line: per model (a :class:`~tern_jax.train.config.Slot`) its figures; the
+    loss's name (``bits/byte``) as the family declares it."""
     models = []
     for i, slot in enumerate(slots):
         models.append({
@@ -36,7 +40,8 @@ def epoch_record(epoch, lr, seconds, slots, train_loss, train_acc, evaluation) -
             "test_acc": _number(evaluation["test_acc"][i]),
             "zero_fraction": _number(evaluation["zero_fraction"][i]),
         })
-    return {"epoch": int(epoch), "lr": float(lr), "seconds": float(seconds), "models": models}
+    return {"epoch": int(epoch), "lr": float(lr), "seconds": float(seconds),
+            "loss_name": loss_name, "models": models}
 
 
 def append(path: Path, record: dict) -> None:
@@ -86,28 +91,25 @@ def epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def loss_name(config) -> str:
-    """What a run's loss is called: ``bits/byte`` for a language model, else ``loss``."""
-    return family_of(config.model).loss_name
-
-
 def _spread(values) -> dict:
     return {"mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
-def final_results(path, config) -> dict:
+def final_results(path, config, family: ModelFamily) -> dict:
     """Final-epoch test accuracy per model and mean/spread per variant (never the best epoch).
 
-    A language model's variants also carry ``bits_per_byte`` (the final validation loss, per
-    seed and as mean/std), the figure its table leads with.
+    A family whose results include bits per byte (a language model) gives its variants
+    ``bits_per_byte`` too (the final validation loss, per seed and as mean/std), the figure
+    its table leads with.
     """
     records = read(path)
     if not records:
-        return {"name": config.name, "epochs": 0, "variants": {}}
+        return {"name": config.name, "epochs": 0, "loss_name": family.loss_name,
+                "variants": {}}
     last = records[-1]
     variants = {}
-    for variant in config.variants:
+    for variant in config.model.variants:
         accs = [m["test_acc"] for m in last["models"] if m["variant"] == variant]
         variants[variant] = {
             "test_acc": accs,
@@ -117,11 +119,11 @@ def final_results(path, config) -> dict:
             "zero_fraction": float(np.mean([m["zero_fraction"] for m in last["models"]
                                             if m["variant"] == variant])),
         }
-        if family_of(config.model) is LANGUAGE_MODEL:
+        if BITS_PER_BYTE in family.results:
             bits = [m["test_loss"] for m in last["models"] if m["variant"] == variant]
             variants[variant]["bits_per_byte"] = {"per_seed": bits, **_spread(bits)}
-    return {"name": config.name, "model": config.model, "dataset": config.dataset,
-            "epochs": last["epoch"], "seeds": list(config.seeds),
+    return {"name": config.name, "model": config.model.name, "dataset": config.data.dataset,
+            "loss_name": family.loss_name, "epochs": last["epoch"], "seeds": list(config.seeds),
             "train_seconds": float(sum(r["seconds"] for r in records)), "variants": variants}
 
 

@@ -3,7 +3,7 @@
 Every schedule here is a function of the optimizer step; the config gives epochs, and
 ``steps_per_epoch`` converts.
 
-``schedule="bitnet"`` with ``weight_decay_schedule="bitnet"`` is the two-stage schedule BitNet
+``schedule.name="bitnet"`` with ``schedule.weight_decay="bitnet"`` is the two-stage schedule BitNet
 b1.58 trains with (Ma et al. 2024, "The Era of 1-bit LLMs"; the figures of the BitNet b1.58
 2B4T report). What is implemented here, for a run of ``T`` steps and ``h = T // 2``:
 
@@ -13,7 +13,7 @@ b1.58 trains with (Ma et al. 2024, "The Era of 1-bit LLMs"; the figures of the B
 * weight decay: a cosine decay from ``weight_decay`` at step 0 to 0 at step ``h``, then 0 for
   the second half (the report: a cosine schedule peaking at 0.1, then none).
 
-BitNet's weight decay is decoupled (AdamW): ``optimizer="adamw"``.
+BitNet's weight decay is decoupled (AdamW): ``optimizer.name="adamw"``.
 """
 
 from __future__ import annotations
@@ -37,27 +37,26 @@ BITNET_SECOND_HALF_PEAK = 1 / 3
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     """The learning-rate schedule in optimizer steps (milestones are in epochs)."""
-    lr = config.learning_rate
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "multistep":
+    lr, sched = config.optimizer.learning_rate, config.schedule
+    total = sched.epochs * steps_per_epoch
+    warm = sched.warmup_epochs * steps_per_epoch
+    if sched.name == "multistep":
         boundaries = {}
-        for epoch, factor in config.milestones:
+        for epoch, factor in sched.milestones:
             step = int(epoch * steps_per_epoch)
             boundaries[step] = boundaries.get(step, 1.0) * factor
         schedule = optax.piecewise_constant_schedule(lr, boundaries)
-    elif config.schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(lr, max(total - config.warmup_epochs
-                                                       * steps_per_epoch, 1))
-    elif config.schedule == "bitnet":  # steps counted after the warm-up: the drop is at T // 2
-        first = total // 2 - config.warmup_epochs * steps_per_epoch
+    elif sched.name == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, max(total - warm, 1))
+    elif sched.name == "bitnet":  # steps counted after the warm-up: the drop is at T // 2
+        first = total // 2 - warm
         schedule = optax.join_schedules(
             [optax.cosine_decay_schedule(lr, first, BITNET_FIRST_HALF_END),
              optax.cosine_decay_schedule(lr * BITNET_SECOND_HALF_PEAK, total - total // 2)],
             [first])
     else:
         schedule = optax.constant_schedule(lr)
-    if config.warmup_epochs:
-        warm = config.warmup_epochs * steps_per_epoch
+    if warm:
         schedule = optax.join_schedules(
             [optax.linear_schedule(lr / warm, lr, warm), schedule], [warm]
         )
@@ -65,11 +64,13 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def make_weight_decay(config: Config, steps_per_epoch: int) -> float | optax.Schedule:
-    """The weight decay: ``config.weight_decay``, or its schedule in optimizer steps."""
-    if config.weight_decay_schedule == "constant":
-        return config.weight_decay
-    half = config.epochs * steps_per_epoch // 2
-    return optax.join_schedules([optax.cosine_decay_schedule(config.weight_decay, half),
+    """The weight decay: ``optimizer.weight_decay``, or its schedule (``schedule.weight_decay``)
+    in optimizer steps."""
+    if config.schedule.weight_decay == "constant":
+        return config.optimizer.weight_decay
+    half = config.schedule.epochs * steps_per_epoch // 2
+    return optax.join_schedules([optax.cosine_decay_schedule(config.optimizer.weight_decay,
+                                                             half),
                                  optax.constant_schedule(0.0)], [half])
 
 
@@ -81,16 +82,17 @@ def make_optimizer(config: Config, schedule: optax.Schedule,
     then scaled by the learning rate.
 
     ``weight_decay``: a number or a schedule (:func:`make_weight_decay`); ``None``:
-    ``config.weight_decay``.
+    ``optimizer.weight_decay``.
     """
-    weight_decay = config.weight_decay if weight_decay is None else weight_decay
+    opt = config.optimizer
+    weight_decay = opt.weight_decay if weight_decay is None else weight_decay
     if callable(weight_decay):  # the decay's own step count, kept in the optimizer state
         decay = optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
     else:
         decay = optax.add_decayed_weights(weight_decay)
-    if config.optimizer == "sgd":
-        return optax.chain(decay, optax.sgd(schedule, config.momentum, config.nesterov))
-    if config.optimizer == "adamw":
+    if opt.name == "sgd":
+        return optax.chain(decay, optax.sgd(schedule, opt.momentum, opt.nesterov))
+    if opt.name == "adamw":
         return optax.chain(optax.scale_by_adam(), decay, optax.scale_by_learning_rate(schedule))
     return optax.chain(decay, optax.adam(schedule))
 
@@ -103,10 +105,10 @@ def make_threshold_warmup(config: Config,
     epochs and multiplies every threshold ``Δ``. ``None`` keeps the compiled step identical to
     one without the feature.
     """
-    warmup_steps = config.threshold_warmup * steps_per_epoch
+    warmup_steps = config.schedule.threshold_warmup * steps_per_epoch
     if warmup_steps <= 0:
         return None
-    start = config.threshold_warmup_start
+    start = config.schedule.threshold_warmup_start
 
     def factor(step):
         ramp = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.0)

@@ -1,11 +1,13 @@
 """The paper's published recipes, and the library's defaults, as Config builders.
 
 ``experiments/configs/*.py`` call these; a recipe is data, the trainer knows nothing of it.
+Each takes the model, its variants and seeds, and ``changes``: dotted paths to values over the
+recipe (``{"schedule.name": "cosine"}``, as :func:`~tern_jax.train.config.override` takes).
 """
 
 from __future__ import annotations
 
-from tern_jax.train.config import Config
+from tern_jax.train.config import Config, override
 
 __all__ = ["cifar10_best", "cifar10_paper", "imagenet_finetune", "lm_best"]
 
@@ -16,17 +18,19 @@ IMAGENET_MILESTONES = ((30, 0.2), (40, 0.2), (45, 0.5))
 
 
 def cifar10_paper(model: str = "resnet20", variants=("fp", "tern"), seeds=(0, 1),
-                  **changes) -> Config:
+                  changes: dict | None = None) -> Config:
     """CIFAR-10 from scratch: SGD Nesterov 0.9, lr 0.1, wd 3e-4 (all parameters), batch 128,
     200 epochs, pad-4 crop + flip, BN momentum 0.1 (PyTorch convention)."""
-    fields = dict(
-        name=f"cifar10_{model}_paper", dataset="cifar10", model=model, variants=tuple(variants),
-        seeds=tuple(seeds), epochs=200, batch_size=128, optimizer="sgd", learning_rate=0.1,
-        momentum=0.9, nesterov=True, weight_decay=3e-4, schedule="multistep",
-        milestones=CIFAR_MILESTONES, augment=True, eval_batch_size=1000, checkpoint_every=20,
-    )
-    fields.update(changes)
-    return Config(**fields)
+    config = Config(
+        name=f"cifar10_{model}_paper", seeds=tuple(seeds),
+        model={"name": model, "variants": tuple(variants)},
+        data={"dataset": "cifar10", "batch_size": 128, "augment": True,
+              "eval_batch_size": 1000},
+        optimizer={"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+                   "weight_decay": 3e-4},
+        schedule={"epochs": 200, "name": "multistep", "milestones": CIFAR_MILESTONES},
+        checkpointing={"every": 20})
+    return override(config, changes or {})
 
 
 # Ternary fine-tuning after the fp run of cifar10_best: epochs, learning rate (cosine to 0).
@@ -35,7 +39,7 @@ CIFAR_FINETUNE_LR = 0.01
 
 
 def cifar10_best(model: str = "resnet20", variants=("fp", "tern"), seeds=(0, 1),
-                 **changes) -> Config:
+                 changes: dict | None = None) -> Config:
     """The library's default CIFAR-10 recipe: the paper's recipe trains the full-precision
     model (200 epochs), then every ternary variant starts from the fp model of its seed and
     fine-tunes for 80 epochs, SGD Nesterov lr 0.01 with cosine decay; same quantizer, same
@@ -43,25 +47,26 @@ def cifar10_best(model: str = "resnet20", variants=("fp", "tern"), seeds=(0, 1),
     that narrowed the fp-ternary gap when both models got the same extra training (2.9
     points against 4.4-4.8 from scratch, 2 seeds); provisional until the GPU rows. The
     authors' scripts offer the same path (``--fine_tune``)."""
-    fields = dict(name=f"cifar10_{model}_best", finetune_epochs=CIFAR_FINETUNE_EPOCHS,
-                  finetune_learning_rate=CIFAR_FINETUNE_LR, finetune_schedule="cosine")
-    fields.update(changes)
-    return cifar10_paper(model, variants=variants, seeds=seeds, **fields)
+    best = {"name": f"cifar10_{model}_best", "stages.finetune_epochs": CIFAR_FINETUNE_EPOCHS,
+            "stages.finetune_learning_rate": CIFAR_FINETUNE_LR,
+            "stages.finetune_schedule": "cosine"}
+    return cifar10_paper(model, variants=variants, seeds=seeds,
+                         changes={**best, **(changes or {})})
 
 
 def imagenet_finetune(model: str = "resnet18", variants=("tern",), seeds=(0,),
-                      pretrained: str | None = None, **changes) -> Config:
+                      pretrained: str | None = None, changes: dict | None = None) -> Config:
     """ImageNet fine-tuning from torchvision's pretrained weights: Adam, lr 1e-4, wd 5e-6,
     batch 256, 50 epochs; ``pretrained`` is the torchvision ``.pth`` (ResNets)."""
-    fields = dict(
-        name=f"imagenet_{model}", dataset="imagenet", model=model, variants=tuple(variants),
-        seeds=tuple(seeds), epochs=50, batch_size=256, optimizer="adam", learning_rate=1e-4,
-        weight_decay=5e-6, schedule="multistep", milestones=IMAGENET_MILESTONES,
-        augment=False,  # the host pipeline does random-resized-crop + flip
-        eval_batch_size=250, checkpoint_every=1, compute_dtype="bfloat16", pretrained=pretrained,
-    )
-    fields.update(changes)
-    return Config(**fields)
+    config = Config(
+        name=f"imagenet_{model}", seeds=tuple(seeds),
+        model={"name": model, "variants": tuple(variants), "compute_dtype": "bfloat16"},
+        data={"dataset": "imagenet", "batch_size": 256, "eval_batch_size": 250,
+              "augment": False},  # the host pipeline does random-resized-crop + flip
+        optimizer={"name": "adam", "learning_rate": 1e-4, "weight_decay": 5e-6},
+        schedule={"epochs": 50, "name": "multistep", "milestones": IMAGENET_MILESTONES},
+        checkpointing={"every": 1}, stages={"pretrained": pretrained})
+    return override(config, changes or {})
 
 
 # The language-model recipe study (experiments/results/lm_recipes): Adam at this rate for fp
@@ -72,7 +77,7 @@ LM_STEPS_PER_EPOCH = 100
 
 
 def lm_best(model: str = "transformer_llama", variants=("fp", "tern"), seeds=(0, 1),
-            **changes) -> Config:
+            changes: dict | None = None) -> Config:
     """The library's default recipe for a byte-level language model on the offline corpus (the
     Python standard library's sources): every variant from scratch, full precision and ternary
     side by side in one program, Adam lr 2e-3 with a 100-step warm-up and cosine decay to 0, no
@@ -82,11 +87,12 @@ def lm_best(model: str = "transformer_llama", variants=("fp", "tern"), seeds=(0,
     and BitNet's schedules did not close the gap further, t_ex = 2 did to 0.06 at 1.5x the
     stored bytes (``variants=("fp", "tern_t2")``). ``transformer_llama`` (d_model 256, the
     shape llama.cpp's ternary types take) ended 0.03 behind its fp twin, mean of 2 seeds."""
-    fields = dict(
-        name=f"lm_best_{model}", dataset="text", model=model, variants=tuple(variants),
-        seeds=tuple(seeds), epochs=LM_EPOCHS, steps_per_epoch=LM_STEPS_PER_EPOCH, batch_size=16,
-        seq_len=128, optimizer="adam", learning_rate=LM_LEARNING_RATE, weight_decay=0.0,
-        schedule="cosine", warmup_epochs=1, augment=False, test_subset=256, eval_batch_size=128,
-        checkpoint_every=2)
-    fields.update(changes)
-    return Config(**fields)
+    config = Config(
+        name=f"lm_best_{model}", seeds=tuple(seeds),
+        model={"name": model, "variants": tuple(variants)},
+        data={"dataset": "text", "steps_per_epoch": LM_STEPS_PER_EPOCH, "batch_size": 16,
+              "seq_len": 128, "augment": False, "test_subset": 256, "eval_batch_size": 128},
+        optimizer={"name": "adam", "learning_rate": LM_LEARNING_RATE, "weight_decay": 0.0},
+        schedule={"epochs": LM_EPOCHS, "name": "cosine", "warmup_epochs": 1},
+        checkpointing={"every": 2})
+    return override(config, changes or {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tern_jax.train.config import Config
-from tern_jax.train.families import task_for
+from tern_jax.train.families import Resolved, resolve
 from tern_jax.train.run_folder import RunFolder, final_stage
 from tern_jax.train.stack import ModelStack, TrainState
 
@@ -18,9 +18,11 @@ __all__ = ["Restored", "restore_run"]
 
 
 class Restored(NamedTuple):
-    """A run's models as restored: its config, the model stack, the state and its epoch."""
+    """A run's models as restored: its config and resolved names, the model stack, the state
+    and its epoch."""
 
     config: Config
+    resolved: Resolved
     stack: ModelStack
     state: TrainState
     epoch: int
@@ -40,12 +42,13 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
                                 "workdir")
     if folder.latest_checkpoint() is None:
         raise FileNotFoundError(f"{folder.path} has no completed checkpoint yet")
-    task = task_for(config)  # from the declared specs of the model and the dataset
+    resolved = resolve(config)
+    task = resolved.task(config)  # from the declared specs of the model and the dataset
     # the optimizer only shapes the state; one step per epoch is enough for that
-    stack = ModelStack.from_config(config, task, steps_per_epoch=1)
-    manager = folder.manager(config.keep_checkpoints)
+    stack = ModelStack.from_config(config, task, resolved.family, steps_per_epoch=1)
+    manager = folder.manager(config.checkpointing.keep)
     try:
         epoch, state = folder.restore(manager, stack.abstract_state(), epoch)
     finally:
         manager.close()
-    return Restored(config, stack, state, epoch, folder)
+    return Restored(config, resolved, stack, state, epoch, folder)

@@ -59,7 +59,7 @@ class DamagedCheckpointWarning(UserWarning):
 
 
 def _as_dict(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats,
+    return {"params": state.params, "model_state": state.model_state,
             "opt_state": state.opt_state}
 
 
@@ -181,7 +181,7 @@ class RunFolder:
         stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
         if not isinstance(stored, dict) or "params" not in stored:
             return
-        for part in ("params", "batch_stats"):
+        for part in ("params", "model_state"):
             check_shapes(tree_shapes(abstract[part]), tree_shapes(stored.get(part) or {}),
                          f"the checkpoint {self.checkpoint_dir / str(epoch)}")
 

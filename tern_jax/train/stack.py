@@ -20,13 +20,13 @@ import numpy as np
 import optax
 from flax import struct
 
+from tern_jax.activations import quantized_activations, uses_activations
+from tern_jax.fields import check_fields
 from tern_jax.layers import vmapped_branches
-from tern_jax.presets import FULL_PRECISION
-from tern_jax.rules import match_params, quantize_params
+from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
+from tern_jax.rules import Rule, match_params, quantize_params
 from tern_jax.train import optim
 from tern_jax.train.config import Config, ModelAxis, Slot
-from tern_jax.train.families import variant_rules
-from tern_jax.train.fields import check_fields
 from tern_jax.train.task import Task
 
 __all__ = ["TrainState", "ModelStack"]
@@ -36,17 +36,17 @@ __all__ = ["TrainState", "ModelStack"]
 class TrainState:
     """Stacked over the model axis: every leaf has a leading dimension of ``num_models``.
 
-    ``batch_stats`` holds the task's non-trained model variables (BatchNorm statistics; empty
-    for a model without any); the name is the checkpoint's key, kept for old run folders.
+    ``model_state`` holds the task's non-trained model variables (BatchNorm statistics; empty
+    for a model without any).
     """
 
     params: Any
-    batch_stats: Any
+    model_state: Any
     opt_state: Any
 
 
 def _apply_rules(params, rules, threshold_scale=None, stacked=False):
-    if rules is None:
+    if is_full_precision_rules(rules):  # nothing to ternarize: the params as they are
         return params
     return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale,
                            stacked=stacked)
@@ -54,8 +54,6 @@ def _apply_rules(params, rules, threshold_scale=None, stacked=False):
 
 def _zero_fraction(params, rules) -> jax.Array:
     """Fraction of zeros in the weights the rules ternarize (0 for full precision)."""
-    if rules is None:
-        return jnp.float32(0.0)
     matches, _ = match_params(params, rules, unused="ignore")
     quantized = [m.rule.apply(m.leaf) for m in matches if m.quantized]
     if not quantized:
@@ -83,8 +81,8 @@ class ModelStack:
       branches: how expanded kernels (``t_ex > 1``) run: ``"folded"``, one op on
         ``Σ_k Ŵ_k`` (fast), or ``"vmapped"``, the paper's ``Σ_k op(x, Ŵ_k)``, one ternary op
         per branch (:func:`tern_jax.layers.vmapped_branches`); the same function.
-      model: the config's model name; it picks the family of variant presets
-        (:mod:`tern_jax.train.families`: transformers have their own).
+      presets: the variants' rule sets (the model family's,
+        :attr:`tern_jax.train.families.ModelFamily.presets`); default: the CNN presets.
     """
 
     task: Task
@@ -96,7 +94,7 @@ class ModelStack:
     threshold_warmup: Any = None
     schedule: Any = None
     branches: Literal["folded", "vmapped"] = "folded"
-    model: str | None = None
+    presets: dict | None = None
 
     def __post_init__(self):
         check_fields(self, ("model_axis", "branches"))
@@ -110,9 +108,12 @@ class ModelStack:
         return tuple(dict.fromkeys(s.variant for s in self.slots))
 
     @functools.cached_property
-    def rule_sets(self) -> tuple:
-        """The rules of each of :attr:`variants` (``None``: full precision)."""
-        return tuple(variant_rules(v, self.model) for v in self.variants)
+    def rule_sets(self) -> tuple[tuple[Rule, ...], ...]:
+        """The rules of each of :attr:`variants`."""
+        from tern_jax.presets import PRESETS, preset_rules
+
+        presets = PRESETS if self.presets is None else self.presets
+        return tuple(preset_rules(v, presets) for v in self.variants)
 
     @functools.cached_property
     def variant_index(self) -> np.ndarray:
@@ -150,29 +151,30 @@ class ModelStack:
     @property
     def is_student(self) -> np.ndarray:
         """1.0 for the ternary models (which distill), 0.0 for full precision."""
-        return np.array([r is not None for r in self.rule_sets], np.float32)[self.variant_index]
+        return np.array([not is_full_precision_rules(r) for r in self.rule_sets],
+                        np.float32)[self.variant_index]
 
     # -- per-model functions --------------------------------------------------------------
+    def per_variant(self, fn, variant, params):
+        """``fn(rules, params)`` with the rules of variant number ``variant`` (traced): one
+        ``lax.switch`` over the variants (a plain call when there is one)."""
+        fns = [functools.partial(fn, rules) for rules in self.rule_sets]
+        return fns[0](params) if len(fns) == 1 else jax.lax.switch(variant, fns, params)
+
     def quantize(self, params, variant, threshold_scale=None):
         """Params as the forward pass of variant number ``variant`` (traced) sees them."""
         stacked = self.branches == "vmapped"
-        fns = [functools.partial(_apply_rules, rules=r, threshold_scale=threshold_scale,
-                                 stacked=stacked) for r in self.rule_sets]
-        if len(fns) == 1:
-            return fns[0](params)
-        return jax.lax.switch(variant, fns, params)
+        return self.per_variant(
+            lambda rules, p: _apply_rules(p, rules, threshold_scale, stacked), variant, params)
 
     def apply(self, params, model_state, batch, variant, *, train, threshold_scale=None):
         """One model's forward pass on its ternarized (per its variant) parameters."""
-        from tern_jax.activations import quantized_activations, uses_activations
-
         if any(uses_activations(r) for r in self.rule_sets):  # 8-bit inputs: per variant
             def forward(rules, params):
                 q = _apply_rules(params, rules, threshold_scale, self.branches == "vmapped")
                 with quantized_activations(rules):
                     return self._apply_quantized(q, model_state, batch, train)
-            fns = [functools.partial(forward, r) for r in self.rule_sets]
-            return fns[0](params) if len(fns) == 1 else jax.lax.switch(variant, fns, params)
+            return self.per_variant(forward, variant, params)
         q = self.quantize(params, variant, threshold_scale)
         return self._apply_quantized(q, model_state, batch, train)
 
@@ -184,10 +186,7 @@ class ModelStack:
 
     def zero_fraction(self, params, variant) -> jax.Array:
         """Fraction of zero weights among those the variant's rules ternarize."""
-        fns = [functools.partial(_zero_fraction, rules=r) for r in self.rule_sets]
-        if len(fns) == 1:
-            return fns[0](params)
-        return jax.lax.switch(variant, fns, params)
+        return self.per_variant(lambda rules, p: _zero_fraction(p, rules), variant, params)
 
     def over_models(self, fn, in_axes=0):
         """``fn`` mapped over the model axis: ``jax.vmap``, or an unrolled loop stacked after."""
@@ -211,7 +210,7 @@ class ModelStack:
         def init_one(seed):
             variables = self.task.init(jax.random.key(seed))
             params = variables.pop("params")
-            return TrainState(params, variables.get("batch_stats", {}), self.tx.init(params))
+            return TrainState(params, variables.get("model_state", {}), self.tx.init(params))
 
         return jax.vmap(init_one)(seeds)
 
@@ -224,17 +223,18 @@ class ModelStack:
         return jax.eval_shape(self._init, jnp.asarray(self.seeds))
 
     @classmethod
-    def from_config(cls, config: Config, task: Task, steps_per_epoch: int) -> ModelStack:
-        """The stack of ``config.slots`` with the config's optimizer and settings."""
+    def from_config(cls, config: Config, task: Task, family, steps_per_epoch: int) -> ModelStack:
+        """The stack of ``config.slots`` with the config's optimizer and settings; ``family``
+        (a :class:`~tern_jax.train.families.ModelFamily`) gives the variants' rules."""
         schedule = optim.make_schedule(config, steps_per_epoch)
         tx = optim.make_optimizer(config, schedule,
                                   optim.make_weight_decay(config, steps_per_epoch))
-        return cls(task, config.slots, tx, config.model_axis,
-                   config.distill_weight, config.distill_temperature,
+        return cls(task, config.slots, tx, config.model.axis,
+                   config.stages.distill_weight, config.stages.distill_temperature,
                    optim.make_threshold_warmup(config, steps_per_epoch), schedule,
-                   model=config.model)
+                   presets=family.presets)
 
-    def restart_optimizer(self, params, batch_stats) -> TrainState:
+    def restart_optimizer(self, params, model_state) -> TrainState:
         """A state from given weights with fresh optimizer states (warm starts)."""
         opt_state = jax.jit(jax.vmap(self.tx.init))(params)
-        return TrainState(params, batch_stats, opt_state)
+        return TrainState(params, model_state, opt_state)

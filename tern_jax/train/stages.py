@@ -1,6 +1,6 @@
 """Recipes of several stages on top of the single-run loop: ``run(config, workdir)``.
 
-A config with ``finetune_epochs > 0`` is the two-stage recipe: stage 1 trains the
+A config with ``stages.finetune_epochs > 0`` is the two-stage recipe: stage 1 trains the
 full-precision models (``WORKDIR/pretrain``), stage 2 starts every ternary variant from the
 full-precision model of its seed and fine-tunes it (``WORKDIR/finetune``). Each stage is an
 ordinary run folder trained by :func:`tern_jax.train.loop.train_and_evaluate`, which knows
@@ -11,39 +11,46 @@ one :func:`train_and_evaluate`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 
-from tern_jax.presets import FULL_PRECISION
+from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
 from tern_jax.train import distributed
 from tern_jax.train import metrics as metrics_lib
-from tern_jax.train.config import Config
-from tern_jax.train.families import is_full_precision
+from tern_jax.train.config import Config, override
+from tern_jax.train.families import Resolved, resolve
 from tern_jax.train.loop import check_same_run, train_and_evaluate
 from tern_jax.train.run_folder import STAGES, RunFolder
 
 __all__ = ["STAGES", "run", "stage_configs"]
 
 
-def stage_configs(config: Config, workdir) -> tuple[Config, Config]:
-    """The two single-stage configs of a two-stage config (``finetune_epochs > 0``).
+def stage_configs(config: Config, workdir, resolved: Resolved | None = None
+                  ) -> tuple[Config, Config]:
+    """The two single-stage configs of a two-stage config (``stages.finetune_epochs > 0``).
 
-    Stage 1 trains the full-precision variant for ``epochs`` epochs with the config's
-    schedule. Stage 2 starts every other variant from the stage-1 model of its seed and trains
-    ``finetune_epochs`` epochs at ``finetune_learning_rate`` with ``finetune_schedule``; with
-    ``distill_weight > 0`` the full-precision model continues alongside as the teacher.
+    Stage 1 trains the full-precision variant for ``schedule.epochs`` epochs with the
+    config's schedule. Stage 2 starts every other variant from the stage-1 model of its seed
+    and trains ``stages.finetune_epochs`` epochs at ``stages.finetune_learning_rate`` with
+    ``stages.finetune_schedule``; with ``stages.distill_weight > 0`` the full-precision model
+    continues alongside as the teacher.
     """
     workdir = Path(workdir).absolute()
-    ternary = tuple(v for v in config.variants if not is_full_precision(v, config.model))
-    pretrain = dataclasses.replace(
-        config, name=f"{config.name}/{STAGES[0]}", variants=(FULL_PRECISION,), finetune_epochs=0,
-        distill_weight=0.0, threshold_warmup=0.0)
-    finetune = dataclasses.replace(
-        config, name=f"{config.name}/{STAGES[1]}",
-        variants=((FULL_PRECISION,) + ternary) if config.distill_weight else ternary,
-        epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate,
-        schedule=config.finetune_schedule, warmup_epochs=0, finetune_epochs=0,
-        init_from=str(workdir / STAGES[0]), init_variant=FULL_PRECISION)
+    family = (resolved or resolve(config)).family
+    stages = config.stages
+    ternary = tuple(v for v in config.model.variants
+                    if not is_full_precision_rules(family.rules(v)))
+    pretrain = override(config, {
+        "name": f"{config.name}/{STAGES[0]}", "model.variants": (FULL_PRECISION,),
+        "stages.finetune_epochs": 0, "stages.distill_weight": 0.0,
+        "schedule.threshold_warmup": 0.0})
+    finetune = override(config, {
+        "name": f"{config.name}/{STAGES[1]}",
+        "model.variants": ((FULL_PRECISION,) + ternary) if stages.distill_weight else ternary,
+        "schedule.epochs": stages.finetune_epochs,
+        "optimizer.learning_rate": stages.finetune_learning_rate,
+        "schedule.name": stages.finetune_schedule, "schedule.warmup_epochs": 0,
+        "stages.finetune_epochs": 0, "stages.init_from": str(workdir / STAGES[0]),
+        "stages.init_variant": FULL_PRECISION})
     return pretrain, finetune
 
 
@@ -61,7 +68,8 @@ def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
         return
     started = RunFolder(folder.path / STAGES[1]).latest_checkpoint()
     fixed = (f"{folder.path}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
-             f"{saved.epochs}-epoch full-precision models" if started is not None else None)
+             f"{saved.schedule.epochs}-epoch full-precision models" if started is not None
+             else None)
     for stage, old, new in zip(STAGES, stage_configs(saved, folder.path),
                                stage_configs(config, folder.path)):
         done = RunFolder(folder.path / stage).latest_checkpoint()
@@ -77,8 +85,10 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     two-stage run ``fp`` from stage 1 (the parent of the ternary models), every other variant
     from stage 2.
     """
-    if not config.finetune_epochs:
-        return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log)
+    resolved = resolve(config)  # the names, once: every stage receives the objects
+    if not config.stages.finetune_epochs:
+        return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log,
+                                  resolved=resolved)
     distributed.check_same_config(config)
     folder = RunFolder(workdir)
     folder.check_trainable()
@@ -89,13 +99,15 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     if distributed.is_main():  # several processes: process 0 writes and prints
         folder.write_config(config)
     log = distributed.main_log(log)
-    pretrain, finetune = stage_configs(config, folder.path)
-    log(f"{config.name}: two stages, {_epochs(pretrain.epochs)} full precision (epochs), then "
-        f"{_epochs(finetune.epochs)} fine-tuning {', '.join(finetune.variants)} from it "
-        f"(finetune_epochs): {_epochs(pretrain.epochs + finetune.epochs)} in all")
+    pretrain, finetune = stage_configs(config, folder.path, resolved)
+    first_epochs, second_epochs = pretrain.schedule.epochs, finetune.schedule.epochs
+    log(f"{config.name}: two stages, {_epochs(first_epochs)} full precision "
+        f"(schedule.epochs), then {_epochs(second_epochs)} fine-tuning "
+        f"{', '.join(finetune.model.variants)} from it (stages.finetune_epochs): "
+        f"{_epochs(first_epochs + second_epochs)} in all")
     try:
         first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
-                                   devices=devices, log=log)
+                                   devices=devices, log=log, resolved=resolved)
     except BaseException:
         if fresh and distributed.is_main() and not RunFolder(folder.path / STAGES[0]).holds_run():
             folder.config_file.unlink(missing_ok=True)
@@ -104,12 +116,13 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
                     folder.path.rmdir()
         raise
     second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,
-                                devices=devices, log=log)
+                                devices=devices, log=log, resolved=resolved)
     variants = ({FULL_PRECISION: first["variants"][FULL_PRECISION]}
-                if FULL_PRECISION in config.variants else {})
+                if FULL_PRECISION in config.model.variants else {})
     variants.update({v: r for v, r in second["variants"].items()
-                     if not is_full_precision(v, config.model)})
-    results = {"name": config.name, "model": config.model, "dataset": config.dataset,
+                     if not is_full_precision_rules(resolved.family.rules(v))})
+    results = {"name": config.name, "model": config.model.name,
+               "dataset": config.data.dataset, "loss_name": first["loss_name"],
                "epochs": first["epochs"] + second["epochs"],
                "stages": {STAGES[0]: first["epochs"], STAGES[1]: second["epochs"]},
                "seeds": list(config.seeds),

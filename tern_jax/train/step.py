@@ -71,11 +71,11 @@ def train_step(stack: ModelStack, state: TrainState, batch: dict, step: jax.Arra
 
     teaching = ()
     if stack.teacher_index is not None:
-        outputs, _ = stack.over_models(forward)(state.params, state.batch_stats, batch,
+        outputs, _ = stack.over_models(forward)(state.params, state.model_state, batch,
                                                 variant_index)
         teaching = (jax.lax.stop_gradient(outputs[stack.teacher_index]),
                     jnp.asarray(stack.is_student))
-    return stack.over_models(one_model)(state.params, state.batch_stats, state.opt_state,
+    return stack.over_models(one_model)(state.params, state.model_state, state.opt_state,
                                         batch, variant_index, *teaching)
 
 
@@ -88,7 +88,7 @@ def eval_step(stack: ModelStack, state: TrainState, batch: dict, mask: jax.Array
         outputs, _ = stack.apply(params, model_state, batch, variant, train=False)
         return stack.task.eval_sums(outputs, batch, mask)
 
-    return stack.over_models(forward)(state.params, state.batch_stats,
+    return stack.over_models(forward)(state.params, state.model_state,
                                       jnp.asarray(stack.variant_index))
 
 

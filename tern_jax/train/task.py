@@ -6,8 +6,8 @@ one task; a language model is another, trained by the same loop.
 
 A task is any object with these members (a :class:`typing.Protocol`, so no base class):
 
-* ``init(key) -> {"params": ..., "batch_stats": ...}``: one model's variables; ``batch_stats``
-  (BatchNorm statistics, ``{}`` for none) is carried as the non-trained *model state*;
+* ``init(key) -> {"params": ..., "model_state": ...}``: one model's variables; the
+  non-trained *model state* (BatchNorm statistics, ``{}`` for none) is carried beside them;
 * ``apply(params, model_state, batch, *, train) -> (outputs, new_model_state)``: the forward
   pass on the (already ternarized) ``params``; ``outputs`` are float32 logits whose last axis
   is the class (or vocabulary) axis;
@@ -29,9 +29,9 @@ the dataset. Two forms, told apart by ``streamed``:
 * :class:`Streamed` (``streamed = True``): ``train_batches(epoch)`` yields the host batches
   every model sees, as global arrays.
 
-Both give ``test_batches()``: padded evaluation batches with their mask. Image inputs also
-carry the pixel statistics ``mean`` and ``std`` the image task normalizes with;
-:mod:`tern_jax.train.inputs` and :mod:`tern_jax.train.text_inputs` implement them.
+Both give ``test_batches()``: padded evaluation batches with their mask. The image task
+normalizes with the pixel statistics its dataset declares. Each
+:class:`~tern_jax.data.specs.Dataset` builds its own (:mod:`tern_jax.data.inputs`).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class ImageClassification:
     def init(self, key: jax.Array) -> dict:
         variables = self.model.init(key, jnp.zeros((1, *self.image_shape)), train=False)
         return {"params": variables["params"],
-                "batch_stats": variables.get("batch_stats", {})}
+                "model_state": variables.get("batch_stats", {})}
 
     def _inputs(self, images: jax.Array) -> jax.Array:
         if jnp.issubdtype(images.dtype, jnp.floating):

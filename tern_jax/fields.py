@@ -2,22 +2,29 @@
 
 The annotation is the rule: ``bool``, ``str`` (non-empty), ``int``, ``float`` (finite),
 ``Literal[...]`` (the choices), ``X | None``, ``tuple[int, ...]`` / ``tuple[str, ...]``
-(distinct values), ``tuple[tuple[int, float], ...]`` (``(epoch, factor)`` pairs), and a
-:class:`Range` in ``Annotated[int, Range(1)]`` for the accepted values. :func:`check_fields`
-checks a dataclass instance (:class:`~tern_jax.train.config.Config`,
+(distinct values), ``tuple[tuple[int, float], ...]`` (``(epoch, factor)`` pairs), ``dict``
+(keyword arguments: names to JSON values), and a :class:`Range` in ``Annotated[int, Range(1)]``
+for the accepted values. A field whose annotation is itself a dataclass (a config section) is
+left to that dataclass's own check. :func:`check_fields` checks a dataclass instance (the
+sections of :class:`~tern_jax.train.config.Config`,
+:class:`~tern_jax.models.transformer.TransformerConfig`,
 :class:`~tern_jax.train.stack.ModelStack`); :func:`parse_value` reads a ``--set`` value.
-Every message names the field, what it must be and the value given.
+Every message names the field, what it must be and the value given; ``owner`` (a class name)
+leads it when given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from typing import Annotated, Literal, NamedTuple, Union
 
-__all__ = ["Range", "check_fields", "parse_value"]
+from tern_jax._args import is_int as _is_int
+
+__all__ = ["Range", "check_fields", "parse_json_value", "parse_value"]
 
 
 class Range(NamedTuple):
@@ -41,10 +48,6 @@ class Range(NamedTuple):
             return f"{'>=' if self.low_closed else '>'} {self.low}"
         return (f"in {'[' if self.low_closed else '('}{self.low}, {self.high}"
                 f"{']' if self.high_closed else ')'}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
@@ -104,6 +107,12 @@ def _check_value(name: str, hint, value) -> None:
             raise ValueError(f"{name} must be a number {bounds.text()}{note}, got {value!r}")
     elif origin is tuple:
         _check_tuple(name, typing.get_args(base)[0], bounds, value)
+    elif base is dict or origin is dict:
+        _check_keywords(name, value)
+    elif dataclasses.is_dataclass(base):  # a section: it checks its own fields
+        if not isinstance(value, base):
+            raise TypeError(f"{name} must be a {base.__name__} (or a dict of its fields), got "
+                            f"{value!r}")
     else:  # an annotation this checker does not know: a field added without its check
         raise TypeError(f"{name}: no check for the annotation {base!r}")
 
@@ -132,12 +141,32 @@ def _check_tuple(name: str, item, bounds: Range | None, value) -> None:
         raise ValueError(f"{name} must be distinct {what}{bound}, got {value!r}")
 
 
-def check_fields(obj, names=None) -> None:
-    """Every field of the dataclass ``obj`` (or those in ``names``) against its annotation."""
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_keywords(name: str, value) -> None:
+    """Keyword arguments: a dict of names to JSON values (numbers, strings, lists of them)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict of keyword arguments such as "
+                        f"{{'d_model': 128}}, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{name}: keys must be argument names, got {key!r}")
+        items = item if isinstance(item, (list, tuple)) else (item,)
+        if not all(isinstance(v, _JSON_SCALARS) for v in items) or (
+                isinstance(item, float) and not math.isfinite(item)):
+            raise TypeError(f"{name}[{key!r}] must be a number, a string, true/false, None or "
+                            f"a list of them (what config.json can hold), got {item!r}")
+
+
+def check_fields(obj, names=None, owner: str | None = None) -> None:
+    """Every field of the dataclass ``obj`` (or those in ``names``) against its annotation;
+    ``owner`` prefixes each message's field name (``data.batch_size``)."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for field in dataclasses.fields(obj):
         if names is None or field.name in names:
-            _check_value(field.name, hints[field.name], getattr(obj, field.name))
+            label = f"{owner}.{field.name}" if owner else field.name
+            _check_value(label, hints[field.name], getattr(obj, field.name))
 
 
 def parse_value(value: str, annotation):
@@ -177,3 +206,15 @@ def parse_value(value: str, annotation):
         except ValueError:
             raise ValueError("expected a number") from None
     return text
+
+
+def parse_json_value(value: str):
+    """A ``--set`` value of a keyword argument: a JSON value (``512``, ``true``, ``[1, 2]``,
+    ``"swiglu"``), or the text itself where it is no JSON (``swiglu``); ``none`` is None."""
+    text = value.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
