@@ -38,7 +38,6 @@ __all__ = [
     "TextDataset",
     "load_text",
     "python_stdlib_dir",
-    "random_windows",
     "eval_windows",
 ]
 
@@ -294,19 +293,6 @@ def _check_length(data_size: int, length: int, what: str) -> None:
         raise ValueError(f"the {what} holds {data_size} bytes, fewer than one window of "
                          f"length {length} + 1 (inputs and their next bytes); use a shorter "
                          "sequence length or more text")
-
-
-def random_windows(key: jax.Array, data: jax.Array, batch_size: int, length: int) -> jax.Array:
-    """``batch_size`` windows of ``length + 1`` consecutive tokens at uniform random offsets.
-
-    Runs under ``jit`` (``batch_size``/``length`` static) on the device-resident ``data``;
-    returns int32 ``(batch_size, length + 1)``: inputs ``[:, :-1]``, targets ``[:, 1:]``.
-    """
-    _check_tokens(data, "data")
-    _check_length(int(data.shape[0]), length, "text")
-    starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - length)
-    take = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(data, s, length + 1))
-    return take(starts).astype(jnp.int32)
 
 
 def eval_windows(data: np.ndarray, length: int, max_windows: int | None = None) -> np.ndarray:
