@@ -470,7 +470,7 @@ def _one_line(error: BaseException) -> str:
     from tern_jax.data import DataNotFoundError
 
     if isinstance(error, DataNotFoundError):
-        text += " Pass --set data_dir=FOLDER (see help(tern_jax.data.load_dataset))"
+        text += " Pass --set data.data_dir=FOLDER (see help(tern_jax.data.load_dataset))"
     return text
 
 

@@ -281,7 +281,7 @@ def _how_to_provide() -> str:
         "To provide CIFAR-10, do one of:\n"
         f"  * download {CIFAR10_URL} and extract it (tar xzf cifar-10-python.tar.gz), which "
         f"creates {FOLDER_NAME}/; then pass data_dir=/path/to/it (the {FOLDER_NAME} folder "
-        "or the folder holding it; on the command line: --set data_dir=/path/to/it), or put "
+        "or the folder holding it; on the command line: --set data.data_dir=/path/to/it), or put "
         "it in ./data, ~/.keras/datasets, ~/data or ~/.cache/tern_jax;\n"
         f"  * set the environment variable {ENV_VAR}=/path/to/it;\n"
         "  * or call tern_jax.data.download_cifar10() (fetches it into ~/.cache/tern_jax);\n"

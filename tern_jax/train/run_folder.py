@@ -246,7 +246,7 @@ class RunFolder:
                 warnings.warn(f"the newest checkpoint is damaged ({'; '.join(damage)}); "
                               f"restored the intact checkpoint of epoch {candidate} instead",
                               DamagedCheckpointWarning, stacklevel=2)
-            return candidate, type(template)(restored["params"], restored["batch_stats"],
+            return candidate, type(template)(restored["params"], restored["model_state"],
                                               restored["opt_state"])
         raise CheckpointDamaged(
             "no usable checkpoint: " + "; ".join(damage) + ". Delete the damaged "
@@ -261,6 +261,6 @@ def latest_checkpoint(workdir) -> int | None:
 def final_stage(folder: RunFolder) -> RunFolder:
     """The folder holding a run's final models: the last stage of a multi-stage run."""
     config = folder.read_config()
-    if config is not None and config.finetune_epochs:
+    if config is not None and config.stages.finetune_epochs:
         return RunFolder(folder.path / STAGES[-1])
     return folder
