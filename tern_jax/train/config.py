@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 from tern_jax.fields import Range, check_fields, parse_json_value, parse_value
-from tern_jax.presets import FULL_PRECISION
-from tern_jax.train.families import check_config, is_full_precision
+from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
+from tern_jax.train.families import check_config
 
 __all__ = ["CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimizerConfig",
            "ScheduleConfig", "Slot", "StagesConfig", "differences", "flatten", "from_json",
@@ -274,10 +274,11 @@ class Config:
             if isinstance(value, dict):
                 object.__setattr__(self, name, _section(cls, name, value))
         check_fields(self)
-        check_config(self)  # the model family and the dataset: names, kinds, variants, fields
+        # the model family and the dataset: names, kinds, variants, fields
+        family = check_config(self).family
         stages, schedule = self.stages, self.schedule
         if stages.finetune_epochs:
-            if all(is_full_precision(v, self) for v in self.model.variants):
+            if all(is_full_precision_rules(family.rules(v)) for v in self.model.variants):
                 raise ValueError("stages.finetune_epochs > 0 needs a ternary variant to "
                                  "fine-tune, e.g. model.variants=fp,tern")
             if stages.init_from or stages.pretrained:
