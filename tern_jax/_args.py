@@ -2,8 +2,11 @@
 
 Each check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, outside
 the accepted range) with a message of one form: ``func: name must be <what to pass>, got
-<what came>``. Checks look only at Python values, shapes and dtypes, so they are free under
-``jax.jit`` (shapes and dtypes are static there).
+<what came>``, built by :func:`argument_error` (which other modules use for their own checks,
+with :func:`describe` for the value). Checks look only at Python values, shapes and dtypes, so
+they are free under ``jax.jit`` (shapes and dtypes are static there). :func:`is_int` is the
+package's one test for an integer argument (defined in :mod:`tern_jax.core`, which loads alone
+and so imports nothing of the package).
 """
 
 from __future__ import annotations
@@ -15,8 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tern_jax.core import is_int
 
-def _got(value) -> str:
+__all__ = ["argument_error", "describe", "is_int", "check_int", "check_optional_int",
+           "check_bool", "check_fraction", "check_path", "check_optional_path", "check_key",
+           "check_float_dtype", "check_array", "check_callable"]
+
+
+def describe(value) -> str:
+    """What came, for the ``got ...`` of a message: an array's shape and dtype, else the type
+    and a short repr."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
     text = repr(value)
@@ -25,9 +36,14 @@ def _got(value) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def is_int(value) -> bool:
-    """A Python or NumPy integer, not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+def argument_error(error: type[Exception], func: str, name: str, what: str,
+                   got: str) -> Exception:
+    """The package's one form of argument error, to raise: ``func: name must be what, got got``.
+
+    ``error`` is ``TypeError`` (wrong kind of value) or ``ValueError`` (outside the range);
+    ``got`` is :func:`describe` of the value, or the value itself once its kind is known.
+    """
+    return error(f"{func}: {name} must be {what}, got {got}")
 
 
 def check_int(value, name: str, func: str, *, minimum: int | None = None,
@@ -49,10 +65,10 @@ def check_int(value, name: str, func: str, *, minimum: int | None = None,
     if optional:
         what += " or None"
     if not is_int(value):
-        raise TypeError(f"{func}: {name} must be {what}, got {_got(value)}")
+        raise argument_error(TypeError, func, name, what, describe(value))
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{func}: {name} must be {what}, got {value}")
+        raise argument_error(ValueError, func, name, what, value)
     return value
 
 
@@ -63,23 +79,23 @@ def check_optional_int(value, name: str, func: str, *, minimum: int | None = Non
 
 def check_bool(value, name: str, func: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{func}: {name} must be True or False, got {_got(value)}")
+        raise argument_error(TypeError, func, name, "True or False", describe(value))
     return bool(value)
 
 
 def check_fraction(value, name: str, func: str) -> float:
     """A real number strictly between 0 and 1."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{func}: {name} must be a number in (0, 1), got {_got(value)}")
+        raise argument_error(TypeError, func, name, "a number in (0, 1)", describe(value))
     if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{func}: {name} must be a number in (0, 1), got {value}")
+        raise argument_error(ValueError, func, name, "a number in (0, 1)", value)
     return float(value)
 
 
 def check_path(value, name: str, func: str) -> Path:
     """A ``str`` or ``os.PathLike`` (not bytes, not empty), ``~`` expanded."""
     if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{func}: {name} must be a str or os.PathLike path, got {_got(value)}")
+        raise argument_error(TypeError, func, name, "a str or os.PathLike path", describe(value))
     if not str(value).strip():
         raise ValueError(f"{func}: {name} is an empty path; give a file or folder name")
     return Path(value).expanduser()
@@ -94,27 +110,26 @@ def check_key(value, name: str, func: str) -> None:
     dtype = getattr(value, "dtype", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         if getattr(value, "ndim", 0) != 0:
-            raise ValueError(f"{func}: {name} must be one PRNG key, got {_got(value)}; "
-                             "pass jax.random.key(seed)")
+            raise argument_error(ValueError, func, name, "one PRNG key",
+                                 f"{describe(value)}; pass jax.random.key(seed)")
         return
     if dtype is not None and dtype == jnp.uint32 and tuple(value.shape) == (2,):
         return
-    raise TypeError(f"{func}: {name} must be a JAX PRNG key such as jax.random.key(0), got "
-                    f"{_got(value)}")
+    raise argument_error(TypeError, func, name, "a JAX PRNG key such as jax.random.key(0)",
+                         describe(value))
 
 
 def check_float_dtype(value, name: str, func: str):
     """A floating dtype (``jnp.float32``, ``jnp.bfloat16``, ``"float16"`` ...) as a numpy dtype."""
+    what = "a floating dtype such as jnp.float32 or jnp.bfloat16"
     try:
         if value is None:
             raise TypeError
         dtype = jnp.dtype(value)
     except TypeError:
-        raise TypeError(f"{func}: {name} must be a floating dtype such as jnp.float32 or "
-                        f"jnp.bfloat16, got {_got(value)}") from None
+        raise argument_error(TypeError, func, name, what, describe(value)) from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{func}: {name} must be a floating dtype such as jnp.float32 or "
-                         f"jnp.bfloat16, got {dtype}")
+        raise argument_error(ValueError, func, name, what, dtype)
     return dtype
 
 
@@ -122,15 +137,14 @@ def check_array(value, name: str, func: str, *, ndim: int | None = None,
                 what: str = "an array") -> None:
     """Something with a shape and dtype (a NumPy or JAX array), of rank ``ndim`` if given."""
     if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-        raise TypeError(f"{func}: {name} must be {what}, got {_got(value)}")
+        raise argument_error(TypeError, func, name, what, describe(value))
     if ndim is not None and len(value.shape) != ndim:
-        raise ValueError(f"{func}: {name} must be {what}, got shape {tuple(value.shape)}")
+        raise argument_error(ValueError, func, name, what, f"shape {tuple(value.shape)}")
 
 
 def check_callable(value, name: str, func: str, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not callable(value):
-        extra = " or None" if optional else ""
-        raise TypeError(f"{func}: {name} must be a function such as print{extra}, got "
-                        f"{_got(value)}")
+        what = "a function such as print" + (" or None" if optional else "")
+        raise argument_error(TypeError, func, name, what, describe(value))

@@ -12,7 +12,8 @@ passes the gradient straight through (``∂x̂/∂x = 1``, BitNet b1.58, Ma et a
 over a group ``g`` of input features (``s = 0`` gives ``x̂ = 0``):
 
 * ``"int8"``: one scale per token (every feature the layer contracts), BitNet's form;
-* ``"int8_block"``: one scale per 256 consecutive features of a token, llama.cpp's ``Q8_K``,
+* ``"int8_block"``: one scale per 256 consecutive features of a token
+  (:data:`tern_jax.packing.SUPER_BLOCK`), llama.cpp's ``Q8_K``,
   the form in which its ``TQ1_0``/``TQ2_0`` dot products quantize their input. A model trained
   with it computes what llama.cpp computes from the exported file (:mod:`tern_jax.export`);
   for a layer whose input width is 256 the two forms are the same.
@@ -32,11 +33,18 @@ The model is not rewritten; the rules reach its layers in two ways:
           y = model.apply({"params": tern_jax.quantize_params(params, rules)}, x)
 
 The trainer does both for a variant whose rules ask for it.
+
+A layer's rule is the one that governs its kernel (``path/kernel``), found by the matcher of
+the weights (:func:`tern_jax.rules.first_match`: the first full match wins). A rule with
+``activations`` that governs no layer (e.g. one that matches only an embedding, or linen
+layers other than ``Dense``, ``DenseGeneral`` and the convolutions) is reported as the weight
+rules are: ``unused="warn"`` (:class:`tern_jax.UnusedRuleWarning`), ``"error"`` or ``"ignore"``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Iterator
@@ -45,13 +53,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-__all__ = ["ACTIVATION_MODES", "BLOCK", "quantize_activations", "quantized_dot_general",
-           "quantize_inputs", "quantized_activations", "active_rules", "uses_activations"]
+from tern_jax.packing import SUPER_BLOCK
+from tern_jax.rules import ACTIVATION_MODES, Unused, check_unused, first_match, report_unused
 
-#: The values of :attr:`tern_jax.Rule.activations` besides ``None`` (full-precision inputs).
-ACTIVATION_MODES = ("int8", "int8_block")
-#: Features per scale of ``"int8_block"``: llama.cpp's ``QK_K``, the block of ``Q8_K``.
-BLOCK = 256
+__all__ = ["ACTIVATION_MODES", "quantize_activations", "quantized_dot_general",
+           "quantize_inputs", "quantized_activations", "active_rules", "uses_activations"]
 
 
 def _absmax_int8(x: jax.Array) -> jax.Array:
@@ -67,8 +73,9 @@ def quantize_activations(x: jax.Array, mode: str, axes=(-1,)) -> jax.Array:
     """``x`` with the features on ``axes`` int8-quantized (absmax), straight-through gradient.
 
     ``mode`` is ``"int8"`` (one scale per index of the other axes: per token) or
-    ``"int8_block"`` (one scale per :data:`BLOCK` consecutive features of the flattened
-    ``axes``, which must hold a multiple of 256 of them). The result has ``x``'s shape and dtype.
+    ``"int8_block"`` (one scale per :data:`~tern_jax.packing.SUPER_BLOCK` (256) consecutive
+    features of the flattened ``axes``, which must hold a multiple of it). The result has
+    ``x``'s shape and dtype.
     """
     if mode not in ACTIVATION_MODES:
         raise ValueError(f"activations must be one of {ACTIVATION_MODES} (or None), got {mode!r}")
@@ -80,12 +87,12 @@ def quantize_activations(x: jax.Array, mode: str, axes=(-1,)) -> jax.Array:
     for a in axes:
         width *= x.shape[a]
     if mode == "int8_block":
-        if width % BLOCK:
+        if width % SUPER_BLOCK:
             raise ValueError(
-                f"activations='int8_block' quantizes blocks of {BLOCK} input features, but this "
-                f"layer's input has {width}; use activations='int8' (one scale per token) or a "
-                f"width that is a multiple of {BLOCK}")
-        groups = moved.reshape(*lead, width // BLOCK, BLOCK)
+                f"activations='int8_block' quantizes blocks of {SUPER_BLOCK} input features, but "
+                f"this layer's input has {width}; use activations='int8' (one scale per token) "
+                f"or a width that is a multiple of {SUPER_BLOCK}")
+        groups = moved.reshape(*lead, width // SUPER_BLOCK, SUPER_BLOCK)
     else:
         groups = moved.reshape(*lead, 1, width)
     q = _absmax_int8(groups).reshape(moved.shape)
@@ -104,12 +111,26 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, *args, mode: str, base=ja
     return base(lhs, rhs, dimension_numbers, *args, **kwargs)
 
 
-def _rule_for(path: str, rules):
-    """The first rule of ``rules`` whose pattern matches ``path`` (first match wins)."""
-    for rule in rules or ():
-        if rule.matches(path):
-            return rule
-    return None
+class _Matching:
+    """Rules with their use by layers: which rule with ``activations`` governed some layer."""
+
+    def __init__(self, rules):
+        self.rules = tuple(rules)
+        self.used = [False] * len(self.rules)
+
+    def mode(self, path: str, kernel) -> str | None:
+        """The activations of the layer whose kernel is ``kernel`` at ``path`` (``None``: none)."""
+        i = first_match(path, kernel, self.rules)
+        if i is None or self.rules[i].activations is None:
+            return None
+        self.used[i] = True
+        return self.rules[i].activations
+
+    def report(self, unused: Unused, stacklevel: int) -> None:
+        patterns = [r.pattern for r, u in zip(self.rules, self.used)
+                    if r.activations is not None and not u]
+        report_unused(patterns, unused, what="layer for their 8-bit activations",
+                      stacklevel=stacklevel + 1)
 
 
 def uses_activations(rules) -> bool:
@@ -117,47 +138,68 @@ def uses_activations(rules) -> bool:
     return any(getattr(r, "activations", None) for r in rules or ())
 
 
-def quantize_inputs(model, rules):
+def quantize_inputs(model, rules, *, unused: Unused = "warn"):
     """A copy of the NNX ``model`` whose rule-matched layers quantize their inputs to int8.
 
     A layer (any submodule with a ``kernel`` and a ``dot_general``, e.g. ``nnx.Linear``) at
-    path ``p`` is matched by the first rule whose pattern matches ``p/kernel``; if that rule
-    has ``activations`` set, the layer's ``dot_general`` quantizes its lhs over the contracted
-    axes (:func:`quantized_dot_general`). ``model`` itself is unchanged; without such a rule the
-    copy behaves as ``model``.
+    path ``p`` is governed by the rule that governs its kernel ``p/kernel``
+    (:func:`tern_jax.rules.first_match`); if that rule has ``activations`` set, the layer's
+    ``dot_general`` quantizes its lhs over the contracted axes (:func:`quantized_dot_general`).
+    ``model`` itself is unchanged; without such a rule the copy behaves as ``model``. Rules
+    with ``activations`` that govern no layer are reported as ``unused`` says (as
+    :func:`tern_jax.rules.match_params`), except for the rules of the enclosing
+    :func:`quantized_activations` (``rules is active_rules()``), which that context reports.
     """
     from flax import nnx
 
     if not isinstance(model, nnx.Module):
         raise TypeError(f"quantize_inputs: model must be a flax.nnx.Module, got "
                         f"{type(model).__name__}; for linen use quantized_activations(rules)")
+    check_unused(unused, "quantize_inputs")
     if not uses_activations(rules):
         return model
+    scope = _innermost()
+    ours = scope is None or rules is not scope.rules
+    matching = _Matching(rules) if ours else scope.matching
     model = nnx.merge(*nnx.split(model))
     for path, module in nnx.iter_graph(model):
         if not isinstance(module, nnx.Module):
             continue
         if not (hasattr(module, "kernel") and hasattr(module, "dot_general")):
             continue
-        rule = _rule_for("/".join([*(str(k) for k in path), "kernel"]), rules)
-        if rule is not None and rule.activations is not None:
+        mode = matching.mode("/".join([*(str(k) for k in path), "kernel"]), module.kernel)
+        if mode is not None:
             if getattr(module, "dot_general_cls", None) is not None:
                 raise NotImplementedError(
                     f"quantize_inputs: the layer at {'/'.join(map(str, path))!r} has a custom "
                     "dot_general_cls; 8-bit activations need its dot_general")
             base = module.dot_general or jax.lax.dot_general
-            module.dot_general = functools.partial(quantized_dot_general, mode=rule.activations,
-                                                   base=base)
+            module.dot_general = functools.partial(quantized_dot_general, mode=mode, base=base)
+    if ours:
+        matching.report(unused, stacklevel=2)
     return model
 
 
 _local = threading.local()
 
 
-def active_rules():
-    """The rules of the innermost :func:`quantized_activations` context (``None`` outside)."""
+@dataclasses.dataclass
+class _Scope:
+    """One :func:`quantized_activations` context: its rules as given, and their use."""
+
+    rules: tuple
+    matching: _Matching
+
+
+def _innermost() -> _Scope | None:
     stack = getattr(_local, "stack", [])
     return stack[-1] if stack else None
+
+
+def active_rules():
+    """The rules of the innermost :func:`quantized_activations` context (``None`` outside)."""
+    scope = _innermost()
+    return None if scope is None else scope.rules
 
 
 def _linen_axes(module) -> tuple[int, ...] | None:
@@ -171,32 +213,39 @@ def _linen_axes(module) -> tuple[int, ...] | None:
 
 def _interceptor(next_fun, args, kwargs, context):
     module = context.module
-    rules = active_rules()
+    scope = _innermost()
     if context.method_name != "__call__" or not args or module.scope is None:
         return next_fun(*args, **kwargs)
     axes = _linen_axes(module)
-    if axes is None:
+    if axes is None or scope is None:
         return next_fun(*args, **kwargs)
-    rule = _rule_for("/".join(module.scope.path + ("kernel",)), rules)
-    if rule is None or rule.activations is None:
+    kernel = module.get_variable("params", "kernel")  # None while init creates it
+    mode = scope.matching.mode("/".join(module.scope.path + ("kernel",)), kernel)
+    if mode is None:
         return next_fun(*args, **kwargs)
-    x = quantize_activations(jnp.asarray(args[0]), rule.activations, axes)
+    x = quantize_activations(jnp.asarray(args[0]), mode, axes)
     return next_fun(x, *args[1:], **kwargs)
 
 
 @contextlib.contextmanager
-def quantized_activations(rules) -> Iterator[None]:
+def quantized_activations(rules, *, unused: Unused = "warn") -> Iterator[None]:
     """Within this context, linen layers matched by a rule with ``activations`` get int8 inputs.
 
     The rules are also what :func:`active_rules` returns inside the context, so an NNX task
-    can pass them to :func:`quantize_inputs`. Must be active while the model is traced.
+    can pass them to :func:`quantize_inputs`. Must be active while the model is traced. On
+    leaving, the rules with ``activations`` that governed no layer (linen, or NNX through
+    :func:`quantize_inputs` with :func:`active_rules`) are reported as ``unused`` says.
     """
+    check_unused(unused, "quantized_activations")
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
-    stack.append(tuple(rules or ()))
+    rules = tuple(rules or ())
+    scope = _Scope(rules, _Matching(rules))
+    stack.append(scope)
     try:
         with nn.intercept_methods(_interceptor):
             yield
     finally:
         stack.pop()
+    scope.matching.report(unused, stacklevel=3)

@@ -108,8 +108,13 @@ def _check_method(method) -> None:
         )
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool: the package's one integer test.
+
+    Defined here because this module loads alone (nothing of the package above it);
+    :mod:`tern_jax._args` re-exports it for every other module.
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_threshold_values(thresholds, method: str) -> tuple[float, ...]:
@@ -166,7 +171,7 @@ def resolve_thresholds(
     no threshold. Raises ``ValueError`` naming the fix.
     """
     _check_method(method)
-    if t_ex is not None and (not _is_int(t_ex) or t_ex < 1):
+    if t_ex is not None and (not is_int(t_ex) or t_ex < 1):
         raise ValueError(f"t_ex must be a positive integer, got {t_ex!r}")
     if method == "absmean":
         if threshold is not None or thresholds is not None:
@@ -224,7 +229,7 @@ def normalize_axis(axis, ndim: int | None = None) -> int | tuple[int, ...] | Non
     axes = axis if isinstance(axis, tuple) else (axis,)
     if isinstance(axis, list):
         axes = tuple(axis)
-    if not axes or not all(_is_int(a) for a in axes):
+    if not axes or not all(is_int(a) for a in axes):
         raise TypeError(
             f"axis must be None, an int or a tuple of ints, got {axis!r}; pass the "
             "output-channel axis (-1 for Flax Conv/Dense kernels), a tuple such as (1, 2) for "
@@ -381,17 +386,23 @@ def branch_codes(levels: jax.Array, t_ex: int) -> jax.Array:
     return (jnp.sign(levels)[None] * (jnp.abs(levels)[None] >= k)).astype(jnp.int8)
 
 
+def _sum_in_order(terms: Sequence[jax.Array]) -> jax.Array:
+    """``terms[0] + terms[1] + ...`` left to right: a fixed order, so sums are bit-reproducible.
+
+    The one fold of branch kernels, for :func:`decode` and :func:`fold`.
+    """
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 def _decode(codes: TernaryCodes, dtype, fold: bool) -> jax.Array:
     levels, scales = codes
     t = scales.shape[0]
     per_branch = branch_codes(levels, t)
     branches = [scales[k].astype(dtype) * per_branch[k].astype(dtype) for k in range(t)]
-    if not fold:
-        return jnp.stack(branches)
-    total = branches[0]
-    for b in branches[1:]:  # left to right, a fixed order: bit-reproducible
-        total = total + b
-    return total
+    return _sum_in_order(branches) if fold else jnp.stack(branches)
 
 
 def decode(codes: TernaryCodes, dtype=jnp.float32, *, fold: bool = True) -> jax.Array:
@@ -565,10 +576,7 @@ def fold(kernels: jax.Array) -> jax.Array:
     if kernels.ndim < 1 or kernels.shape[0] < 1:
         raise ValueError(f"kernels must have a leading branch axis of length >= 1, got shape "
                          f"{kernels.shape}")
-    total = kernels[0]
-    for k in range(1, kernels.shape[0]):
-        total = total + kernels[k]
-    return total
+    return _sum_in_order([kernels[k] for k in range(kernels.shape[0])])
 
 
 def expanded_apply(

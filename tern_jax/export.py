@@ -40,22 +40,47 @@ types residual expansion (``t_ex > 1``: 5 or 9 levels), a row width that is not 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from tern_jax import fs
-from tern_jax.core import TernaryCodes
-from tern_jax.models.transformer import TransformerConfig
+from tern_jax._args import argument_error, check_bool, check_path
+from tern_jax.core import TernaryCodes, decode
+from tern_jax.integrity import check_shapes
+from tern_jax.models.transformer import NORM_EPSILON, ROPE_BASE, TransformerConfig
+from tern_jax.packing import SUPER_BLOCK
 from tern_jax.rules import match_params, path_to_str
 
-__all__ = ["GGUF_TYPES", "to_gguf", "rotary_permutation", "byte_vocabulary"]
+__all__ = ["GGUFType", "GGUF_TYPES", "to_gguf", "rotary_permutation", "byte_vocabulary"]
 
-#: Tensor types :func:`to_gguf` writes the ternary kernels as (``q8_0``: 8-bit, for comparison).
-GGUF_TYPES = ("tq2_0", "tq1_0", "q8_0", "f16")
-_ROW = 256  # llama.cpp's QK_K: weights per TQ1_0/TQ2_0 block
+
+class GGUFType(NamedTuple):
+    """How one ``type`` of :func:`to_gguf` writes the ternary kernels (names of ``gguf`` enums).
+
+    Attributes:
+      quantization: the ``gguf.GGMLQuantizationType`` member, or ``None`` for an F16 array.
+      file_type: the ``gguf.LlamaFileType`` member the file's metadata names.
+      ternary: whether the type holds the ternary codes exactly: 3 levels, one scale per
+        block of :data:`~tern_jax.packing.SUPER_BLOCK` inputs of a row.
+    """
+
+    quantization: str | None
+    file_type: str
+    ternary: bool
+
+
+#: The tensor types :func:`to_gguf` writes the ternary kernels as, by the name ``type`` takes
+#: (and the command line's ``--type``): ``tq2_0``, ``tq1_0`` exactly; ``q8_0`` (8-bit, for
+#: comparison) and ``f16`` rounded. The one list of them: every check reads it.
+GGUF_TYPES: dict[str, GGUFType] = {
+    "tq2_0": GGUFType("TQ2_0", "MOSTLY_TQ2_0", True),
+    "tq1_0": GGUFType("TQ1_0", "MOSTLY_TQ1_0", True),
+    "q8_0": GGUFType("Q8_0", "MOSTLY_Q8_0", False),
+    "f16": GGUFType(None, "MOSTLY_F16", False),
+}
 
 
 def _gguf():
@@ -150,31 +175,31 @@ def _gguf_name(path: str) -> str:
 
 
 def _ternary_matrix(path: str, codes: TernaryCodes, config, type_: str) -> np.ndarray:
-    """``α·codes`` as the GGUF matrix; checks that a TQ type can hold it exactly."""
-    levels = np.asarray(codes.levels)
-    scales = np.asarray(codes.scales, np.float32)
-    if scales.shape[0] != 1 and type_ in ("tq2_0", "tq1_0"):
+    """``Σ_k α_k·code_k`` (:func:`tern_jax.core.decode`) as the GGUF matrix; checks that a TQ
+    type can hold it exactly."""
+    ternary = GGUF_TYPES[type_].ternary
+    t_ex = np.shape(codes.scales)[0]
+    if t_ex != 1 and ternary:
         raise ValueError(
-            f"{path}: residual expansion (t_ex={scales.shape[0]}, {2 * scales.shape[0] + 1} "
-            f"levels) does not fit {type_.upper()}, which holds 3 levels; train with t_ex=1 "
-            "or export with type='f16'")
-    value = np.sum(scales * np.stack([np.sign(levels) * (np.abs(levels) >= k)
-                                      for k in range(1, scales.shape[0] + 1)]), axis=0)
-    matrix = _as_matrix(path, value.astype(np.float32), config)
-    if type_ not in ("tq2_0", "tq1_0"):
+            f"{path}: residual expansion (t_ex={t_ex}, {2 * t_ex + 1} levels) does not fit "
+            f"{type_.upper()}, which holds 3 levels; train with t_ex=1 or export with "
+            "type='f16'")
+    matrix = _as_matrix(path, np.asarray(decode(codes)), config)
+    if not ternary:
         return matrix
-    row_scales = _as_matrix(path, np.broadcast_to(scales[0], levels.shape), config)
-    if matrix.shape[1] % _ROW:
+    scales = np.asarray(codes.scales, np.float32)
+    row_scales = _as_matrix(path, np.broadcast_to(scales[0], np.shape(codes.levels)), config)
+    if matrix.shape[1] % SUPER_BLOCK:
         raise ValueError(
-            f"{path}: rows of {matrix.shape[1]} inputs; {type_.upper()} packs blocks of {_ROW} "
-            f"inputs of a row. Use d_model (and the MLP's hidden width) multiples of {_ROW}, or "
-            "export with type='f16'")
+            f"{path}: rows of {matrix.shape[1]} inputs; {type_.upper()} packs blocks of "
+            f"{SUPER_BLOCK} inputs of a row. Use d_model (and the MLP's hidden width) multiples "
+            f"of {SUPER_BLOCK}, or export with type='f16'")
     if np.any(row_scales != row_scales[:, :1]):
         raise ValueError(
             f"{path}: its scales vary along a row (per-head scales of attn/out, or per-input "
-            f"channel ones); a {type_.upper()} block holds one scale for {_ROW} inputs of a "
-            "row. Use one scale per tensor or per output channel (presets 'tern', 'tern_pc'), "
-            "or export with type='f16'")
+            f"channel ones); a {type_.upper()} block holds one scale for {SUPER_BLOCK} inputs "
+            "of a row. Use one scale per tensor or per output channel (presets 'tern', "
+            "'tern_pc'), or export with type='f16'")
     return matrix
 
 
@@ -197,31 +222,24 @@ def _tensors(params, config, rules, type_: str):
     gguf = _gguf()
     expected = _expected_shapes(config)
     flat = _codes_of(params, rules)
-    for path in sorted(expected.keys() | flat.keys()):
-        if path not in flat:
-            raise ValueError(f"params lack {path!r}, which a {config} model has")
-        if path not in expected:
-            raise ValueError(f"params hold {path!r}, which the model does not have; pass the "
-                             "model's own nnx.Param state (params of a run or load_ternary)")
-        leaf = flat[path]
-        shape = tuple(np.shape(leaf.levels if _is_codes(leaf) else leaf))
-        if shape != expected[path]:
-            raise ValueError(f"{path!r} has shape {shape}; the model expects {expected[path]}")
+    check_shapes(expected, {k: np.shape(v.levels if _is_codes(v) else v)
+                            for k, v in flat.items()},
+                 "params (to_gguf takes the model's own nnx.Param state: a run's, or "
+                 "load_ternary's)")
     if type_ != "f16" and not any(_is_codes(v) for v in flat.values()):
         raise ValueError(f"no parameter is ternary (no rule ternarizes one), so there is "
                          f"nothing to write as {type_.upper()}; pass the rules the model was "
                          "trained with, or export a full-precision model with type='f16'")
-    quant = {"tq2_0": gguf.GGMLQuantizationType.TQ2_0, "tq1_0": gguf.GGMLQuantizationType.TQ1_0,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0, "f16": gguf.GGMLQuantizationType.F16}
+    quantization = GGUF_TYPES[type_].quantization
     out = []
     for path in sorted(expected, key=_order):
         leaf = flat[path]
         if _is_codes(leaf):
             matrix = _ternary_matrix(path, leaf, config, type_)
-            if type_ == "f16":
+            if quantization is None:
                 out.append((_gguf_name(path), matrix.astype(np.float16), None))
             else:
-                qtype = quant[type_]
+                qtype = getattr(gguf.GGMLQuantizationType, quantization)
                 out.append((_gguf_name(path), gguf.quants.quantize(matrix, qtype), qtype))
         else:
             value = np.asarray(leaf, np.float32)
@@ -256,9 +274,9 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
       config: the model's :class:`TransformerConfig` (``mlp="swiglu"``, ``vocab_size=256``).
       rules: the rules it was trained with; the float leaves they ternarize are encoded with
         them (``None``: only leaves given as :class:`TernaryCodes` are ternary).
-      type: ``"tq2_0"``, ``"tq1_0"`` (exact ternary), ``"q8_0"`` or ``"f16"`` (the ternary
-        weights ``α·codes`` rounded to 8-bit blocks or fp16) for the ternary kernels; others
-        are F16, norm scales F32.
+      type: a name of :data:`GGUF_TYPES`: ``"tq2_0"``, ``"tq1_0"`` (exact ternary), ``"q8_0"``
+        or ``"f16"`` (the ternary weights ``α·codes`` rounded to 8-bit blocks or fp16) for the
+        ternary kernels; others are F16, norm scales F32.
       overwrite: replace an earlier export of tern_jax at ``path``.
       name: the model name in the file's metadata.
 
@@ -267,14 +285,11 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
     ``FileExistsError`` for an existing ``path`` without ``overwrite``;
     :class:`tern_jax.fs.NotOwnedError` when ``path`` is not a file tern_jax wrote.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"to_gguf: path must be a str or PathLike, got "
-                        f"{path.__class__.__name__}")
-    path = Path(path).expanduser()
-    if type not in GGUF_TYPES:
-        raise ValueError(f"to_gguf: type must be one of {GGUF_TYPES}, got {type!r}")
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"to_gguf: overwrite must be True or False, got {overwrite!r}")
+    path = check_path(path, "path", "to_gguf")
+    if not isinstance(type, str) or type not in GGUF_TYPES:
+        raise argument_error(ValueError, "to_gguf", "type", f"one of {tuple(GGUF_TYPES)}",
+                             repr(type))
+    check_bool(overwrite, "overwrite", "to_gguf")
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to "
@@ -308,11 +323,8 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
 
 
 def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: str) -> None:
-    file_types = {"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
-                  "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16}
     writer.add_name(name)
-    writer.add_file_type(file_types[type_])
+    writer.add_file_type(getattr(gguf.LlamaFileType, GGUF_TYPES[type_].file_type))
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_len)
     writer.add_embedding_length(config.d_model)
@@ -321,8 +333,8 @@ def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: s
     writer.add_head_count(config.num_heads)
     writer.add_head_count_kv(config.kv_heads)
     writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(10000.0)  # tern_jax's rotary base (models/transformer.py)
-    writer.add_layer_norm_rms_eps(1e-6)  # nnx.RMSNorm's epsilon
+    writer.add_rope_freq_base(ROPE_BASE)
+    writer.add_layer_norm_rms_eps(NORM_EPSILON)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(byte_vocabulary())

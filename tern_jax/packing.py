@@ -24,11 +24,17 @@ import numpy as np
 
 from tern_jax._args import check_int
 
-__all__ = ["values_per_word", "bits_per_weight", "pack", "unpack", "packed_nbytes"]
+__all__ = ["SUPER_BLOCK", "values_per_word", "bits_per_weight", "pack", "unpack",
+           "packed_nbytes"]
 
 _WORD_BITS = 64
 #: The largest alphabet: :func:`unpack` returns the codes as uint16.
 MAX_LEVELS = 2**16
+#: llama.cpp's super-block (``QK_K``): the values of a row one ``TQ1_0``/``TQ2_0`` block holds
+#: with one scale, and the features of a token one ``Q8_K`` scale covers. The GGUF export
+#: (:mod:`tern_jax.export`) and the ``"int8_block"`` activations (:mod:`tern_jax.activations`)
+#: both use it.
+SUPER_BLOCK = 256
 
 
 def _levels(levels, func: str) -> int:

@@ -12,24 +12,36 @@ import dataclasses
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 
 from tern_jax import core
+from tern_jax._args import argument_error, check_bool
 
 __all__ = [
+    "ACTIVATION_MODES",
+    "ActivationMode",
     "Rule",
     "DEFAULT_RULES",
     "UnusedRuleWarning",
     "path_to_str",
+    "first_match",
+    "check_unused",
+    "report_unused",
     "match_params",
     "quantize_params",
     "Match",
 ]
 
 Unused = Literal["error", "warn", "ignore"]
+#: What :attr:`Rule.activations` may be besides ``None`` (full-precision inputs): ``"int8"``
+#: (one absmax scale per token) or ``"int8_block"`` (one per llama.cpp super-block of a token).
+ActivationMode = Literal["int8", "int8_block"]
+#: The same modes as a tuple, for the checks (:class:`Rule`,
+#: :func:`tern_jax.activations.quantize_activations`).
+ACTIVATION_MODES: tuple[str, ...] = get_args(ActivationMode)
 
 
 class UnusedRuleWarning(UserWarning):
@@ -70,7 +82,7 @@ class Rule:
     thresholds: tuple[float, ...] | None = None
     axis: int | tuple[int, ...] | None = None
     strict: bool = True
-    activations: str | None = None
+    activations: ActivationMode | None = None
 
     def __post_init__(self):
         if not isinstance(self.pattern, str):
@@ -82,10 +94,8 @@ class Rule:
             re.compile(self.pattern)
         except re.error as e:
             raise ValueError(f"Rule pattern {self.pattern!r} is not a valid regex: {e}") from e
-        if not isinstance(self.strict, bool):
-            raise TypeError(f"Rule({self.pattern!r}): strict must be True or False, got "
-                            f"{self.strict!r}")
-        if self.activations is not None and self.activations not in ("int8", "int8_block"):
+        check_bool(self.strict, "strict", f"Rule({self.pattern!r})")
+        if self.activations is not None and self.activations not in ACTIVATION_MODES:
             raise ValueError(f"Rule({self.pattern!r}): activations must be None, 'int8' (per "
                              f"token) or 'int8_block' (llama.cpp's Q8_K blocks), got "
                              f"{self.activations!r}")
@@ -246,16 +256,77 @@ def _check_tree(params) -> None:
         )
 
 
+def first_match(path: str, leaf, rules: Sequence[Rule]) -> int | None:
+    """The index in ``rules`` of the rule that governs ``leaf`` at ``path`` (``None``: no rule).
+
+    The one matcher of the package, for the weights (:func:`match_params`) and the 8-bit
+    activations (:mod:`tern_jax.activations`): the first rule whose pattern fully matches
+    ``path`` (``re.fullmatch``) wins, except that a rule which ternarizes passes over a leaf
+    that cannot be ternarized (not a float array of rank >= 2) when it is not ``strict``,
+    and raises ``ValueError`` naming the path when it is. A chosen rule's channel ``axis``
+    must fit the leaf. ``leaf=None`` stands for a layer's kernel not created yet (a linen
+    layer during ``init``): taken as one that can be ternarized, its axes unchecked.
+    """
+    for i, rule in enumerate(rules):
+        if not rule.matches(path):
+            continue
+        if leaf is None or rule.method is None:
+            return i
+        if not _eligible(leaf):
+            if rule.strict:
+                what = (
+                    f"dtype {getattr(leaf, 'dtype', type(leaf).__name__)}, "
+                    f"rank {getattr(leaf, 'ndim', '?')}"
+                )
+                raise ValueError(
+                    f"Rule({rule.pattern!r}) matches parameter {path!r} ({what}), but only "
+                    "float arrays of rank >= 2 (conv/dense kernels) can be ternarized; "
+                    "narrow the pattern (e.g. end it in '/kernel') or add "
+                    f"Rule({path!r}, None) before it"
+                )
+            continue  # a non-strict rule passes over it; later rules may still match
+        if rule.axis is not None:
+            _check_axis_fits(rule, path, leaf)
+        return i
+    return None
+
+
+def check_unused(unused, func: str) -> None:
+    """``unused`` is one of ``"error"``, ``"warn"``, ``"ignore"`` (see :func:`match_params`)."""
+    if unused not in get_args(Unused):
+        raise argument_error(ValueError, func, "unused", "'error', 'warn' or 'ignore'",
+                             repr(unused))
+
+
+def report_unused(patterns: Sequence[str], unused: Unused, *, what: str = "parameter",
+                  stacklevel: int = 2) -> None:
+    """Reports the rules (their ``patterns``) that matched no ``what`` as ``unused`` says.
+
+    ``"error"``: ``ValueError``; ``"warn"``: :class:`UnusedRuleWarning` (``stacklevel`` as for
+    ``warnings.warn``, counted from the caller of this function); ``"ignore"`` or no pattern:
+    nothing.
+    """
+    if not patterns or unused == "ignore":
+        return
+    message = (
+        f"rules matched no {what}: {list(patterns)}; check the patterns against the paths "
+        "(tern_jax.summary lists them), or pass unused='ignore'"
+    )
+    if unused == "error":
+        raise ValueError(message)
+    warnings.warn(message, UnusedRuleWarning, stacklevel=stacklevel + 1)
+
+
 def match_params(params, rules=None, *, unused: Unused = "warn"):
     """Pairs every leaf of ``params`` with its governing rule, checking everything first.
 
     Returns ``(matches, treedef)``: a list of :class:`Match` in leaf order and the treedef to
-    rebuild the pytree. Raises ``ValueError`` naming the path when a strict rule matches a
-    non-float or rank-0/1 leaf; reports rules that matched nothing as ``unused`` says
-    (``"error"``, ``"warn"`` with :class:`UnusedRuleWarning`, or ``"ignore"``).
+    rebuild the pytree. The rule of a leaf is :func:`first_match`'s. Raises ``ValueError``
+    naming the path when a strict rule matches a non-float or rank-0/1 leaf; reports rules
+    that matched nothing as ``unused`` says (``"error"``, ``"warn"`` with
+    :class:`UnusedRuleWarning`, or ``"ignore"``).
     """
-    if unused not in ("error", "warn", "ignore"):
-        raise ValueError(f"unused must be 'error', 'warn' or 'ignore', got {unused!r}")
+    check_unused(unused, "match_params")
     _check_tree(params)
     rules = _normalize_rules(rules)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -263,38 +334,11 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
     matches = []
     for key_path, leaf in leaves:
         path = path_to_str(key_path)
-        chosen = None
-        for i, rule in enumerate(rules):
-            if not rule.matches(path):
-                continue
-            if rule.method is not None and not _eligible(leaf):
-                if rule.strict:
-                    what = (
-                        f"dtype {getattr(leaf, 'dtype', type(leaf).__name__)}, "
-                        f"rank {getattr(leaf, 'ndim', '?')}"
-                    )
-                    raise ValueError(
-                        f"Rule({rule.pattern!r}) matches parameter {path!r} ({what}), but only "
-                        "float arrays of rank >= 2 (conv/dense kernels) can be ternarized; "
-                        "narrow the pattern (e.g. end it in '/kernel') or add "
-                        f"Rule({path!r}, None) before it"
-                    )
-                continue  # a non-strict rule passes over it; later rules may still match
-            if rule.method is not None and rule.axis is not None:
-                _check_axis_fits(rule, path, leaf)
-            chosen = rule
+        i = first_match(path, leaf, rules)
+        if i is not None:
             used[i] = True
-            break
-        matches.append(Match(path, leaf, chosen))
-    missing = [r.pattern for r, u in zip(rules, used) if not u]
-    if missing and unused != "ignore":
-        message = (
-            f"rules matched no parameter: {missing}; check the patterns against the paths "
-            "(tern_jax.summary lists them), or pass unused='ignore'"
-        )
-        if unused == "error":
-            raise ValueError(message)
-        warnings.warn(message, UnusedRuleWarning, stacklevel=3)
+        matches.append(Match(path, leaf, None if i is None else rules[i]))
+    report_unused([r.pattern for r, u in zip(rules, used) if not u], unused, stacklevel=3)
     return matches, treedef
 
 
@@ -331,8 +375,7 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
     traced, so a jitted train step can ramp it from 0 to 1 as a threshold warm-up without
     recompiling). ``None`` (the default) is the rules' own thresholds.
     """
-    if not isinstance(stacked, bool):
-        raise TypeError(f"stacked must be True or False, got {stacked!r}")
+    check_bool(stacked, "stacked", "quantize_params")
     matches, treedef = match_params(params, rules, unused=unused)
     out = []
     for m in matches:

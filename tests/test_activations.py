@@ -1,6 +1,8 @@
 """8-bit activations (W1.58A8): the quantizer, the Rule option, and how linen, NNX and the
 trainer apply it."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,17 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from tern_jax.activations import quantize_activations, quantize_inputs, quantized_activations
-from tern_jax.models.transformer import TransformerConfig
+from tern_jax.activations import (
+    active_rules,
+    quantize_activations,
+    quantize_inputs,
+    quantized_activations,
+)
+from tern_jax.models.transformer import Transformer, TransformerConfig
 from tern_jax.nnx_utils import ternarized
+from tern_jax.packing import SUPER_BLOCK
 from tern_jax.presets import TRANSFORMER_RULES
-from tern_jax.rules import Rule
+from tern_jax.rules import ACTIVATION_MODES, Rule, UnusedRuleWarning, match_params
 from tern_jax.train import Slot
 from tern_jax.train.language_model import LanguageModel
 from tern_jax.train.stack import ModelStack
@@ -62,6 +70,9 @@ def test_several_contracted_axes_are_one_token():
 
 def test_the_rule_option_is_checked():
     assert Rule(r".*kernel").activations is None
+    assert ACTIVATION_MODES == ("int8", "int8_block") and SUPER_BLOCK == 256
+    assert [Rule(r".*kernel", activations=m).activations for m in ACTIVATION_MODES] \
+        == list(ACTIVATION_MODES)
     with pytest.raises(ValueError, match="activations must be None, 'int8'"):
         Rule(r".*kernel", activations="int4")
 
@@ -124,3 +135,79 @@ def test_the_trainer_runs_each_variant_with_its_own_activations():
     a8, _ = stack.apply(params, {}, {"tokens": tokens}, 0, train=False)
     plain, _ = stack.apply(params, {}, {"tokens": tokens}, 1, train=False)
     assert 0 < float(jnp.max(jnp.abs(a8 - plain)))
+
+
+def _quantized_layers(model, rules):
+    """``{kernel path: mode}`` of the layers of ``quantize_inputs(model, rules)`` that quantize."""
+    out = {}
+    for path, module in nnx.iter_graph(quantize_inputs(model, rules, unused="ignore")):
+        mode = getattr(getattr(module, "dot_general", None), "keywords", {}).get("mode")
+        if mode is not None:
+            out["/".join(map(str, path)) + "/kernel"] = mode
+    return out
+
+
+def test_a_layer_takes_the_activations_of_the_rule_that_governs_its_kernel():
+    model = Transformer(CONFIG, rngs=nnx.Rngs(0))
+    rules = (Rule(r".*/attn/(query|key)/kernel", None),  # full precision, plain inputs
+             Rule(r"blocks/.*", strict=False, activations="int8"),  # passes over the norms
+             Rule(r"(.*/)?(kernel|embedding)", activations="int8_block"))
+    governing = {m.path: m.rule for m in match_params(nnx.state(model, nnx.Param), rules)[0]}
+    layers = _quantized_layers(model, rules)
+    expected = {path: rule.activations for path, rule in governing.items()
+                if path.endswith("/kernel") and rule is not None and rule.activations}
+    assert layers == expected
+    assert layers["blocks/0/attn/value/kernel"] == layers["blocks/0/mlp/up/kernel"] == "int8"
+    assert layers["head/kernel"] == "int8_block"
+    assert governing["blocks/0/attn_norm/scale"] is None
+    assert "blocks/0/attn/query/kernel" not in layers
+
+
+def test_an_activations_rule_that_governs_no_layer_is_reported_as_unused_weight_rules_are():
+    linear = nnx.Linear(256, 8, rngs=nnx.Rngs(0))
+    rules = [Rule(r"kernel", None, activations="int8"),
+             Rule(r"embedding", None, activations="int8_block")]  # no such layer
+    with pytest.warns(UnusedRuleWarning, match=r"no layer.*\['embedding'\]"):
+        quantize_inputs(linear, rules)
+    with pytest.raises(ValueError, match=r"rules matched no layer.*\['embedding'\]"):
+        quantize_inputs(linear, rules, unused="error")
+    with pytest.raises(ValueError, match="quantize_inputs: unused must be"):
+        quantize_inputs(linear, rules, unused="loud")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quantize_inputs(linear, rules, unused="ignore") is not linear
+        quantize_inputs(linear, rules[:1])  # every rule used: silent
+        quantize_inputs(linear, [Rule(r"embedding", None)])  # no activations: the weights' job
+
+
+def test_the_linen_context_reports_its_unused_activations_rules_on_leaving():
+    net, x = _Net(), _x((3, 10))
+    params = net.init(jax.random.key(0), x)["params"]
+    rules = (Rule(r"body/kernel", None, activations="int8"),
+             Rule(r"tail/kernel", None, activations="int8"))
+    with pytest.warns(UnusedRuleWarning, match=r"no layer.*\['tail/kernel'\]"):
+        with quantized_activations(rules):
+            net.apply({"params": params}, x)
+    with pytest.raises(ValueError, match="tail/kernel"):
+        with quantized_activations(rules, unused="error"):
+            net.apply({"params": params}, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with quantized_activations(rules[:1]):
+            net.apply({"params": params}, x)
+
+
+def test_nnx_layers_in_the_context_count_for_it_and_are_reported_once():
+    linear, x = nnx.Linear(256, 8, rngs=nnx.Rngs(0)), _x((2, 256))
+    used = (Rule(r"kernel", None, activations="int8"),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with quantized_activations(used):
+            y = quantize_inputs(linear, active_rules())(x)
+    np.testing.assert_array_equal(y, quantize_inputs(linear, used)(x))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quantized_activations(used + (Rule(r"bias", None, activations="int8"),)):
+            quantize_inputs(linear, active_rules())
+    assert [(w.category, str(w.message).split(";")[0]) for w in caught] == [
+        (UnusedRuleWarning, "rules matched no layer for their 8-bit activations: ['bias']")]

@@ -189,6 +189,31 @@ def test_bad_method_axis_and_dtype_are_rejected():
         tern_jax.ternarize(_weights((4, 4)), method="absmean", threshold=0.1)
 
 
+def test_one_integer_test_for_the_package():
+    from tern_jax import _args
+
+    assert _args.is_int is core.is_int
+    assert [core.is_int(v) for v in (3, np.int64(-2), np.uint8(1), True, np.True_, 3.0,
+                                     jnp.int32(3), "3", None)] \
+        == [True, True, True, False, False, False, False, False, False]
+    with pytest.raises(ValueError, match=r"t_ex must be a positive integer, got True"):
+        tern_jax.ternarize(_weights((4, 4)), t_ex=True)
+    with pytest.raises(TypeError, match=r"axis must be None, an int or a tuple of ints"):
+        tern_jax.ternarize(_weights((4, 4)), axis=1.0)
+    error = _args.argument_error(ValueError, "f", "n", "an integer >= 1", 0)
+    assert type(error) is ValueError and str(error) == "f: n must be an integer >= 1, got 0"
+
+
+def test_fold_and_decode_sum_the_branches_in_the_same_order():
+    w = _weights((32, 24))
+    codes = tern_jax.encode(w, t_ex=4, axis=-1)
+    stack = tern_jax.decode(codes, fold=False)
+    by_hand = stack[0] + stack[1] + stack[2] + stack[3]
+    for folded in (tern_jax.fold(stack), tern_jax.decode(codes),
+                   tern_jax.ternarize(w, t_ex=4, axis=-1)):
+        np.testing.assert_array_equal(np.asarray(folded), np.asarray(by_hand))
+
+
 def test_threshold_scale_one_is_the_plain_quantizer_bit_for_bit():
     w = _weights((3, 3, 8, 16))
     for axis in (None, -1):

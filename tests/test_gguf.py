@@ -13,10 +13,10 @@ from tern_jax.checkpoint import load_ternary
 from tern_jax.models.transformer import Transformer, TransformerConfig
 from tern_jax.nnx_utils import ternarized, with_params
 from tern_jax.presets import TRANSFORMER_RULES
-from tern_jax.rules import Rule
+from tern_jax.rules import Rule, match_params
 
 gguf = pytest.importorskip("gguf")
-from tern_jax.export import byte_vocabulary, to_gguf  # noqa: E402
+from tern_jax.export import GGUF_TYPES, byte_vocabulary, rotary_permutation, to_gguf  # noqa: E402
 
 CONFIG = TransformerConfig(max_len=32, d_model=256, num_heads=4, num_layers=1, mlp_ratio=1,
                            num_kv_heads=2, mlp="swiglu")
@@ -134,11 +134,71 @@ def test_the_vocabulary_is_the_256_bytes_in_order(params, tmp_path):
     assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
 
 
-def test_tq1_0_is_smaller_than_tq2_0_and_f16(params, tmp_path):
-    rules = TRANSFORMER_RULES["tern"]
-    sizes = {t: to_gguf(tmp_path / f"{t}.gguf", params, CONFIG, rules, type=t).stat().st_size
-             for t in ("tq1_0", "tq2_0", "f16")}
-    assert sizes["tq1_0"] < sizes["tq2_0"] < sizes["f16"] / 6
+# llama.cpp's blocks (ggml-common.h): (values per block, bytes per block)
+BLOCK_BYTES = {"tq2_0": (256, 66),  # 2 bits per code + an fp16 scale
+               "tq1_0": (256, 54),  # 240 codes 5 per byte, 16 codes 4 per byte, an fp16 scale
+               "q8_0": (32, 34),  # 32 int8 + an fp16 scale
+               "f16": (1, 2)}
+
+
+def _gguf_tensors(config):
+    """``{GGUF name: (Flax path, GGUF shape (rows, row width))}`` of a swiglu model's tensors."""
+    d, hd, ff = config.d_model, config.head_dim, config.mlp_ratio * config.d_model
+    out = {"token_embd.weight": ("embed/embedding", (config.vocab_size, d)),
+           "output_norm.weight": ("final_norm/scale", (d,)),
+           "output.weight": ("head/kernel", (config.vocab_size, d))}
+    for i in range(config.num_layers):
+        b, p = f"blk.{i}.", f"blocks/{i}/"
+        out |= {b + "attn_norm.weight": (p + "attn_norm/scale", (d,)),
+                b + "ffn_norm.weight": (p + "mlp_norm/scale", (d,)),
+                b + "attn_q.weight": (p + "attn/query/kernel", (config.num_heads * hd, d)),
+                b + "attn_k.weight": (p + "attn/key/kernel", (config.kv_heads * hd, d)),
+                b + "attn_v.weight": (p + "attn/value/kernel", (config.kv_heads * hd, d)),
+                b + "attn_output.weight": (p + "attn/out/kernel", (d, config.num_heads * hd)),
+                b + "ffn_gate.weight": (p + "mlp/gate/kernel", (ff, d)),
+                b + "ffn_up.weight": (p + "mlp/up/kernel", (ff, d)),
+                b + "ffn_down.weight": (p + "mlp/down/kernel", (d, ff))}
+    return out
+
+
+def _leaf(params, path):
+    for key in path.split("/"):
+        params = params[int(key) if key.isdigit() else key]
+    return params
+
+
+def _as_gguf_matrix(path, value, config):
+    """A Flax kernel in GGUF's (rows, row width) layout, q/k features in llama.cpp's pairs."""
+    value = np.asarray(value)
+    if path.endswith(("attn/query/kernel", "attn/key/kernel")):
+        value = value[..., rotary_permutation(config.head_dim)]
+    if "/attn/" in path and not path.endswith("out/kernel"):
+        return value.reshape(value.shape[0], -1).T
+    if path.endswith("attn/out/kernel"):
+        return value.reshape(-1, value.shape[-1]).T
+    return value if path == "embed/embedding" else value.T
+
+
+@pytest.mark.parametrize("type_", list(GGUF_TYPES))
+def test_every_tensor_has_the_exact_byte_count_of_its_type(params, tmp_path, type_):
+    reader, tensors = _read(to_gguf(tmp_path / "m.gguf", params, CONFIG,
+                                    TRANSFORMER_RULES["tern"], type=type_))
+    expected = _gguf_tensors(CONFIG)
+    assert sorted(tensors) == sorted(expected)
+    per_block, block_bytes = BLOCK_BYTES[type_]
+    for name, (_, shape) in expected.items():
+        tensor, count = tensors[name], int(np.prod(shape))
+        assert tuple(reversed(tensor.shape.tolist())) == shape, name
+        if len(shape) == 1:  # norm scales: F32
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, name
+            assert tensor.n_bytes == 4 * count, name
+        else:  # "tern" ternarizes every matrix, the embedding and head included
+            assert tensor.tensor_type.name == type_.upper(), name
+            assert count % per_block == 0
+            assert tensor.n_bytes == count // per_block * block_bytes, name
+    # the 256x256 embedding: 2.06, 1.69, 8.5 and 16 bits per weight
+    assert tensors["token_embd.weight"].n_bytes == {"tq2_0": 16896, "tq1_0": 13824,
+                                                    "q8_0": 69632, "f16": 131072}[type_]
 
 
 def test_codes_from_a_packed_checkpoint_export_the_same_file(params, tmp_path):
@@ -179,9 +239,44 @@ def test_what_llama_cpp_cannot_represent_is_one_clear_error(params, tmp_path):
     with pytest.raises(ValueError, match="has shape"):
         to_gguf(out, narrow_params, CONFIG, TRANSFORMER_RULES["tern"])
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    # what TQ cannot hold, F16 can: 5 levels and narrow rows
-    to_gguf(out, params, CONFIG, TRANSFORMER_RULES["tern_t2"], type="f16")
-    assert out.stat().st_size > 0
+
+
+def _assert_f16_file_holds(path, params, config, rules):
+    """Every tensor read back: fp16(decode(codes)) for a ternary one, fp16/f32 of the rest."""
+    _, tensors = _read(path)
+    expected = _gguf_tensors(config)
+    assert sorted(tensors) == sorted(expected)
+    quantized = {m.path: m.rule for m in match_params(params, rules, unused="ignore")[0]
+                 if m.quantized}
+    for name, (flax_path, shape) in expected.items():
+        value = _leaf(params, flax_path)
+        if flax_path in quantized:
+            value = core.decode(quantized[flax_path].codes(value))
+        if len(shape) == 1:
+            assert tensors[name].tensor_type == gguf.GGMLQuantizationType.F32, name
+            want = np.asarray(value, np.float32)
+        else:
+            assert tensors[name].tensor_type == gguf.GGMLQuantizationType.F16, name
+            want = _as_gguf_matrix(flax_path, value, config).astype(np.float16)
+        got = np.asarray(tensors[name].data).reshape(shape)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    return quantized
+
+
+def test_what_tq_types_cannot_hold_f16_holds_exactly(params, tmp_path):
+    """5 levels (t_ex=2) and rows narrower than 256: each tensor is fp16(decode(codes))."""
+    rules = TRANSFORMER_RULES["tern_t2"]
+    path = to_gguf(tmp_path / "t2.gguf", params, CONFIG, rules, type="f16")
+    quantized = _assert_f16_file_holds(path, params, CONFIG, rules)
+    assert len(quantized) == 9  # 7 kernels of the block, the embedding and the head
+    up = core.decode(rules[0].codes(params["blocks"][0]["mlp"]["up"]["kernel"]))
+    assert len(np.unique(np.asarray(up))) == 5  # the file holds 5 levels
+    narrow = TransformerConfig(max_len=8, d_model=128, num_heads=2, num_layers=1, mlp="swiglu")
+    narrow_params = nnx.to_pure_dict(nnx.state(Transformer(narrow, rngs=nnx.Rngs(0)), nnx.Param))
+    path = to_gguf(tmp_path / "narrow.gguf", narrow_params, narrow, TRANSFORMER_RULES["tern"],
+                   type="f16")
+    _assert_f16_file_holds(path, narrow_params, narrow, TRANSFORMER_RULES["tern"])
 
 
 def test_an_existing_file_is_never_overwritten_unless_ours(params, tmp_path):

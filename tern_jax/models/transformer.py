@@ -47,6 +47,8 @@ from tern_jax.fields import Range, check_fields
 
 __all__ = [
     "MLP_KINDS",
+    "NORM_EPSILON",
+    "ROPE_BASE",
     "TRANSFORMER_CONFIGS",
     "Transformer",
     "TransformerConfig",
@@ -63,6 +65,10 @@ _ModuleList = getattr(nnx, "List", list)
 #: The MLP kinds of :class:`TransformerConfig`.
 MLP_KINDS = ("gelu", "swiglu")
 _POSITIVE = Range(1)
+#: The rotary base: pair ``i`` of ``head_dim`` features turns at ``ROPE_BASE**(-2i/head_dim)``.
+ROPE_BASE = 10000.0
+#: The ``ε`` of every RMSNorm, ``x / sqrt(mean(x²) + ε)``.
+NORM_EPSILON = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +165,7 @@ _init = nnx.initializers.normal(0.02)
 def _rotary(x: jax.Array) -> jax.Array:
     """Rotary position embedding of ``x`` ``(B, T, heads, head_dim)`` at positions ``0..T-1``."""
     half = x.shape[-1] // 2
-    inv_freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq = ROPE_BASE ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angle = jnp.arange(x.shape[1], dtype=jnp.float32)[:, None] * inv_freq  # (T, half)
     sin = jnp.sin(angle)[None, :, None, :].astype(x.dtype)
     cos = jnp.cos(angle)[None, :, None, :].astype(x.dtype)
@@ -216,9 +222,9 @@ class Block(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.dtype)
-        self.attn_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(config.d_model, epsilon=NORM_EPSILON, dtype=dtype, rngs=rngs)
         self.attn = CausalSelfAttention(config, rngs=rngs)
-        self.mlp_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(config.d_model, epsilon=NORM_EPSILON, dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -246,7 +252,7 @@ class Transformer(nnx.Module):
         self.embed = nnx.Embed(config.vocab_size, config.d_model, embedding_init=_init,
                                dtype=dtype, rngs=rngs)
         self.blocks = _ModuleList([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.final_norm = nnx.RMSNorm(config.d_model, epsilon=NORM_EPSILON, dtype=dtype, rngs=rngs)
         if not config.tie_embeddings:
             self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
                                    kernel_init=_init, dtype=dtype, rngs=rngs)
