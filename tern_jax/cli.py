@@ -209,6 +209,11 @@ def _with_packed(state, i: int, packed: dict):
 
 
 def _export(args) -> int:
+    from tern_jax.export import GGUF_TYPES
+
+    if args.type not in GGUF_TYPES:  # the one table of types (imported here: it needs JAX)
+        raise UsageError(f"--type {args.type!r} is no GGUF type; choose one of "
+                         f"{', '.join(GGUF_TYPES)}")
     _check_run_workdir(args.workdir)
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
@@ -419,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an earlier export (never anything else)")
     p.add_argument("--format", choices=("packed", "gguf"), default="packed",
                    help="packed ternary checkpoint, or a GGUF file for llama.cpp")
-    p.add_argument("--type", choices=("tq2_0", "tq1_0", "q8_0", "f16"), default="tq2_0",
-                   help="GGUF type of the ternary kernels (--format gguf)")
+    p.add_argument("--type", default="tq2_0",
+                   help="GGUF type of the ternary kernels (--format gguf): a name of "
+                        "tern_jax.export.GGUF_TYPES, default tq2_0")
     p.set_defaults(fn=_export)
 
     p = add("sample", help="generate text with a trained language model")
