@@ -386,8 +386,9 @@ def load_ternary(path, *, dtype=None, codes: bool = False):
                 path, ocp.args.Composite(arrays=ocp.args.PyTreeRestore())
             )["arrays"]
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        why = fs.one_line(e, with_type=True, limit=300)
         raise CheckpointError(
-            f"{path / 'arrays'}: the array data cannot be read ({fs.error_summary(e)}); the "
+            f"{path / 'arrays'}: the array data cannot be read ({why}); the "
             "checkpoint is truncated or corrupt"
         ) from None
     tree: dict = {}

@@ -466,15 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(error: BaseException) -> str:
-    """The error as one line: a multi-line message is joined, a how-to list dropped."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("To provide"):
-            lines = lines[:i]
-            break
-    text = " ".join(lines) or type(error).__name__
+    """The error as one line (:func:`tern_jax.fs.one_line`), with the flag that fixes missing
+    data."""
     from tern_jax.data import DataNotFoundError
+    from tern_jax.fs import one_line
 
+    text = one_line(error)
     if isinstance(error, DataNotFoundError):
         text += " Pass --set data.data_dir=FOLDER (see help(tern_jax.data.load_dataset))"
     return text

@@ -33,7 +33,7 @@ from tern_jax._args import check_path
 
 __all__ = [
     "NotOwnedError",
-    "error_summary",
+    "one_line",
     "file_digest",
     "quiet_libraries",
     "MANIFEST",
@@ -241,9 +241,16 @@ def quiet_libraries():
             lg.setLevel(level)
 
 
-def error_summary(error: BaseException) -> str:
-    """``Type: first line`` of a library error, without tensorstore's long spec dump."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    text = text.split(" [tensorstore_spec=")[0]
-    return f"{type(error).__name__}: {text[:300]}"
+def one_line(error: BaseException, *, with_type: bool = False, limit: int | None = None) -> str:
+    """An error (or a warning) as one line, the one way the package shortens one: its lines
+    joined, a library's how-to list (``To provide ...``) and tensorstore's spec dump dropped;
+    ``Type: `` first with ``with_type``; at most ``limit`` characters of the text."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("To provide"):
+            lines = lines[:i]
+            break
+    text = " ".join(lines).split(" [tensorstore_spec=")[0] or type(error).__name__
+    if limit is not None:
+        text = text[:limit]
+    return f"{type(error).__name__}: {text}" if with_type else text

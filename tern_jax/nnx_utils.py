@@ -61,7 +61,8 @@ def ternarized(model: nnx.Module, rules=None, *, unused: str = "warn",
     _check_module(model, "ternarized")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     quantized = quantize_params(params, rules, unused=unused, threshold_scale=threshold_scale)
-    return quantize_inputs(nnx.merge(graphdef, quantized, rest), rules)  # Rule.activations
+    # Rule.activations
+    return quantize_inputs(nnx.merge(graphdef, quantized, rest), rules, unused=unused)
 
 
 def param_dict(model: nnx.Module) -> dict:

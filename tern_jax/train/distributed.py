@@ -50,6 +50,8 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from tern_jax import fs
+
 __all__ = ["ProcessFailed", "barrier", "check_same_config", "exchange",
            "exit_after_failure", "failures_end_the_job",
            "in_job", "initialize", "is_main", "main_log", "stop_requested"]
@@ -324,10 +326,6 @@ def _write(line: str) -> None:
     sys.stderr.flush()
 
 
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split()) or type(e).__name__}"
-
-
 @contextlib.contextmanager
 def failures_end_the_job(wait_for_others: float = 30.0):
     """Runs the body so that its failure in one process stops every process of the job.
@@ -350,7 +348,7 @@ def failures_end_the_job(wait_for_others: float = 30.0):
                "too")
         exit_after_failure(1)
     except BaseException as e:
-        text = _one_line(e)[:4000]
+        text = fs.one_line(e, with_type=True, limit=4000)
 
         def give_up():
             _write(f"tern-jax: error: process {me}: {text} (the other processes did not stop "

@@ -196,7 +196,8 @@ class RunFolder:
                 record = json.loads(integrity.read_text())
                 expected = record["sha256"]
             except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointDamaged(f"{integrity} is unreadable ({fs.error_summary(e)})") from e
+                why = fs.one_line(e, with_type=True, limit=300)
+                raise CheckpointDamaged(f"{integrity} is unreadable ({why})") from e
             try:  # every file before orbax reads any: a damaged one is named, not a traceback
                 check_files(step_dir, record.get("files", {}))
             except IntegrityError as e:
@@ -206,7 +207,8 @@ class RunFolder:
             with fs.quiet_libraries():
                 restored = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # tensorstore/orbax raise many types for damaged files
-            raise CheckpointDamaged(f"{step_dir}: cannot be read ({fs.error_summary(e)})") from e
+            why = fs.one_line(e, with_type=True, limit=300)
+            raise CheckpointDamaged(f"{step_dir}: cannot be read ({why})") from e
         if expected is None:
             warnings.warn(f"{step_dir} has no {INTEGRITY_FILE} (written before integrity "
                           "checks); restored unverified", stacklevel=3)
