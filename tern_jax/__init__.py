@@ -8,14 +8,14 @@ Layers of the package, each importing only downward (checked by ``tests/test_lay
 
 1. ``core`` (jax only: quantizers, codes, the straight-through gradient); ``packing`` (NumPy);
    ``_args``, ``_imports`` and ``fs`` (argument checks, import paths, safe file writes);
-2. ``rules`` (rules over parameter pytrees) <- ``presets`` (every named rule set; its former
-   home ``presets_lm`` still imports), ``summary``, ``checkpoint``, ``layers``, ``nnx_utils``;
+2. ``rules`` (rules over parameter pytrees) <- ``presets`` (every named rule set), ``summary``,
+   ``checkpoint``, ``layers``, ``nnx_utils``;
 3. ``models``, ``data`` (models know nothing of ternarization; data knows no model);
 4. ``train`` (configs, the loop, run folders), one concept per module;
 5. ``cli``.
 """
 
-from tern_jax import layers, nnx_utils, presets, presets_lm
+from tern_jax import layers, nnx_utils, presets
 from tern_jax.checkpoint import CheckpointError, load_ternary, save_ternary
 from tern_jax.core import (
     METHODS,
@@ -61,7 +61,6 @@ __all__ = [
     "layers",
     "nnx_utils",
     "presets",
-    "presets_lm",
     "load_ternary",
     "match_params",
     "quantize_params",

@@ -1,5 +1,6 @@
 """Specification of the NNX transformer, its ternarization rules, NNX training and sampling."""
 
+import importlib
 import warnings
 
 import jax
@@ -306,8 +307,11 @@ def test_bad_inputs_are_clear_errors(model):
 
 
 def test_the_presets_have_one_home_reachable_as_the_docstrings_write_it():
-    assert tern_jax.presets_lm.TRANSFORMER_RULES is tern_jax.presets.TRANSFORMER_RULES
-    assert tern_jax.presets_lm.EMBEDDINGS_AND_HEAD_FP is EMBEDDINGS_AND_HEAD_FP
+    assert "tern" in tern_jax.presets.TRANSFORMER_RULES
+    assert tern_jax.presets.EMBEDDINGS_AND_HEAD_FP is EMBEDDINGS_AND_HEAD_FP
+    assert not hasattr(tern_jax, "presets_lm")  # the one home: no second module re-exports them
+    with pytest.raises(ModuleNotFoundError, match="tern_jax.presets_lm"):
+        importlib.import_module("tern_jax.presets_lm")
     assert tern_jax.nnx_utils.ternarized is ternarized
     matches, _ = tern_jax.match_params({"conv": {"kernel": jnp.ones((3, 3, 1, 2))}},
                                        tern_jax.presets.PRESETS["tern"])
