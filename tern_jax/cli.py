@@ -15,7 +15,9 @@ Subcommands::
 Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
 2 and one line on stderr (``tern-jax: error: ...``); ``--debug`` shows the traceback instead.
 ``train`` stopped by SIGTERM saves the epoch in progress and exits with status 143;
-``--resume`` continues it.
+``--resume`` continues it. A checkpoint is restored only once its ``integrity.json`` vouches
+for it; ``--unverified`` (``train --resume``, ``eval``, ``export``, ``sample``) restores one
+whose ``integrity.json`` was lost, unchecked.
 Nothing the command line did not write is replaced: a new run's ``--workdir`` must be new,
 empty or an earlier run's folder, and plots and exports never overwrite a user's file.
 
@@ -27,6 +29,7 @@ them would spread the argument checks over several files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -154,7 +157,10 @@ def _train_checked(args, config, run, main: bool = True) -> int:
     if args.plot:
         _needs_matplotlib()
         _check_plot_out(Path(args.workdir) / "curves.png")
-    run(config, args.workdir, resume=args.resume)
+    from tern_jax.train.run_folder import unverified_restores
+
+    with unverified_restores() if args.unverified else contextlib.nullcontext():
+        run(config, args.workdir, resume=args.resume)
     if args.plot and main:
 
         out = plot_runs([args.workdir], Path(args.workdir) / "curves.png", title=config.name)
@@ -182,7 +188,7 @@ def _eval(args) -> int:
     if (args.packed is None) != (args.model is None):
         raise UsageError("--packed and --model go together: --model names the run's model "
                          "whose export --packed holds, e.g. --model tern/seed0")
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     trainer = Trainer(restored.config)
     state, shown = restored.state, range(len(trainer.names))
     if args.packed is not None:  # that model's weights replaced by its export's
@@ -200,11 +206,16 @@ def _eval(args) -> int:
 
 
 def _load_packed(path, restored, slot) -> dict:
-    """A packed export (tern-jax export) of ``slot`` of the run; another model's is refused."""
-    origin = read_origin(path) or {}  # an export written before origins: nothing to compare
+    """A packed export (tern-jax export) of ``slot`` of the run; another model's, or one that
+    does not record which model it holds, is refused."""
+    origin = read_origin(path)
     held = (origin.get("model"), origin.get("variant"), origin.get("seed"))
     wanted = (restored.config.model, slot.variant, slot.seed)
-    if origin.get("model") is not None and held != wanted:
+    if None in held:
+        raise UsageError(
+            f"--packed {path} does not record its model, variant and seed (it was not written "
+            f"by tern-jax export); pass the export of {slot} (tern-jax export --model {slot})")
+    if held != wanted:
         raise UsageError(
             f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
             f"{wanted[0]}; pass the export of {slot} (tern-jax export --model {slot})")
@@ -229,7 +240,7 @@ def _export(args) -> int:
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out {out} already exists; pass --overwrite to replace an earlier "
                          "export, or choose a new path")
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = variant_rules(slot.variant, restored.config.model) or ()
     params = jax.tree.map(lambda a: a[i], restored.state.params)
@@ -277,7 +288,7 @@ def _sample(args) -> int:
         raise UsageError(f"{args.workdir} trained {saved.model!r}, a model of "
                          f"{family_of(saved.model).task}; sample needs the run of a language "
                          "model (model='transformer_*')")
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     config = restored.config
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = variant_rules(slot.variant, config.model)
@@ -354,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
 
+    unverified = {"action": "store_true", "help": "restore a checkpoint whose integrity.json "
+                  "is missing, without checking its files and arrays"}
+
     p = add("quickstart", help="offline demo on scikit-learn's digits")
     p.add_argument("--workdir", default="runs/quickstart")
     p.set_defaults(fn=_quickstart)
@@ -365,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set epochs=10 --set seeds=0,1")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--unverified", **unverified)
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-host job detected by JAX (TPU pod slice, Slurm)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
@@ -384,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="with --packed: the model it replaces")
     p.add_argument("--packed", default=None,
                    help="evaluate this packed checkpoint (tern-jax export) of --model")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_eval)
 
     p = add("export", help="write one model as a packed ternary checkpoint")
@@ -397,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packed ternary checkpoint, or a GGUF file for llama.cpp")
     p.add_argument("--type", choices=("tq2_0", "tq1_0", "q8_0", "f16"), default="tq2_0",
                    help="GGUF type of the ternary kernels (--format gguf)")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_export)
 
     p = add("sample", help="generate text with a trained language model")
@@ -414,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--packed", default=None,
                    help="sample from this packed checkpoint (tern-jax export) of the model")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_sample)
 
     p = add("summary", help="size/sparsity table of a model under a variant")

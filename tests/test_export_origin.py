@@ -49,8 +49,7 @@ def test_an_export_records_the_model_variant_seed_and_rules(lm_run):
     assert read_origin(root / "fp_seed0")["variant"] == "fp"
 
 
-def test_an_export_without_an_origin_still_loads(lm_run, tmp_path):
-    """A packed file written before origins were recorded: no origin, same weights."""
+def test_an_export_without_an_origin_is_refused(lm_run, tmp_path):
     root, _ = lm_run
     old = tmp_path / "old"
     shutil.copytree(root / "tern_seed0", old)
@@ -58,9 +57,25 @@ def test_an_export_without_an_origin_still_loads(lm_run, tmp_path):
     meta = json.loads(meta_file.read_text())
     del meta["origin"]
     meta_file.write_text(json.dumps(meta))
-    assert read_origin(old) is None
-    a, b = tern_jax.load_ternary(old), tern_jax.load_ternary(root / "tern_seed0")
-    np.testing.assert_array_equal(a["params"]["head"]["kernel"], b["params"]["head"]["kernel"])
+    for read in (read_origin, tern_jax.load_ternary):
+        with pytest.raises(tern_jax.CheckpointError, match="records no 'origin'"):
+            read(old)
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_sample_and_eval_refuse_an_export_that_names_no_model(lm_run, tmp_path, capsys,
+                                                              command):
+    """save_ternary without an origin records only the rules: which model is unknown."""
+    root, _ = lm_run
+    packed = tern_jax.load_ternary(root / "tern_seed0")
+    tern_jax.save_ternary(tmp_path / "bare", packed)
+    assert set(read_origin(tmp_path / "bare")) == {"rules"}
+    status = main([command, "--workdir", str(root / "run"), "--model", "tern/seed0",
+                   "--packed", str(tmp_path / "bare")])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "does not record its model, variant and seed" in err
+    assert "tern-jax export --model tern/seed0" in err
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
@@ -90,7 +105,7 @@ def test_eval_of_an_export_gives_the_figures_of_its_model(lm_run, capsys):
 
 def test_eval_refuses_weights_of_another_architecture_naming_the_parameter(lm_run, capsys,
                                                                           tmp_path):
-    """An export written before origins (nothing to compare) of a wider transformer."""
+    """An export that says it is tern/seed0 of transformer_tiny but holds a wider model."""
     from flax import nnx
 
     from tern_jax.models.transformer import Transformer, transformer_config
@@ -98,7 +113,8 @@ def test_eval_refuses_weights_of_another_architecture_naming_the_parameter(lm_ru
     root, _ = lm_run
     wide = Transformer(transformer_config("transformer_small"), rngs=nnx.Rngs(0))
     tern_jax.save_ternary(tmp_path / "wide", {"params": nnx.to_pure_dict(
-        nnx.state(wide, nnx.Param))})
+        nnx.state(wide, nnx.Param))}, origin={"model": "transformer_tiny", "variant": "tern",
+                                              "seed": 0})
     status = main(["eval", "--workdir", str(root / "run"), "--model", "tern/seed0",
                    "--packed", str(tmp_path / "wide")])
     err = capsys.readouterr().err

@@ -3,8 +3,8 @@
 import dataclasses
 import json
 import shutil
-import warnings
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +17,7 @@ from tern_jax.train import (
     train_and_evaluate,
 )
 from tern_jax.train.metrics import read
+from tern_jax.train.run_folder import UnverifiedCheckpointWarning, unverified_restores
 
 
 def _config(**changes):
@@ -128,15 +129,113 @@ def test_a_damaged_run_on_the_command_line_warns_in_one_line(finished, tmp_path,
     assert "Traceback" not in captured.err
 
 
-def test_checkpoints_without_integrity_files_load_unverified(finished, tmp_path):
+def _drop_integrity(run, epochs=(1, 2)):
+    for epoch in epochs:
+        (run / "checkpoints" / str(epoch) / "integrity.json").unlink()
+
+
+def _params(restored):
+    return np.asarray(jax.tree.leaves(restored.state.params)[0])
+
+
+def test_a_checkpoint_without_its_integrity_file_is_refused_naming_it(finished, tmp_path):
     run = _copy(finished, tmp_path)
-    for f in (run / "checkpoints").rglob("integrity.json"):
-        f.unlink()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    _drop_integrity(run)
+    with pytest.raises(CheckpointDamaged) as info:
+        restore_run(run)
+    message = str(info.value)
+    assert "\n" not in message
+    for epoch in (1, 2):
+        assert f"{run / 'checkpoints' / str(epoch) / 'integrity.json'} is missing" in message
+    assert "--unverified (verify=False)" in message
+    with pytest.raises(CheckpointDamaged, match=r"2/integrity.json is missing"):
+        restore_run(run, epoch=2)
+
+
+def test_a_newest_checkpoint_without_its_integrity_file_falls_back(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    _drop_integrity(run, epochs=(2,))
+    with pytest.warns(DamagedCheckpointWarning, match=r"2/integrity.json is missing.*epoch 1"):
         restored = restore_run(run)
+    assert restored.epoch == 1
+
+
+def test_an_integrity_file_of_another_form_is_refused(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    step_dir = run / "checkpoints" / "2"
+    record = json.loads((step_dir / "integrity.json").read_text())
+    # a file list of bare SHA-256 strings: it names no sizes, so it is not this format's
+    record["files"] = {name: r["sha256"] for name, r in record["files"].items()}
+    (step_dir / "integrity.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointDamaged, match=r"the record of .*2/.* is '[0-9a-f]{64}', not"):
+        restore_run(run, epoch=2)
+    del record["files"]
+    (step_dir / "integrity.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointDamaged, match=r"2/integrity.json is unreadable \(KeyError"):
+        restore_run(run, epoch=2)
+
+
+def test_verify_false_restores_a_checkpoint_without_its_integrity_file(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    _drop_integrity(run)
+    with pytest.warns(UnverifiedCheckpointWarning, match=r"2 restored unverified"):
+        restored = restore_run(run, verify=False)
     assert restored.epoch == 2
-    assert any("unverified" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(_params(restored), _params(restore_run(finished)))
+    with unverified_restores(), pytest.warns(UnverifiedCheckpointWarning):
+        assert restore_run(run).epoch == 2
+    with unverified_restores(), pytest.raises(CheckpointDamaged, match="integrity.json is "
+                                              "missing"):
+        restore_run(run, verify=True)  # an explicit argument wins over the block
+    with pytest.raises(TypeError, match="verify must be True or False, got 'no'"):
+        restore_run(run, verify="no")
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_the_command_line_refuses_it_in_one_line_and_unverified_restores_it(
+        finished, tmp_path, capsys, command):
+    from tern_jax import cli
+
+    run = _copy(finished, tmp_path)
+    _drop_integrity(run)
+    args = [command, "--workdir", str(run)]
+    if command == "export":
+        args += ["--model", "tern/seed0", "--out", str(tmp_path / "packed")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tern-jax: error: no usable checkpoint: ")
+    assert "2/integrity.json is missing" in err[0] and "--unverified" in err[0]
+    assert cli.main(args + ["--unverified"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tern-jax: warning: ")
+    assert "restored unverified" in err[0]
+    if command == "eval":
+        assert "epoch 2," in captured.out
+    else:
+        assert (tmp_path / "packed" / "meta" / "metadata").is_file()
+
+
+def test_train_resume_unverified_continues_a_run_without_integrity_files(finished, tmp_path,
+                                                                         capsys):
+    from tern_jax import cli
+
+    run = _copy(finished, tmp_path)
+    _drop_integrity(run)
+    config = _config(epochs=3)
+    sets = [f"{k}={v}" for k, v in (
+        ("train_subset", 128), ("test_subset", 64), ("epochs", 3), ("batch_size", 32),
+        ("progress", False), ("checkpoint_every", 1), ("keep_checkpoints", 3),
+        ("variants", "tern"), ("schedule", "constant"))]
+    args = ["train", "--workdir", str(run), "--resume"] + [a for s in sets for a in ("--set", s)]
+    assert cli.main(args) == 2
+    assert "integrity.json is missing" in capsys.readouterr().err
+    assert cli.main(args + ["--unverified"]) == 0
+    assert "restored unverified" in capsys.readouterr().err
+    assert latest_checkpoint(run) == 3 and [r["epoch"] for r in read(run)] == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["epochs"] == config.epochs
+    # the checkpoint written by the resumed run carries its integrity file again
+    assert (run / "checkpoints" / "3" / "integrity.json").is_file()
 
 
 def test_a_new_run_refuses_a_folder_of_unrelated_files_and_leaves_it_untouched(tmp_path):

@@ -27,11 +27,14 @@ class Restored(NamedTuple):
     folder: RunFolder
 
 
-def restore_run(workdir, epoch: int | None = None) -> Restored:
+def restore_run(workdir, epoch: int | None = None, *, verify: bool | None = None) -> Restored:
     """The models of a finished or interrupted run, from its newest intact checkpoint.
 
     A multi-stage run folder resolves to its last stage (the ternary models of the two-stage
-    recipe); pass ``WORKDIR/pretrain`` for its full-precision models.
+    recipe); pass ``WORKDIR/pretrain`` for its full-precision models. ``verify=False``
+    restores without the integrity checks (:meth:`RunFolder.restore`), e.g. a checkpoint
+    whose ``integrity.json`` was lost (``--unverified`` on the command line); ``None`` is
+    ``True`` except inside :func:`tern_jax.train.run_folder.unverified_restores`.
     """
     folder = final_stage(RunFolder(workdir))
     config = folder.read_config()
@@ -45,7 +48,7 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
     stack = ModelStack.from_config(config, task, steps_per_epoch=1)
     manager = folder.manager(config.keep_checkpoints)
     try:
-        epoch, state = folder.restore(manager, stack.abstract_state(), epoch)
+        epoch, state = folder.restore(manager, stack.abstract_state(), epoch, verify=verify)
     finally:
         manager.close()
     return Restored(config, stack, state, epoch, folder)
