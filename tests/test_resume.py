@@ -8,6 +8,7 @@ evaluate may change; ``config.json`` never claims a run that did not happen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.runs import copy_run, short_run
 
 from tern_jax import cli
-from tern_jax.train import quickstart_config, run, train_and_evaluate
+from tern_jax.train import run, train_and_evaluate
 from tern_jax.train.config import differences
 from tern_jax.train.metrics import read
 
@@ -26,11 +28,9 @@ REPO = Path(__file__).parent.parent
 QUIET = {"log": lambda *_: None}
 
 
-def _small(**changes):
-    base = dataclasses.replace(quickstart_config(), train_subset=128, test_subset=64, epochs=1,
-                               batch_size=32, progress=False, checkpoint_every=1,
-                               variants=("tern",))
-    return dataclasses.replace(base, **changes)
+# one ternary model, one epoch of 128 examples (a call may change any field)
+_small = functools.partial(short_run, train_subset=128, test_subset=64, epochs=1,
+                           variants=("tern",))
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,6 @@ def one_epoch(tmp_path_factory):
     return root
 
 
-def _copy(one_epoch, name, tmp_path) -> Path:
-    import shutil
-
-    target = tmp_path / name
-    shutil.copytree(one_epoch / name, target)
-    return target
-
-
 def test_differences_names_each_changed_field_with_both_values():
     a, b = _small(), _small(epochs=3, seeds=(0, 1), progress=True)
     assert differences(a, b) == {"seeds": ((0,), (0, 1)), "epochs": (1, 3),
@@ -60,7 +52,7 @@ def test_differences_names_each_changed_field_with_both_values():
 
 def test_more_epochs_of_a_cosine_run_are_refused_and_config_json_kept(one_epoch, tmp_path):
     """Cosine decays over all epochs: epoch 1 of a 2-epoch run is not epoch 1 of this one."""
-    workdir = _copy(one_epoch, "cosine", tmp_path)
+    workdir = copy_run(one_epoch / "cosine", tmp_path)
     before = (workdir / "config.json").read_text()
     with pytest.raises(ValueError, match=r"epochs \(1 -> 2: the cosine schedule spans every "
                                          r"epoch.*another --workdir"):
@@ -73,7 +65,7 @@ def test_more_epochs_of_a_multistep_run_equal_a_run_started_with_them(one_epoch,
     """Multistep milestones are in epochs: extending 1 -> 2 epochs gives the metrics of a run
     started with 2, so config.json may say epochs=2."""
     config = _small(schedule="multistep", milestones=((1, 0.1),), epochs=2)
-    extended = _copy(one_epoch, "multistep", tmp_path)
+    extended = copy_run(one_epoch / "multistep", tmp_path)
     train_and_evaluate(config, extended, resume=True, **QUIET)
     train_and_evaluate(config, tmp_path / "fresh", **QUIET)
     got, want = read(extended), read(tmp_path / "fresh")
@@ -87,7 +79,7 @@ def test_more_epochs_of_a_multistep_run_equal_a_run_started_with_them(one_epoch,
 
 
 def test_fewer_epochs_than_already_run_are_refused(one_epoch, tmp_path):
-    workdir = _copy(one_epoch, "multistep", tmp_path)
+    workdir = copy_run(one_epoch / "multistep", tmp_path)
     train_and_evaluate(_small(schedule="multistep", milestones=((1, 0.1),), epochs=2), workdir,
                        resume=True, **QUIET)
     with pytest.raises(ValueError, match=r"epochs \(2 -> 1: the run already trained 2\)"):
@@ -96,7 +88,7 @@ def test_fewer_epochs_than_already_run_are_refused(one_epoch, tmp_path):
 
 
 def test_every_field_that_shaped_the_run_is_named(one_epoch, tmp_path):
-    workdir = _copy(one_epoch, "cosine", tmp_path)
+    workdir = copy_run(one_epoch / "cosine", tmp_path)
     changed = _small(seeds=(1,), batch_size=16, variants=("fp", "tern"), optimizer="adam",
                      train_subset=96, model="resnet20", augment=True, eval_every=2)
     with pytest.raises(ValueError) as refused:
@@ -109,7 +101,7 @@ def test_every_field_that_shaped_the_run_is_named(one_epoch, tmp_path):
 
 
 def test_fields_that_do_not_shape_the_run_may_change(one_epoch, tmp_path):
-    workdir = _copy(one_epoch, "cosine", tmp_path)
+    workdir = copy_run(one_epoch / "cosine", tmp_path)
     changed = _small(progress=True, checkpoint_every=3, keep_checkpoints=4, eval_batch_size=16)
     results = train_and_evaluate(changed, workdir, resume=True, **QUIET)
     assert results["epochs"] == 1
@@ -162,7 +154,7 @@ def test_distributed_without_a_cluster_names_what_to_set(tmp_path):
 
 
 def test_the_command_line_refuses_a_changed_resume_with_one_line(one_epoch, tmp_path, capsys):
-    workdir = _copy(one_epoch, "cosine", tmp_path)
+    workdir = copy_run(one_epoch / "cosine", tmp_path)
     flags = ["train", "--config", "quickstart", "--workdir", str(workdir), "--resume"]
     flags += [a for k, v in {"train_subset": 128, "test_subset": 64, "batch_size": 32,
                              "progress": "false", "checkpoint_every": 1, "variants": "tern",

@@ -1,30 +1,26 @@
 """Run folders: verified checkpoints, fallback on damage, folders that move."""
 
-import dataclasses
+import functools
 import json
-import shutil
 
 import jax
 import numpy as np
 import pytest
+from helpers.runs import copy_run, short_run
 
 from tern_jax.train import (
     CheckpointDamaged,
     DamagedCheckpointWarning,
     latest_checkpoint,
-    quickstart_config,
     restore_run,
     train_and_evaluate,
 )
 from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import UnverifiedCheckpointWarning, unverified_restores
 
-
-def _config(**changes):
-    base = dataclasses.replace(quickstart_config(), train_subset=128, test_subset=64, epochs=2,
-                               batch_size=32, progress=False, checkpoint_every=1,
-                               keep_checkpoints=3, variants=("tern",), schedule="constant")
-    return dataclasses.replace(base, **changes)
+# one ternary model, two epochs of 128 examples, every checkpoint kept (a call may change any)
+_config = functools.partial(short_run, train_subset=128, test_subset=64, keep_checkpoints=3,
+                            variants=("tern",), schedule="constant")
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +28,6 @@ def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run") / "run"
     train_and_evaluate(_config(), workdir, log=lambda *_: None)
     return workdir
-
-
-def _copy(finished, tmp_path):
-    target = tmp_path / "copy"
-    shutil.copytree(finished, target)
-    return target
 
 
 def _array_files(step_dir):
@@ -65,7 +55,7 @@ def test_every_checkpoint_carries_a_hash_per_array(finished):
 
 
 def test_a_moved_run_folder_restores_and_resumes(finished, tmp_path):
-    moved = _copy(finished, tmp_path)
+    moved = copy_run(finished, tmp_path)
     assert str(finished) not in (moved / "config.json").read_text()
     restored = restore_run(moved)
     assert restored.epoch == 2
@@ -75,7 +65,7 @@ def test_a_moved_run_folder_restores_and_resumes(finished, tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete_metadata"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished, tmp_path, damage):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     step_dir = run / "checkpoints" / "2"
     target = _array_files(step_dir)[0]
     if damage == "flip":
@@ -90,7 +80,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished, tm
 
 
 def test_resume_after_damage_never_trains_on_it(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     for path in _array_files(run / "checkpoints" / "2"):
         _flip_bytes(path)
     with pytest.warns(DamagedCheckpointWarning):
@@ -103,7 +93,7 @@ def test_resume_after_damage_never_trains_on_it(finished, tmp_path):
 
 
 def test_no_usable_checkpoint_names_the_damaged_files(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     damaged = []
     for epoch in (2, 1):
         path = _array_files(run / "checkpoints" / str(epoch))[0]
@@ -118,7 +108,7 @@ def test_no_usable_checkpoint_names_the_damaged_files(finished, tmp_path):
 def test_a_damaged_run_on_the_command_line_warns_in_one_line(finished, tmp_path, capsys):
     from tern_jax import cli
 
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     path = _array_files(run / "checkpoints" / "2")[0]
     _flip_bytes(path)
     assert cli.main(["eval", "--workdir", str(run)]) == 0
@@ -139,7 +129,7 @@ def _params(restored):
 
 
 def test_a_checkpoint_without_its_integrity_file_is_refused_naming_it(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     _drop_integrity(run)
     with pytest.raises(CheckpointDamaged) as info:
         restore_run(run)
@@ -153,7 +143,7 @@ def test_a_checkpoint_without_its_integrity_file_is_refused_naming_it(finished, 
 
 
 def test_a_newest_checkpoint_without_its_integrity_file_falls_back(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     _drop_integrity(run, epochs=(2,))
     with pytest.warns(DamagedCheckpointWarning, match=r"2/integrity.json is missing.*epoch 1"):
         restored = restore_run(run)
@@ -161,7 +151,7 @@ def test_a_newest_checkpoint_without_its_integrity_file_falls_back(finished, tmp
 
 
 def test_an_integrity_file_of_another_form_is_refused(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     step_dir = run / "checkpoints" / "2"
     record = json.loads((step_dir / "integrity.json").read_text())
     # a file list of bare SHA-256 strings: it names no sizes, so it is not this format's
@@ -176,7 +166,7 @@ def test_an_integrity_file_of_another_form_is_refused(finished, tmp_path):
 
 
 def test_verify_false_restores_a_checkpoint_without_its_integrity_file(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     _drop_integrity(run)
     with pytest.warns(UnverifiedCheckpointWarning, match=r"2 restored unverified"):
         restored = restore_run(run, verify=False)
@@ -196,7 +186,7 @@ def test_the_command_line_refuses_it_in_one_line_and_unverified_restores_it(
         finished, tmp_path, capsys, command):
     from tern_jax import cli
 
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     _drop_integrity(run)
     args = [command, "--workdir", str(run)]
     if command == "export":
@@ -220,7 +210,7 @@ def test_train_resume_unverified_continues_a_run_without_integrity_files(finishe
                                                                          capsys):
     from tern_jax import cli
 
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     _drop_integrity(run)
     config = _config(epochs=3)
     sets = [f"{k}={v}" for k, v in (

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers.runs import command
+from helpers.runs import command, short_run
 from jax.sharding import Mesh
 
 from tern_jax import cli
@@ -22,7 +22,6 @@ from tern_jax.train import (
     latest_checkpoint,
     load_config,
     override,
-    quickstart_config,
     restore_run,
     run,
     train_and_evaluate,
@@ -35,19 +34,13 @@ from tern_jax.train.task import DeviceResident, Streamed
 REPO = Path(__file__).parent.parent
 
 
-def _small(**changes):
-    base = dataclasses.replace(quickstart_config(), train_subset=256, test_subset=96, epochs=2,
-                               batch_size=32, progress=False, checkpoint_every=1)
-    return dataclasses.replace(base, **changes)
-
-
 def _env():
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     return env
 
 
 def test_quickstart_trains_both_variants_and_writes_run_files(tmp_path):
-    results = train_and_evaluate(_small(epochs=3), tmp_path, log=lambda *_: None)
+    results = train_and_evaluate(short_run(epochs=3), tmp_path, log=lambda *_: None)
     assert set(results["variants"]) == {"fp", "tern"}
     assert results["variants"]["fp"]["mean"] > 0.5  # 10 classes: chance is 0.1
     assert results["variants"]["tern"]["mean"] > 0.3
@@ -64,31 +57,31 @@ def test_quickstart_trains_both_variants_and_writes_run_files(tmp_path):
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # orbax needs absolute paths; the trainer must resolve them
     # a constant rate: more epochs leave the epoch already run as it was
-    train_and_evaluate(_small(epochs=1, schedule="constant"), "runs/relative",
+    train_and_evaluate(short_run(epochs=1, schedule="constant"), "runs/relative",
                        log=lambda *_: None)
     assert latest_checkpoint("runs/relative") == 1
-    results = train_and_evaluate(_small(epochs=2, schedule="constant"), "runs/relative",
+    results = train_and_evaluate(short_run(epochs=2, schedule="constant"), "runs/relative",
                                  resume=True, log=lambda *_: None)
     assert results["epochs"] == 2
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
-    train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
+    train_and_evaluate(short_run(epochs=1), tmp_path, log=lambda *_: None)
     before = (tmp_path / "metrics.jsonl").read_text()
     with pytest.raises(FileExistsError, match="--resume"):
-        train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
+        train_and_evaluate(short_run(epochs=1), tmp_path, log=lambda *_: None)
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
+    train_and_evaluate(short_run(epochs=1), tmp_path, log=lambda *_: None)
     with pytest.raises(ValueError, match="learning_rate"):
-        train_and_evaluate(_small(epochs=2, learning_rate=0.5), tmp_path, resume=True,
+        train_and_evaluate(short_run(epochs=2, learning_rate=0.5), tmp_path, resume=True,
                            log=lambda *_: None)
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path):
-    config = _small(learning_rate=1e30, schedule="constant", epochs=2, variants=("fp",))
+    config = short_run(learning_rate=1e30, schedule="constant", epochs=2, variants=("fp",))
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ of 8 for model fp/seed0"):
         train_and_evaluate(config, tmp_path, log=lambda *_: None)
 
@@ -116,13 +109,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_usable(tmp_path):
-    train_and_evaluate(_small(epochs=1, schedule="constant"), tmp_path, log=lambda *_: None)
+    train_and_evaluate(short_run(epochs=1, schedule="constant"), tmp_path, log=lambda *_: None)
     # what a kill during orbax's save of epoch 2 leaves behind: an uncommitted temporary folder
     partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
     (partial / "default").mkdir(parents=True)
     (partial / "default" / "garbage").write_bytes(b"\x00" * 100)
     assert latest_checkpoint(tmp_path) == 1
-    results = train_and_evaluate(_small(epochs=2, schedule="constant"), tmp_path, resume=True,
+    results = train_and_evaluate(short_run(epochs=2, schedule="constant"), tmp_path, resume=True,
                                  log=lambda *_: None)
     assert results["epochs"] == 2 and latest_checkpoint(tmp_path) == 2
 
@@ -139,13 +132,13 @@ def test_eight_device_data_parallel_matches_one_device():
 
 
 def test_streaming_path_trains(tmp_path):
-    results = train_and_evaluate(_small(stream=True, eval_batch_size=40), tmp_path,
+    results = train_and_evaluate(short_run(stream=True, eval_batch_size=40), tmp_path,
                                  log=lambda *_: None)
     assert results["variants"]["fp"]["mean"] > 0.3
 
 
 def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_path):
-    base = _small(variants=("fp", "tern_pc"), epochs=1, checkpoint_every=0)
+    base = short_run(variants=("fp", "tern_pc"), epochs=1, checkpoint_every=0)
     plain = train_and_evaluate(base, tmp_path / "plain", log=lambda *_: None)
     distilled = train_and_evaluate(dataclasses.replace(base, distill_weight=1.0),
                                    tmp_path / "distilled", log=lambda *_: None)
@@ -263,8 +256,8 @@ def test_config_overrides_parse_types_and_reject_unknown_fields():
 
 def test_every_form_of_image_inputs_follows_its_protocol():
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    device = load_inputs(_small(), [0], mesh)
-    streamed = load_inputs(_small(stream=True), [0], mesh)
+    device = load_inputs(short_run(), [0], mesh)
+    streamed = load_inputs(short_run(stream=True), [0], mesh)
     assert isinstance(device, DeviceResident) and not device.streamed
     assert isinstance(streamed, Streamed) and streamed.streamed
     assert not isinstance(device, Streamed) and not isinstance(streamed, DeviceResident)
@@ -313,7 +306,7 @@ def test_cli_reports_bad_config_path_clearly(capsys):
 
 def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
     def first_losses(step, **changes):
-        trainer = Trainer(_small(seeds=(0,), **changes))
+        trainer = Trainer(short_run(seeds=(0,), **changes))
         idx, keys = trainer.inputs.epoch_plan(0)
         _, metrics = trainer.step_at(trainer.init_state(), trainer.inputs.arrays, idx[0],
                                      keys[0], np.int32(step))
@@ -327,13 +320,13 @@ def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
     np.testing.assert_allclose(done, plain, rtol=1e-6)
     with pytest.raises(ValueError, match=r"threshold_warmup_start must be a number in \[0, 1\], "
                                          "got 1.5"):
-        _small(threshold_warmup=2.0, threshold_warmup_start=1.5)
+        short_run(threshold_warmup=2.0, threshold_warmup_start=1.5)
 
 
 @pytest.fixture(scope="module")
 def two_stage(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_stage")
-    config = _small(epochs=2, finetune_epochs=1, finetune_learning_rate=0.01)
+    config = short_run(epochs=2, finetune_epochs=1, finetune_learning_rate=0.01)
     return config, workdir, run(config, workdir, log=lambda *_: None)
 
 
@@ -377,7 +370,7 @@ def test_two_stage_restores_the_ternary_stage_without_data(two_stage, monkeypatc
 
 def test_the_loop_alone_refuses_a_two_stage_config(tmp_path):
     with pytest.raises(ValueError, match="tern_jax.train.run"):
-        train_and_evaluate(_small(finetune_epochs=1), tmp_path, log=lambda *_: None)
+        train_and_evaluate(short_run(finetune_epochs=1), tmp_path, log=lambda *_: None)
 
 
 def test_two_stage_plot_and_collect_read_both_stages(two_stage):
@@ -409,14 +402,14 @@ def test_two_stage_plot_and_collect_read_both_stages(two_stage):
 
 def test_two_stage_config_checks():
     with pytest.raises(ValueError, match="needs a ternary variant"):
-        _small(variants=("fp",), finetune_epochs=2)
+        short_run(variants=("fp",), finetune_epochs=2)
     with pytest.raises(ValueError, match="finetune_schedule"):
-        _small(finetune_epochs=2, finetune_schedule="multistep")
+        short_run(finetune_epochs=2, finetune_schedule="multistep")
 
 
 def test_scanned_chunks_match_single_steps_with_threshold_warmup(tmp_path):
     """The GPU/TPU path (steps inside lax.scan, model axis vmapped) against the CPU path."""
-    base = _small(epochs=1, threshold_warmup=1.0, checkpoint_every=0)
+    base = short_run(epochs=1, threshold_warmup=1.0, checkpoint_every=0)
     single = train_and_evaluate(dataclasses.replace(base, scan_steps=1, model_axis="unroll"),
                                 tmp_path / "single", log=lambda *_: None)
     scanned = train_and_evaluate(dataclasses.replace(base, scan_steps=3, model_axis="vmap"),

@@ -27,6 +27,28 @@ def small_config(**changes):
     return dataclasses.replace(base, **changes)
 
 
+def short_run(*, train_subset=256, test_subset=96, epochs=2, **changes):
+    """The quickstart's digits run cut short: ``train_subset``/``test_subset`` examples,
+    ``epochs`` epochs of batches of 32, a checkpoint every epoch, no progress bar; ``changes``
+    replace any other field."""
+    from tern_jax.train import quickstart_config
+
+    fields = {"train_subset": train_subset, "test_subset": test_subset, "epochs": epochs,
+              "batch_size": 32, "progress": False, "checkpoint_every": 1}
+    return dataclasses.replace(quickstart_config(), **(fields | changes))
+
+
+def copy_run(folder, tmp_path):
+    """A copy of the run folder ``folder`` in ``tmp_path`` (same name), to damage or extend
+    without touching a run other tests share."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(tmp_path) / Path(folder).name
+    shutil.copytree(folder, target)
+    return target
+
+
 def data_parallel_losses(devices, steps: int = 4):
     """Per-step losses (steps, models) and test accuracy of a run sharded over ``devices``."""
     import numpy as np
