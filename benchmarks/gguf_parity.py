@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from tern_jax import fs
+from tern_jax.data.specs import dataset_spec
 from tern_jax.data.text import eval_windows
 from tern_jax.export import to_gguf
 from tern_jax.models.transformer import Transformer, generate
@@ -38,7 +39,6 @@ from tern_jax.nnx_utils import ternarized, with_params
 from tern_jax.train import restore_run
 from tern_jax.train.config import variant_rules
 from tern_jax.train.language_model import model_config, seq_len
-from tern_jax.train.text_inputs import load_text_dataset
 
 
 def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     models = {"a8": ternarized(model, rules, unused="ignore"),
               "fp_acts": ternarized(model, without, unused="ignore")}
 
-    dataset = load_text_dataset(config)
+    dataset = dataset_spec(config.dataset).open(config)  # the run's corpus, as the trainer reads it
     windows = eval_windows(dataset.validation, seq_len(config),
                            args.windows or config.test_subset).astype(np.int32)
     inputs, targets = windows[:, :-1], windows[:, 1:]
