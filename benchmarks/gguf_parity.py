@@ -36,9 +36,6 @@ from tern_jax.export import to_gguf
 from tern_jax.models.transformer import Transformer, generate
 from tern_jax.nnx_utils import ternarized, with_params
 from tern_jax.train import restore_run
-from tern_jax.train.config import variant_rules
-from tern_jax.train.language_model import model_config, seq_len
-from tern_jax.train.text_inputs import load_text_dataset
 
 
 def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -93,16 +90,16 @@ def main(argv=None) -> dict:
     slot = next(s for s in config.slots if s.name == args.model)
     i = config.slots.index(slot)
     params = jax.tree.map(lambda a: np.asarray(a[i]), restored.state.params)
-    rules = variant_rules(slot.variant, config.model)
-    tconfig = model_config(config)
+    rules = restored.resolved.family.rules(slot.variant)
+    tconfig = restored.stack.task.config
     model = with_params(nnx.eval_shape(lambda: Transformer(tconfig, rngs=nnx.Rngs(0))), params)
     without = tuple(dataclasses.replace(r, activations=None) for r in rules)
     models = {"a8": ternarized(model, rules, unused="ignore"),
               "fp_acts": ternarized(model, without, unused="ignore")}
 
-    dataset = load_text_dataset(config)
-    windows = eval_windows(dataset.validation, seq_len(config),
-                           args.windows or config.test_subset).astype(np.int32)
+    dataset = restored.resolved.dataset.open(config)  # the run's corpus, as the trainer reads it
+    windows = eval_windows(dataset.validation, restored.stack.task.seq_len,
+                           args.windows or config.data.test_subset).astype(np.int32)
     inputs, targets = windows[:, :-1], windows[:, 1:]
     ours = {k: np.asarray(jax.jit(lambda x, m=m: m(x))(inputs)) for k, m in models.items()}
     result = {

@@ -46,8 +46,6 @@ __all__ = ["FORMAT", "CheckpointError", "save_ternary", "load_ternary", "read_or
 FORMAT = "tern_jax.ternary.v1"
 
 META_FILE = "meta/metadata"
-#: What orbax writes at the top of a checkpoint written before the file list existed.
-_LEGACY_TOP_LEVEL = {"arrays", "meta", "_CHECKPOINT_METADATA", "commit_success.txt"}
 
 
 class CheckpointError(ValueError):
@@ -125,13 +123,8 @@ def _is_checkpoint(path: Path) -> bool:
         return False
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return False
-    present = set(files_under(path)) - {META_FILE}
     listed = meta.get("files")
-    if isinstance(listed, dict):
-        return present <= set(listed)
-    # A checkpoint written before the file list: orbax's own entries only at the top.
-    top = {p.name for p in path.iterdir()}
-    return top <= _LEGACY_TOP_LEVEL and (path / "arrays").is_dir()
+    return isinstance(listed, dict) and set(files_under(path)) - {META_FILE} <= set(listed)
 
 
 def _writable_parent(path: Path) -> None:
@@ -278,17 +271,15 @@ def _rule_record(rule) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(rule)))  # tuples become lists
 
 
-def read_origin(path) -> dict | None:
-    """What a packed checkpoint holds, as :func:`save_ternary` recorded it, or ``None``.
+def read_origin(path) -> dict:
+    """What a packed checkpoint holds, as :func:`save_ternary` recorded it.
 
     A dict with ``"rules"`` (each rule's fields) and the ``origin`` given to the save
-    (``tern-jax export`` records ``"model"``, ``"variant"``, ``"seed"`` and ``"run"``).
-    ``None`` for a checkpoint written before the origin was recorded. Raises
-    :class:`CheckpointError` for a path that is not a packed checkpoint.
+    (``tern-jax export`` records ``"model"``, ``"variant"``, ``"seed"``, ``"run"`` and
+    ``"epoch"``). Raises :class:`CheckpointError` for a path that is not a packed checkpoint,
+    or one whose metadata records no origin.
     """
-    meta = _read_meta(_as_path(path, "read_origin"))
-    origin = meta.get("origin")
-    return origin if isinstance(origin, dict) else None
+    return _read_meta(_as_path(path, "read_origin"))["origin"]
 
 
 def _insert(tree: dict, keys, value):
@@ -325,9 +316,18 @@ def _read_meta(path: Path) -> dict:
     ok = isinstance(leaves, list) and all(
         isinstance(e, dict) and e.get("kind") in _LEAF_KEYS
         and all(k in e for k in _LEAF_KEYS[e["kind"]]) for e in leaves)
-    if not ok or not isinstance(meta.get("files", {}), dict):
+    if not ok:
         raise CheckpointError(f"{meta_file} is corrupt (its leaf list is malformed); the "
                               "checkpoint cannot be read")
+    origin = meta.get("origin")
+    for key, good in (("files", isinstance(meta.get("files"), dict)),
+                      ("origin", isinstance(origin, dict)
+                       and isinstance(origin.get("rules"), list))):
+        if not good:  # save_ternary always writes both: without them nothing can be checked
+            raise CheckpointError(
+                f"{meta_file} records no {key!r}, which save_ternary always writes; the "
+                "checkpoint cannot be verified. Write it again with tern_jax.save_ternary "
+                "(or tern-jax export)")
     return meta
 
 
@@ -377,8 +377,7 @@ def load_ternary(path, *, dtype=None, codes: bool = False):
     if not isinstance(codes, bool):
         raise TypeError(f"load_ternary: codes must be True or False, got {codes!r}")
     meta = _read_meta(path)
-    if "files" in meta:
-        _verify_files(path, meta["files"])
+    _verify_files(path, meta["files"])
     ocp = _orbax()
     try:
         with fs.quiet_libraries(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

@@ -15,7 +15,9 @@ Subcommands::
 Every subcommand takes ``--debug``. A wrong flag, ``--set`` field or path ends with exit status
 2 and one line on stderr (``tern-jax: error: ...``); ``--debug`` shows the traceback instead.
 ``train`` stopped by SIGTERM saves the epoch in progress and exits with status 143;
-``--resume`` continues it.
+``--resume`` continues it. A checkpoint is restored only once its ``integrity.json`` vouches
+for it; ``--unverified`` (``train --resume``, ``eval``, ``export``, ``sample``) restores one
+whose ``integrity.json`` was lost, unchecked.
 Nothing the command line did not write is replaced: a new run's ``--workdir`` must be new,
 empty or an earlier run's folder, and plots and exports never overwrite a user's file.
 
@@ -126,7 +128,7 @@ def _train_checked(args, config, run, main: bool = True) -> int:
     if args.plot:
         _needs_matplotlib()
         _check_plot_out(Path(args.workdir) / "curves.png")
-    run(config, args.workdir, resume=args.resume)
+    run(config, args.workdir, resume=args.resume, verify=not args.unverified)
     if args.plot and main:
         from tern_jax.report import plot_runs
 
@@ -159,7 +161,7 @@ def _eval(args) -> int:
                          "whose export --packed holds, e.g. --model tern/seed0")
     from tern_jax.train import Trainer, restore_run
 
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     trainer = Trainer(restored.config, resolved=restored.resolved)
     state, shown = restored.state, range(len(trainer.names))
     if args.packed is not None:  # that model's weights replaced by its export's
@@ -177,14 +179,19 @@ def _eval(args) -> int:
 
 
 def _load_packed(path, restored, slot) -> dict:
-    """A packed export (tern-jax export) of ``slot`` of the run; another model's is refused."""
+    """A packed export (tern-jax export) of ``slot`` of the run; another model's, or one that
+    does not record which model it holds, is refused."""
     import tern_jax
     from tern_jax.checkpoint import read_origin
 
-    origin = read_origin(path) or {}  # an export written before origins: nothing to compare
+    origin = read_origin(path)
     held = (origin.get("model"), origin.get("variant"), origin.get("seed"))
     wanted = (restored.config.model.name, slot.variant, slot.seed)
-    if origin.get("model") is not None and held != wanted:
+    if None in held:
+        raise UsageError(
+            f"--packed {path} does not record its model, variant and seed (it was not written "
+            f"by tern-jax export); pass the export of {slot} (tern-jax export --model {slot})")
+    if held != wanted:
         raise UsageError(
             f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
             f"{wanted[0]}; pass the export of {slot} (tern-jax export --model {slot})")
@@ -227,7 +234,7 @@ def _export(args) -> int:
     from tern_jax.presets import is_full_precision_rules
     from tern_jax.train import restore_run
 
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     family, model = restored.resolved.family, restored.config.model.name
     if args.format not in family.exports:
         raise UsageError(f"{args.workdir} trained {model!r}, a model of {family.task_name}, "
@@ -293,7 +300,7 @@ def _sample(args) -> int:
         raise UsageError(f"{args.workdir} trained {saved.model.name!r}, a model of "
                          f"{family.task_name}, which does not sample text; sample needs the "
                          "run of a language model (model.name='transformer_*')")
-    restored = restore_run(args.workdir, args.epoch)
+    restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
     slot, i = _pick_model(restored, args.model, args.workdir)
     rules = restored.resolved.family.rules(slot.variant)
     if args.packed is not None:  # the weights of `tern-jax export`, dequantized
@@ -382,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
 
+    unverified = {"action": "store_true", "help": "restore a checkpoint whose integrity.json "
+                  "is missing, without checking its files and arrays"}
+
     p = add("quickstart", help="offline demo on scikit-learn's digits")
     p.add_argument("--workdir", default="runs/quickstart")
     p.set_defaults(fn=_quickstart)
@@ -394,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field by its dotted path, e.g. --set "
                         "schedule.epochs=10 --set seeds=0,1 --set model.kwargs.d_model=128")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--unverified", **unverified)
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-host job detected by JAX (TPU pod slice, Slurm)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
@@ -413,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="with --packed: the model it replaces")
     p.add_argument("--packed", default=None,
                    help="evaluate this packed checkpoint (tern-jax export) of --model")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_eval)
 
     p = add("export", help="write one model as a packed ternary checkpoint")
@@ -427,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="tq2_0",
                    help="GGUF type of the ternary kernels (--format gguf): a name of "
                         "tern_jax.export.GGUF_TYPES, default tq2_0")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_export)
 
     p = add("sample", help="generate text with a trained language model")
@@ -444,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--packed", default=None,
                    help="sample from this packed checkpoint (tern-jax export) of the model")
+    p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_sample)
 
     p = add("summary", help="size/sparsity table of a model under a variant")

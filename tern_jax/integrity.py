@@ -68,20 +68,24 @@ def file_records(root) -> dict[str, dict]:
 def check_files(root, files: dict) -> None:
     """Raises :class:`IntegrityError` naming the first listed file that is missing or changed.
 
-    ``files`` is what :func:`file_records` returned at save time; a bare SHA-256 string per
-    file (run-folder checkpoints written before sizes were recorded) is accepted too.
+    ``files`` is what :func:`file_records` returned at save time: per file a dict with its
+    ``"size"`` and ``"sha256"``. A record of another form is refused, naming the file, since
+    it cannot be checked.
     """
     root = Path(root)
     for name, expected in sorted(files.items()):
-        if isinstance(expected, str):
-            expected = {"sha256": expected}
         path = root / name
+        if not (isinstance(expected, dict) and isinstance(expected.get("size"), int)
+                and isinstance(expected.get("sha256"), str)):
+            raise IntegrityError(
+                f"the record of {path} is {expected!r:.80}, not {{'size': bytes, 'sha256': "
+                "hex}; the file list is damaged or was not written by file_records")
         if not path.is_file():
             raise IntegrityError(f"{path} is missing")
         size = path.stat().st_size
-        if "size" in expected and size != expected["size"]:
+        if size != expected["size"]:
             raise IntegrityError(f"{path} is damaged ({size} bytes, expected {expected['size']})")
-        if fs.file_digest(path) != expected.get("sha256"):
+        if fs.file_digest(path) != expected["sha256"]:
             raise IntegrityError(f"{path} is damaged (fails its SHA-256 check)")
 
 

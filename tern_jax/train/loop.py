@@ -270,12 +270,14 @@ def _check_resumable(folder: RunFolder, config: Config, resume: bool) -> int | N
     return previous
 
 
-def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous, log):
-    """``(start_epoch, state)``: restored, warm-started or fresh."""
+def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous, log,
+                   verify: bool):
+    """``(start_epoch, state)``: restored, warm-started or fresh (``verify``: check what is
+    restored against its integrity records)."""
     if previous is not None:
         manager = folder.manager(config.checkpointing.keep)
         try:
-            epoch, state = folder.restore(manager, trainer.abstract_state())
+            epoch, state = folder.restore(manager, trainer.abstract_state(), verify=verify)
         finally:
             manager.close()
         if distributed.is_main():  # one process moves files; the others only read
@@ -284,7 +286,8 @@ def _initial_state(trainer: Trainer, folder: RunFolder, config: Config, previous
         return epoch, state
     state = trainer.init_state()
     if config.stages.init_from:
-        state = warm_start.from_run(trainer.stack, config, config.stages.init_from)
+        state = warm_start.from_run(trainer.stack, config, config.stages.init_from,
+                                    verify=verify)
     if config.stages.pretrained:
         state = warm_start.from_torchvision(trainer.stack, config, config.stages.pretrained,
                                             state)
@@ -331,7 +334,7 @@ def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int
 
 
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices=None,
-                       log=print, resolved: Resolved | None = None) -> dict:
+                       log=print, resolved: Resolved | None = None, verify: bool = True) -> dict:
     """Trains every model of ``config`` and evaluates each epoch; returns the final results.
 
     ``workdir`` receives ``config.json``, ``metrics.jsonl`` (one line per epoch),
@@ -358,7 +361,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     log = distributed.main_log(log)
     trainer = Trainer(config, devices=devices, resolved=resolved)
     distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
-    start_epoch, state = _initial_state(trainer, folder, config, previous, log)
+    start_epoch, state = _initial_state(trainer, folder, config, previous, log, verify)
     if main:
         folder.write_config(config)
         metrics_lib.truncate(folder.metrics_file, start_epoch)

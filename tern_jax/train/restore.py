@@ -29,11 +29,13 @@ class Restored(NamedTuple):
     folder: RunFolder
 
 
-def restore_run(workdir, epoch: int | None = None) -> Restored:
+def restore_run(workdir, epoch: int | None = None, *, verify: bool = True) -> Restored:
     """The models of a finished or interrupted run, from its newest intact checkpoint.
 
     A multi-stage run folder resolves to its last stage (the ternary models of the two-stage
-    recipe); pass ``WORKDIR/pretrain`` for its full-precision models.
+    recipe); pass ``WORKDIR/pretrain`` for its full-precision models. ``verify=False``
+    restores without the integrity checks (:meth:`RunFolder.restore`), e.g. a checkpoint
+    whose ``integrity.json`` was lost (``--unverified`` on the command line).
     """
     folder = final_stage(RunFolder(workdir))
     config = folder.read_config()
@@ -48,7 +50,7 @@ def restore_run(workdir, epoch: int | None = None) -> Restored:
     stack = ModelStack.from_config(config, task, resolved.family, steps_per_epoch=1)
     manager = folder.manager(config.checkpointing.keep)
     try:
-        epoch, state = folder.restore(manager, stack.abstract_state(), epoch)
+        epoch, state = folder.restore(manager, stack.abstract_state(), epoch, verify=verify)
     finally:
         manager.close()
     return Restored(config, resolved, stack, state, epoch, folder)

@@ -9,9 +9,11 @@ Layout (all paths relative, so a folder copied or moved elsewhere still resumes)
 
 Every checkpoint carries a SHA-256 per file and per array (``integrity.json``), checked on
 restore (files before orbax reads them, arrays after): a damaged latest checkpoint (flipped
-bytes, a truncated or deleted file) is never trained on;
+bytes, a truncated or deleted file, ``integrity.json`` itself missing) is never trained on;
 the previous complete one is used with a warning, and when none is usable the error names
-the damaged files. Checkpoints written before integrity files existed load unverified. The
+the damaged files. Only ``verify=False`` (on the command line ``--unverified``) restores a
+checkpoint without its integrity file, or
+despite its checks, and says so with a warning. The
 scheme is :mod:`tern_jax.integrity`, the packed exports' too. A checkpoint whose parameters
 or shapes differ from the model's (another architecture) is refused before orbax reads it,
 naming the first parameter that differs.
@@ -37,9 +39,10 @@ from tern_jax.integrity import (
 from tern_jax.train.config import Config, from_json
 
 __all__ = ["RunFolder", "CheckpointDamaged", "DamagedCheckpointWarning", "RUN_FILES",
-           "STAGES", "final_stage", "latest_checkpoint"]
+           "STAGES", "UnverifiedCheckpointWarning", "final_stage", "latest_checkpoint"]
 
 INTEGRITY_FILE = "integrity.json"
+INTEGRITY_FORMAT = "tern_jax.integrity.v1"
 
 #: The files of a run folder, each named once here: ``tern_jax.report`` reads them back and
 #: ``experiments/collect.py`` copies them.
@@ -56,6 +59,10 @@ class CheckpointDamaged(RuntimeError):
 
 class DamagedCheckpointWarning(UserWarning):
     """The latest checkpoint is damaged; an earlier intact one is used instead."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint was restored with ``verify=False``, without (or despite) its checks."""
 
 
 def _as_dict(state) -> dict:
@@ -162,7 +169,7 @@ class RunFolder:
         if step_dir.is_dir() and main:
             files = file_records(step_dir)
             write_text_atomic(step_dir / INTEGRITY_FILE,
-                              json.dumps({"format": "tern_jax.integrity.v1", "sha256": digests,
+                              json.dumps({"format": INTEGRITY_FORMAT, "sha256": digests,
                                           "files": files}, indent=1))
 
     def _check_architecture(self, epoch: int, abstract: dict) -> None:
@@ -185,21 +192,35 @@ class RunFolder:
             check_shapes(tree_shapes(abstract[part]), tree_shapes(stored.get(part) or {}),
                          f"the checkpoint {self.checkpoint_dir / str(epoch)}")
 
-    def _restore_one(self, manager, epoch: int, abstract: dict) -> dict:
+    def _read_integrity(self, step_dir: Path) -> dict:
+        """The checkpoint's integrity record; :class:`CheckpointDamaged` naming the file when
+        it is missing or not one that :meth:`save` writes."""
+        integrity = step_dir / INTEGRITY_FILE
+        if not integrity.is_file():
+            raise CheckpointDamaged(
+                f"{integrity} is missing, so the checkpoint cannot be verified; restore that file "
+                "from a copy, or pass --unverified (verify=False) to restore it unchecked")
+        try:
+            record = json.loads(integrity.read_text())
+            ok = (record["format"] == INTEGRITY_FORMAT and isinstance(record["sha256"], dict)
+                  and isinstance(record["files"], dict))
+        except (ValueError, KeyError, TypeError) as e:
+            why = fs.one_line(e, with_type=True, limit=300)
+            raise CheckpointDamaged(f"{integrity} is unreadable ({why})") from e
+        if not ok:
+            raise CheckpointDamaged(f"{integrity} is not a {INTEGRITY_FORMAT} record; restore "
+                                    "that file from a copy, or pass --unverified "
+                                    "(verify=False) to restore the checkpoint unchecked")
+        return record
+
+    def _restore_one(self, manager, epoch: int, abstract: dict, verify: bool) -> dict:
         import orbax.checkpoint as ocp
 
         step_dir = self.checkpoint_dir / str(epoch)
-        integrity = step_dir / INTEGRITY_FILE
-        expected = None
-        if integrity.is_file():
-            try:
-                record = json.loads(integrity.read_text())
-                expected = record["sha256"]
-            except (ValueError, KeyError, TypeError) as e:
-                why = fs.one_line(e, with_type=True, limit=300)
-                raise CheckpointDamaged(f"{integrity} is unreadable ({why})") from e
+        if verify:
+            record = self._read_integrity(step_dir)
             try:  # every file before orbax reads any: a damaged one is named, not a traceback
-                check_files(step_dir, record.get("files", {}))
+                check_files(step_dir, record["files"])
             except IntegrityError as e:
                 raise CheckpointDamaged(str(e)) from None
         self._check_architecture(epoch, abstract)
@@ -209,10 +230,12 @@ class RunFolder:
         except Exception as e:  # tensorstore/orbax raise many types for damaged files
             why = fs.one_line(e, with_type=True, limit=300)
             raise CheckpointDamaged(f"{step_dir}: cannot be read ({why})") from e
-        if expected is None:
-            warnings.warn(f"{step_dir} has no {INTEGRITY_FILE} (written before integrity "
-                          "checks); restored unverified", stacklevel=3)
+        if not verify:
+            warnings.warn(f"{step_dir} restored unverified (verify=False): its files and "
+                          "arrays were not checked against its integrity record",
+                          UnverifiedCheckpointWarning, stacklevel=3)
             return restored
+        expected = record["sha256"]
         got = tree_digests(restored)
         bad = sorted(k for k in expected if got.get(k) != expected[k])
         if bad or set(got) != set(expected):
@@ -221,14 +244,21 @@ class RunFolder:
                                     f"({names or 'the tree structure differs'})")
         return restored
 
-    def restore(self, manager, template, epoch: int | None = None):
+    def restore(self, manager, template, epoch: int | None = None, *,
+                verify: bool = True):
         """``(epoch, state)`` from the newest intact checkpoint (or exactly ``epoch``).
 
         ``template`` is a state (or ``jax.eval_shape`` of one) giving structure, shapes and
         dtypes; arrays come back replicated on ``sharding`` if the template leaves carry one.
-        A damaged newest checkpoint falls back to the previous intact one with a
-        :class:`DamagedCheckpointWarning`; raises :class:`CheckpointDamaged` when none is.
+        A damaged newest checkpoint (a file changed or missing, ``integrity.json`` included)
+        falls back to the previous intact one with a :class:`DamagedCheckpointWarning`;
+        raises :class:`CheckpointDamaged` when none is. ``verify=False`` skips the integrity
+        checks (the newest checkpoint orbax can read is restored, with an
+        :class:`UnverifiedCheckpointWarning`), for a checkpoint whose ``integrity.json`` was
+        lost.
         """
+        if not isinstance(verify, bool):
+            raise TypeError(f"restore: verify must be True or False, got {verify!r}")
         candidates = self.checkpoints() if epoch is None else [epoch]
         if epoch is not None and epoch not in self.checkpoints():
             raise FileNotFoundError(f"{self.path} has no checkpoint of epoch {epoch}; it has "
@@ -240,7 +270,7 @@ class RunFolder:
         damage = []
         for candidate in reversed(candidates):
             try:
-                restored = self._restore_one(manager, candidate, abstract)
+                restored = self._restore_one(manager, candidate, abstract, verify)
             except CheckpointDamaged as e:
                 damage.append(str(e))
                 continue

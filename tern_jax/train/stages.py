@@ -78,7 +78,8 @@ def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
                            epochs_fixed=fixed if stage == STAGES[0] else None)
 
 
-def run(config: Config, workdir, *, resume: bool = False, devices=None, log=print) -> dict:
+def run(config: Config, workdir, *, resume: bool = False, devices=None, log=print,
+        verify: bool = True) -> dict:
     """Trains ``config`` into ``workdir``: one run, or each stage of a two-stage recipe.
 
     A finished stage is not trained again on resume. Returns the (merged) final results: for a
@@ -88,7 +89,7 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     resolved = resolve(config)  # the names, once: every stage receives the objects
     if not config.stages.finetune_epochs:
         return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log,
-                                  resolved=resolved)
+                                  resolved=resolved, verify=verify)
     distributed.check_same_config(config)
     folder = RunFolder(workdir)
     folder.check_trainable()
@@ -107,7 +108,8 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
         f"{_epochs(first_epochs + second_epochs)} in all")
     try:
         first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
-                                   devices=devices, log=log, resolved=resolved)
+                                   devices=devices, log=log, resolved=resolved,
+                                   verify=verify)
     except BaseException:
         if fresh and distributed.is_main() and not RunFolder(folder.path / STAGES[0]).holds_run():
             folder.config_file.unlink(missing_ok=True)
@@ -116,7 +118,8 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
                     folder.path.rmdir()
         raise
     second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,
-                                devices=devices, log=log, resolved=resolved)
+                                devices=devices, log=log, resolved=resolved,
+                                   verify=verify)
     variants = ({FULL_PRECISION: first["variants"][FULL_PRECISION]}
                 if FULL_PRECISION in config.model.variants else {})
     variants.update({v: r for v, r in second["variants"].items()

@@ -19,10 +19,10 @@ from tern_jax.train.stack import ModelStack, TrainState
 __all__ = ["from_run", "from_torchvision"]
 
 
-def from_run(stack: ModelStack, config: Config, run_dir) -> TrainState:
+def from_run(stack: ModelStack, config: Config, run_dir, *, verify: bool = True) -> TrainState:
     """Every model starts from the final weights of the source run's ``stages.init_variant``
     model of its seed (or of the source's first seed when it lacks that seed)."""
-    source = restore_run(run_dir)
+    source = restore_run(run_dir, verify=verify)
     if source.config.model.name != config.model.name:
         raise ValueError(f"stages.init_from run trained {source.config.model.name}, this run "
                          f"{config.model.name}")
