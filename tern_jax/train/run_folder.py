@@ -102,7 +102,8 @@ class RunFolder:
         except (OSError, ValueError):
             return False
         fields = {f.name for f in dataclasses.fields(Config)}
-        return isinstance(saved, dict) and {"name", "model", "variants"} <= set(saved) <= fields
+        return (isinstance(saved, dict) and {"name", "model", "data"} <= set(saved) <= fields
+                and isinstance(saved["model"], dict))
 
     def check_trainable(self) -> None:
         """Refuses a folder a run must not write into: a file, or a folder holding files

@@ -58,7 +58,11 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
-def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
+def _check_two_stage(folder: RunFolder, config: Config, stages, resume: bool) -> None:
+    """Refuses what would lose work in a two-stage folder: a new run over an old one, or a
+    resume that changes a stage already trained (the full-precision epochs may not change
+    once fine-tuning started from them)."""
+    folder.check_trainable()
     saved = folder.read_config()
     if saved is not None and not resume:
         raise FileExistsError(
@@ -66,72 +70,85 @@ def _check_two_stage(folder: RunFolder, config: Config, resume: bool) -> None:
             "--workdir")
     if saved is None:
         return
-    started = RunFolder(folder.path / STAGES[1]).latest_checkpoint()
+    started = stages[1][1].latest_checkpoint()
     fixed = (f"{folder.path}/{STAGES[1]} already fine-tuned {started} epoch(s) from the "
              f"{saved.schedule.epochs}-epoch full-precision models" if started is not None
              else None)
-    for stage, old, new in zip(STAGES, stage_configs(saved, folder.path),
-                               stage_configs(config, folder.path)):
-        done = RunFolder(folder.path / stage).latest_checkpoint()
+    for old, (new, stage) in zip(stage_configs(saved, folder.path), stages):
+        done = stage.latest_checkpoint()
         if done is not None:
-            check_same_run(old, new, done, folder.path / stage,
-                           epochs_fixed=fixed if stage == STAGES[0] else None)
+            check_same_run(old, new, done, stage.path,
+                           epochs_fixed=fixed if stage is stages[0][1] else None)
 
 
-def run(config: Config, workdir, *, resume: bool = False, devices=None, log=print,
-        verify: bool = True) -> dict:
-    """Trains ``config`` into ``workdir``: one run, or each stage of a two-stage recipe.
-
-    A finished stage is not trained again on resume. Returns the (merged) final results: for a
-    two-stage run ``fp`` from stage 1 (the parent of the ternary models), every other variant
-    from stage 2.
-    """
-    resolved = resolve(config)  # the names, once: every stage receives the objects
+def _stages(config: Config, folder: RunFolder, resolved: Resolved) -> tuple:
+    """``(config, folder)`` of each stage: the run itself, or its two stages' subfolders."""
     if not config.stages.finetune_epochs:
-        return train_and_evaluate(config, workdir, resume=resume, devices=devices, log=log,
-                                  resolved=resolved, verify=verify)
-    distributed.check_same_config(config)
-    folder = RunFolder(workdir)
-    folder.check_trainable()
-    _check_two_stage(folder, config, resume)
-    distributed.barrier(f"checked {folder.path}")  # every process read the folder first
-    # a first start that fails takes back what it wrote, and only that
-    created, fresh = not folder.path.exists(), folder.read_config() is None
-    if distributed.is_main():  # several processes: process 0 writes and prints
-        folder.write_config(config)
-    log = distributed.main_log(log)
-    pretrain, finetune = stage_configs(config, folder.path, resolved)
-    first_epochs, second_epochs = pretrain.schedule.epochs, finetune.schedule.epochs
-    log(f"{config.name}: two stages, {_epochs(first_epochs)} full precision "
-        f"(schedule.epochs), then {_epochs(second_epochs)} fine-tuning "
-        f"{', '.join(finetune.model.variants)} from it (stages.finetune_epochs): "
-        f"{_epochs(first_epochs + second_epochs)} in all")
-    try:
-        first = train_and_evaluate(pretrain, folder.path / STAGES[0], resume=resume,
-                                   devices=devices, log=log, resolved=resolved,
-                                   verify=verify)
-    except BaseException:
-        if fresh and distributed.is_main() and not RunFolder(folder.path / STAGES[0]).holds_run():
-            folder.config_file.unlink(missing_ok=True)
-            if created:
-                with contextlib.suppress(OSError):  # only if nothing else is in it
-                    folder.path.rmdir()
-        raise
-    second = train_and_evaluate(finetune, folder.path / STAGES[1], resume=resume,
-                                devices=devices, log=log, resolved=resolved,
-                                   verify=verify)
+        return ((config, folder),)
+    return tuple(zip(stage_configs(config, folder.path, resolved),
+                     (RunFolder(folder.path / name) for name in STAGES)))
+
+
+def _merged(config: Config, results: list, resolved: Resolved) -> dict:
+    """A two-stage run's results: ``fp`` from stage 1 (the parent of the ternary models),
+    every other variant from stage 2."""
+    first, second = results
     variants = ({FULL_PRECISION: first["variants"][FULL_PRECISION]}
                 if FULL_PRECISION in config.model.variants else {})
     variants.update({v: r for v, r in second["variants"].items()
                      if not is_full_precision_rules(resolved.family.rules(v))})
-    results = {"name": config.name, "model": config.model.name,
-               "dataset": config.data.dataset, "loss_name": first["loss_name"],
-               "epochs": first["epochs"] + second["epochs"],
-               "stages": {STAGES[0]: first["epochs"], STAGES[1]: second["epochs"]},
-               "seeds": list(config.seeds),
-               "train_seconds": first["train_seconds"] + second["train_seconds"],
-               "variants": variants}
+    return {"name": config.name, "model": config.model.name,
+            "dataset": config.data.dataset, "loss_name": first["loss_name"],
+            "epochs": first["epochs"] + second["epochs"],
+            "stages": {STAGES[0]: first["epochs"], STAGES[1]: second["epochs"]},
+            "seeds": list(config.seeds),
+            "train_seconds": first["train_seconds"] + second["train_seconds"],
+            "variants": variants}
+
+
+def run(config: Config, workdir, *, resume: bool = False, devices=None, log=print,
+        verify: bool = True) -> dict:
+    """Trains ``config`` into ``workdir``: one run, or each stage of a two-stage recipe, each
+    by :func:`~tern_jax.train.loop.train_and_evaluate` with the names resolved once.
+
+    A finished stage is not trained again on resume. Returns the (merged) final results: for a
+    two-stage run ``fp`` from stage 1 (the parent of the ternary models), every other variant
+    from stage 2. ``verify``: check restored checkpoints against their integrity records.
+    """
+    resolved = resolve(config)  # the names, once: every stage receives the objects
+    folder = RunFolder(workdir)
+    stages = _stages(config, folder, resolved)
+    two = len(stages) > 1
+    # a first start that fails takes back what it wrote, and only that
+    created, fresh = not folder.path.exists(), folder.read_config() is None
+    if two:
+        _check_two_stage(folder, config, stages, resume)
+        distributed.barrier(f"checked {folder.path}")  # every process read the folder first
+        if distributed.is_main():  # several processes: process 0 writes and prints
+            folder.write_config(config)
+        log = distributed.main_log(log)
+        first, second = (c.schedule.epochs for c, _ in stages)
+        log(f"{config.name}: two stages, {_epochs(first)} full precision (schedule.epochs), "
+            f"then {_epochs(second)} fine-tuning {', '.join(stages[1][0].model.variants)} from "
+            f"it (stages.finetune_epochs): {_epochs(first + second)} in all")
+    results = []
+    for stage_config, stage in stages:
+        try:
+            results.append(train_and_evaluate(stage_config, stage.path, resume=resume,
+                                              devices=devices, log=log, resolved=resolved,
+                                              verify=verify))
+        except BaseException:
+            if (two and not results and fresh and distributed.is_main()
+                    and not stage.holds_run()):
+                folder.config_file.unlink(missing_ok=True)
+                if created:
+                    with contextlib.suppress(OSError):  # only if nothing else is in it
+                        folder.path.rmdir()
+            raise
+    if not two:
+        return results[0]
+    merged = _merged(config, results, resolved)
     if distributed.is_main():
-        folder.write_results(results)
-    log(metrics_lib.results_table(results))
-    return results
+        folder.write_results(merged)
+    log(metrics_lib.results_table(merged))
+    return merged
