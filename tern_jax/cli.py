@@ -523,6 +523,7 @@ def _run(args, debug: bool) -> int:
         if debug:
             raise
         from tern_jax.train import CheckpointDamaged, TrainingDiverged
+        from tern_jax.train.lock import RunLocked
         from tern_jax.train.loop import Preempted
 
         where = _process_prefix()
@@ -530,7 +531,8 @@ def _run(args, debug: bool) -> int:
             status = 3
         elif isinstance(e, Preempted):  # 128 + SIGTERM, as a shell reports it
             status = 143
-        elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged)):
+        elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged,
+                            RunLocked)):
             status = 2
         else:
             status = 1

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tern_jax.data.inputs import constrain_batch
-from tern_jax.train import distributed, warm_start
+from tern_jax.train import distributed, lock, warm_start
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train import step as step_lib
 from tern_jax.train.config import Config, differences
@@ -343,7 +343,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     checkpoint and reproduces the uninterrupted run's metrics (same seeds, same batches);
     a config that would change the epochs already run is refused (:func:`check_same_run`).
     SIGTERM stops the run at the end of the epoch in progress, after saving its checkpoint,
-    with :class:`Preempted` (several processes: all at the same epoch). A start that fails
+    with :class:`Preempted` (several processes: all at the same epoch). The run holds the
+    folder's lock (:mod:`tern_jax.train.lock`): a second run on it is refused with
+    :class:`~tern_jax.train.lock.RunLocked`, naming the holder. A start that fails
     (bad data, model or batch size) writes nothing. A config with several stages
     (``finetune_epochs > 0``) is run by :func:`tern_jax.train.run`, which calls this function
     once per stage.
@@ -355,10 +357,17 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
             "workdir), which trains each stage in its own folder")
     distributed.check_same_config(config)
     folder = RunFolder(workdir)
+    main = distributed.is_main()  # several processes: process 0 writes, prints and plots
+    with lock.held(folder.path, main=main, log=log):  # one training run per folder
+        return _train(config, folder, resume, devices, distributed.main_log(log), resolved,
+                      verify, main)
+
+
+def _train(config: Config, folder: RunFolder, resume: bool, devices, log, resolved, verify,
+           main: bool) -> dict:
+    """:func:`train_and_evaluate` in the folder whose lock it holds."""
     folder.check_trainable()
     previous = _check_resumable(folder, config, resume)
-    main = distributed.is_main()  # several processes: process 0 writes, prints and plots
-    log = distributed.main_log(log)
     trainer = Trainer(config, devices=devices, resolved=resolved)
     distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
     start_epoch, state = _initial_state(trainer, folder, config, previous, log, verify)

@@ -2,6 +2,7 @@
 
 Layout (all paths relative, so a folder copied or moved elsewhere still resumes)::
 
+    run.lock         while a run trains it: the process that holds it (tern_jax.train.lock)
     config.json      the Config, written atomically
     metrics.jsonl    one line per epoch (tern_jax.train.metrics)
     results.json     final-epoch results, written atomically
@@ -37,6 +38,7 @@ from tern_jax.integrity import (
     tree_shapes,
 )
 from tern_jax.train.config import Config, from_json
+from tern_jax.train.lock import LOCK_FILE
 
 __all__ = ["RunFolder", "CheckpointDamaged", "DamagedCheckpointWarning", "RUN_FILES",
            "STAGES", "UnverifiedCheckpointWarning", "final_stage", "latest_checkpoint"]
@@ -111,7 +113,7 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise fs.NotOwnedError(f"workdir {self.path} is a file; give a folder for the run")
         if self.path.is_dir():
-            names = sorted(p.name for p in self.path.iterdir())
+            names = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
             if names and not self.holds_run():
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 raise fs.NotOwnedError(

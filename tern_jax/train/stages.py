@@ -14,7 +14,7 @@ import contextlib
 from pathlib import Path
 
 from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
-from tern_jax.train import distributed
+from tern_jax.train import distributed, lock
 from tern_jax.train import metrics as metrics_lib
 from tern_jax.train.config import Config, override
 from tern_jax.train.families import Resolved, resolve
@@ -121,30 +121,32 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     two = len(stages) > 1
     # a first start that fails takes back what it wrote, and only that
     created, fresh = not folder.path.exists(), folder.read_config() is None
-    if two:
-        _check_two_stage(folder, config, stages, resume)
-        distributed.barrier(f"checked {folder.path}")  # every process read the folder first
-        if distributed.is_main():  # several processes: process 0 writes and prints
-            folder.write_config(config)
-        log = distributed.main_log(log)
-        first, second = (c.schedule.epochs for c, _ in stages)
-        log(f"{config.name}: two stages, {_epochs(first)} full precision (schedule.epochs), "
-            f"then {_epochs(second)} fine-tuning {', '.join(stages[1][0].model.variants)} from "
-            f"it (stages.finetune_epochs): {_epochs(first + second)} in all")
-    results = []
-    for stage_config, stage in stages:
-        try:
-            results.append(train_and_evaluate(stage_config, stage.path, resume=resume,
-                                              devices=devices, log=log, resolved=resolved,
-                                              verify=verify))
-        except BaseException:
-            if (two and not results and fresh and distributed.is_main()
-                    and not stage.holds_run()):
-                folder.config_file.unlink(missing_ok=True)
-                if created:
-                    with contextlib.suppress(OSError):  # only if nothing else is in it
-                        folder.path.rmdir()
-            raise
+    with lock.held(folder.path, main=distributed.is_main(), log=log):
+        if two:
+            _check_two_stage(folder, config, stages, resume)
+            distributed.barrier(f"checked {folder.path}")  # every process read the folder
+            if distributed.is_main():  # several processes: process 0 writes and prints
+                folder.write_config(config)
+            log = distributed.main_log(log)
+            first, second = (c.schedule.epochs for c, _ in stages)
+            log(f"{config.name}: two stages, {_epochs(first)} full precision "
+                f"(schedule.epochs), then {_epochs(second)} fine-tuning "
+                f"{', '.join(stages[1][0].model.variants)} from it (stages.finetune_epochs): "
+                f"{_epochs(first + second)} in all")
+        results = []
+        for stage_config, stage in stages:
+            try:
+                results.append(train_and_evaluate(stage_config, stage.path, resume=resume,
+                                                  devices=devices, log=log, resolved=resolved,
+                                                  verify=verify))
+            except BaseException:
+                if (two and not results and fresh and distributed.is_main()
+                        and not stage.holds_run()):
+                    folder.config_file.unlink(missing_ok=True)
+                    if created:
+                        with contextlib.suppress(OSError):  # only if nothing else is in it
+                            folder.path.rmdir()
+                raise
     if not two:
         return results[0]
     merged = _merged(config, results, resolved)
