@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from tern_jax import report
-from tern_jax.train import FULL_PRECISION
+from tern_jax.presets import FULL_PRECISION
 
 
 def row(results: dict, variant: str, stats: dict, card: str) -> str:

@@ -30,7 +30,6 @@ def _packed_sizes(run: Path, variants) -> dict:
 
     import tern_jax
     from tern_jax.train import restore_run
-    from tern_jax.train.config import variant_rules
 
     restored = restore_run(run)
     config = restored.config
@@ -39,7 +38,7 @@ def _packed_sizes(run: Path, variants) -> dict:
         slot = next(s for s in config.slots if s.variant == variant)
         i = config.slots.index(slot)
         params = jax.tree.map(lambda a, i=i: np.asarray(a[i]), restored.state.params)
-        rules = variant_rules(variant, config.model) or (tern_jax.Rule(".*", None),)
+        rules = restored.resolved.family.rules(variant)
         summary = tern_jax.summary(params, rules, print_fn=None, unused="ignore")
         with tempfile.TemporaryDirectory() as tmp:
             path = tern_jax.save_ternary(Path(tmp) / "packed", params, rules, unused="ignore")
@@ -77,11 +76,12 @@ def main(argv=None) -> int:
     variants = list(dict.fromkeys(m["variant"] for m in last))
     sizes = _packed_sizes(run, variants)
     bench = json.loads(Path(args.benchmark).read_text())["variants"] if args.benchmark else {}
-    steps = records[-1]["epoch"] * config["steps_per_epoch"]
+    data, model = config["data"], config["model"]
+    steps = records[-1]["epoch"] * data["steps_per_epoch"]
     from tern_jax.models import transformer_config
 
-    seq_len = config["seq_len"] or transformer_config(config["model"]).max_len
-    tokens = steps * config["batch_size"] * seq_len
+    seq_len = data["seq_len"] or transformer_config(model["name"], **model["kwargs"]).max_len
+    tokens = steps * data["batch_size"] * seq_len
     lines = [
         f"Final validation bits per byte after {steps} steps ({tokens:,} training bytes per "
         f"model), seeds {config['seeds']}: mean ± sample std over seeds (per seed).",
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
     if args.benchmark:
         shutil.copy2(args.benchmark, out / "benchmark.json")
-    _plot(loaded, out / "curves.png", f"{config['name']}: {config['model']} on "
-          f"{config['dataset']}")
+    _plot(loaded, out / "curves.png", f"{config['name']}: {model['name']} on "
+          f"{data['dataset']}")
     print(table)
     return 0
 

@@ -20,7 +20,7 @@ arm() {  # arm NAME CONFIG [--set ...]
     tern-jax train --config "$configs/lm_recipe_$config.py" --workdir "$root/$name" --resume "$@"
 }
 
-# the recipes at d_model 128 (transformer_llama_half), 2,000 steps per model
+# the recipes at d_model 128 (transformer_llama, model.kwargs d_model 128), 2,000 steps per model
 for recipe in fp scratch finetune_half finetune_late distill bitnet wide finetune_early \
         finetune_hot finetune_t2 finetune_earliest finetune_absmean finetune_100 scratch_slow \
         fp_slow scratch_slower fp_slower finetune_slow distill_slow t2_slow; do
@@ -28,9 +28,10 @@ for recipe in fp scratch finetune_half finetune_late distill bitnet wide finetun
 done
 
 # the gap against width: full precision and ternary from scratch at lr 2e-3, at d_model 64
-# and 256 (ternary from scratch at lr 5e-3 and d_model 256 is the `wide` arm above)
-quarter="--set model=transformer_llama_quarter"
-double="--set model=transformer_llama"
+# and 256 (ternary from scratch at lr 5e-3 and d_model 256 is the `wide` arm above);
+# transformer_llama's own width is 256: no kwargs
+quarter="--set model.kwargs.d_model=64"
+double="--set model.kwargs={}"
 arm fp_slow_64 fp_slow $quarter
 arm scratch_slow_64 scratch_slow $quarter
 arm fp_slow_256 fp_slow $double

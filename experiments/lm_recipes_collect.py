@@ -36,10 +36,13 @@ from tern_jax import report
 RECIPE_OF = {"lm_recipe_wide": "lm_recipe_scratch"}
 
 
-def _width(model: str) -> int:
+def _width(config: dict) -> int:
+    """The model's d_model as a run's ``config.json`` states it: ``model.kwargs`` over the
+    named size."""
     from tern_jax.models import transformer_config
 
-    return transformer_config(model).d_model
+    model = config["model"]
+    return transformer_config(model["name"], **model.get("kwargs", {})).d_model
 
 
 def _stored_bytes(run: report.Run, variant: str) -> dict:
@@ -47,20 +50,20 @@ def _stored_bytes(run: report.Run, variant: str) -> dict:
     import jax
 
     import tern_jax
+    from tern_jax.presets import is_full_precision_rules
     from tern_jax.train import restore_run
-    from tern_jax.train.config import variant_rules
 
     folder = run.path
     restored = restore_run(folder)
-    if variant not in restored.config.variants:  # the first stage's fp model
+    if variant not in restored.config.model.variants:  # the first stage's fp model
         restored = restore_run(folder / "pretrain")
     config = restored.config
     i = config.slots.index(next(s for s in config.slots if s.variant == variant))
     params = jax.tree.map(lambda a: np.asarray(a[i]), restored.state.params)
-    rules = variant_rules(variant, config.model)
-    summary = tern_jax.summary(params, rules or (tern_jax.Rule(".*", None),), print_fn=None,
-                               unused="ignore")
-    stored = summary.bytes_packed if rules else summary.total_params * 2  # fp at 16 bits
+    rules = restored.resolved.family.rules(variant)
+    summary = tern_jax.summary(params, rules, print_fn=None, unused="ignore")
+    fp = is_full_precision_rules(rules)
+    stored = summary.total_params * 2 if fp else summary.bytes_packed  # fp at 16 bits
     return {"params": summary.total_params, "stored_bytes": int(stored),
             "fp32_bytes": summary.bytes_fp32}
 
@@ -69,7 +72,7 @@ def _rows(runs) -> list[dict]:
     rows = []
     for run in runs:
         config = run.stages[-1].config or run.config
-        steps_per_epoch = config["steps_per_epoch"]
+        steps_per_epoch = config["data"]["steps_per_epoch"]
         seconds = sum(r.get("seconds", 0.0) for s in run.stages for r in s.records)
         by_variant: dict[str, list] = {}
         for c in report.curves([run]):
@@ -80,7 +83,7 @@ def _rows(runs) -> list[dict]:
             steps = [c.epochs[-1] * steps_per_epoch for c in curves]
             rows.append({
                 "arm": run.name, "config": run.config.get("name"), "model": run.model,
-                "width": _width(run.model), "variant": variant,
+                "width": _width(run.config), "variant": variant,
                 "seeds": [int(c.model.rsplit("seed", 1)[1]) for c in curves],
                 "steps": max(steps), "bits_per_byte": finals,
                 "curve_steps": [e * steps_per_epoch for e in curves[0].epochs],
@@ -88,15 +91,21 @@ def _rows(runs) -> list[dict]:
                 "run_seconds": seconds, "run": run,
                 "finished": bool(run.results.get("variants")),
                 "fp_arm": (variant == "fp" and len(run.stages) == 1
-                           and set(run.config.get("variants", ())) == {"fp"}
+                           and set(run.config["model"]["variants"]) == {"fp"}
                            and bool(run.results.get("variants"))),
             })
     return rows
 
 
-def _fp_reference(rows, model: str) -> dict | None:
-    """The best full-precision arm of ``model`` (lowest mean): the fp twin at its best rate."""
-    fps = [r for r in rows if r["fp_arm"] and r["model"] == model]
+def _size(row) -> tuple[str, int]:
+    """What a row's model is: its named model (``config.json``'s) and its width."""
+    return row["run"].config["model"]["name"], row["width"]
+
+
+def _fp_reference(rows, size: tuple[str, int]) -> dict | None:
+    """The best full-precision arm of a model and width (lowest mean): the fp twin at its best
+    rate."""
+    fps = [r for r in rows if r["fp_arm"] and _size(r) == size]
     return min(fps, key=lambda r: np.mean(r["bits_per_byte"]), default=None)
 
 
@@ -205,13 +214,13 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=128, help="the width the curves show")
     args = parser.parse_args(argv)
     root, out = Path(args.root), Path(args.out)
-    runs = [r for r in report.load_runs(root) if r.is_language_model]
+    runs = [r for r in report.load_runs(root) if r.losses_in_bits]
     if not runs:
         raise SystemExit(f"no language-model run folders under {root}")
     rows = _rows(runs)
-    refs = {model: _fp_reference(rows, model) for model in {r["model"] for r in rows}}
+    refs = {size: _fp_reference(rows, size) for size in {_size(r) for r in rows}}
     for row in rows:
-        ref = refs[row["model"]]
+        ref = refs[_size(row)]
         row["reference"] = ref is row
         comparable = (ref is not None and ref is not row and row["steps"] == ref["steps"]
                       and set(row["seeds"]) <= set(ref["seeds"]))

@@ -4,5 +4,6 @@ from tern_jax.train.recipes import cifar10_paper
 
 
 def get_config():
-    return cifar10_paper("resnet20", variants=("fp", "tern"), seeds=(0, 1), schedule="cosine",
-                         name="cifar10_resnet20_cosine")
+    return cifar10_paper("resnet20", variants=("fp", "tern"), seeds=(0, 1),
+                         changes={"schedule.name": "cosine",
+                                  "name": "cifar10_resnet20_cosine"})

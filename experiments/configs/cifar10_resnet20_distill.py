@@ -5,5 +5,6 @@ from tern_jax.train.recipes import cifar10_paper
 
 
 def get_config():
-    return cifar10_paper("resnet20", variants=("fp", "tern"), seeds=(0, 1), distill_weight=1.0,
-                         name="cifar10_resnet20_distill")
+    return cifar10_paper("resnet20", variants=("fp", "tern"), seeds=(0, 1),
+                         changes={"stages.distill_weight": 1.0,
+                                  "name": "cifar10_resnet20_distill"})

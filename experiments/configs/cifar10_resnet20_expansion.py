@@ -6,4 +6,4 @@ from tern_jax.train.recipes import cifar10_best
 
 def get_config():
     return cifar10_best("resnet20", variants=("fp", "tern_t2", "tern_t4"), seeds=(0, 1),
-                        name="cifar10_resnet20_expansion")
+                        changes={"name": "cifar10_resnet20_expansion"})

@@ -5,16 +5,14 @@ and batches). So one paper-recipe run plus this one give both table rows:
 
     tern-jax train --config experiments/configs/cifar10_resnet20_paper.py --workdir runs/r20_paper
     tern-jax train --config experiments/configs/cifar10_resnet20_finetune.py \\
-        --workdir runs/r20_finetune --set init_from=runs/r20_paper
+        --workdir runs/r20_finetune --set stages.init_from=runs/r20_paper
 """
 
-import dataclasses
-
-from tern_jax.train import stage_configs
+from tern_jax.train import override, stage_configs
 from tern_jax.train.recipes import cifar10_best
 
 
 def get_config():
     _, finetune = stage_configs(cifar10_best("resnet20", variants=("fp", "tern")), "unused")
-    return dataclasses.replace(finetune, name="cifar10_resnet20_finetune",
-                               init_from="runs/r20_paper")
+    return override(finetune, {"name": "cifar10_resnet20_finetune",
+                               "stages.init_from": "runs/r20_paper"})

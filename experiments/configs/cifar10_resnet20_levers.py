@@ -7,4 +7,4 @@ from tern_jax.train.recipes import cifar10_paper
 
 def get_config():
     return cifar10_paper("resnet20", variants=("fp", "tern", "tern_pc", "twn", "absmean"),
-                         seeds=(0, 1), name="cifar10_resnet20_levers")
+                         seeds=(0, 1), changes={"name": "cifar10_resnet20_levers"})

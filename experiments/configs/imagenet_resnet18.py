@@ -1,6 +1,6 @@
 """ImageNet ResNet-18 fine-tuned from torchvision's weights, ternarized (t_ex=1).
 
-Pass the torchvision checkpoint: --set pretrained=/path/to/resnet18-*.pth
+Pass the torchvision checkpoint: --set stages.pretrained=/path/to/resnet18-*.pth
 """
 
 from tern_jax.train.recipes import imagenet_finetune

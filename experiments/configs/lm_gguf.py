@@ -15,8 +15,11 @@ from tern_jax.train import Config
 
 def get_config() -> Config:
     return Config(
-        name="lm_gguf", dataset="text", model="transformer_llama", variants=("tern_a8",),
-        seeds=(0,), epochs=10, steps_per_epoch=100, batch_size=16, seq_len=64, optimizer="adam",
-        learning_rate=3e-3, weight_decay=0.0, schedule="cosine", warmup_epochs=1,
-        augment=False, test_subset=64, eval_batch_size=32, checkpoint_every=1,
+        name="lm_gguf", seeds=(0,),
+        model={"name": "transformer_llama", "variants": ("tern_a8",)},
+        data={"dataset": "text", "steps_per_epoch": 100, "batch_size": 16, "seq_len": 64,
+              "augment": False, "test_subset": 64, "eval_batch_size": 32},
+        optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
+        schedule={"epochs": 10, "name": "cosine", "warmup_epochs": 1},
+        checkpointing={"every": 1},
     )

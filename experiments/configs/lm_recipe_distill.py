@@ -2,14 +2,13 @@
 model trains on beside it as its teacher (per-token KL of the next-byte distributions at
 temperature 2, weight 1; see ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(
-        fp, name="lm_recipe_distill", variants=("fp", "tern"), epochs=10, finetune_epochs=10,
-        distill_weight=1.0, distill_temperature=2.0)
+    return override(fp, {"name": "lm_recipe_distill", "model.variants": ("fp", "tern"),
+                         "schedule.epochs": 10, "stages.finetune_epochs": 10,
+                         "stages.distill_weight": 1.0, "stages.distill_temperature": 2.0})

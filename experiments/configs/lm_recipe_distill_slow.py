@@ -2,13 +2,13 @@
 beside it in the same program (per-token KL of the next-byte distributions at temperature 2,
 weight 1; see ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(fp, name="lm_recipe_distill_slow", variants=("fp", "tern"),
-                               learning_rate=2e-3, distill_weight=1.0, distill_temperature=2.0)
+    return override(fp, {"name": "lm_recipe_distill_slow", "model.variants": ("fp", "tern"),
+                         "optimizer.learning_rate": 2e-3, "stages.distill_weight": 1.0,
+                         "stages.distill_temperature": 2.0})

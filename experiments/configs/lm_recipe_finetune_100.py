@@ -1,14 +1,12 @@
 """Full precision for the 100 warm-up steps only, then the ternary model fine-tuned from it for
 the other 1,900 (Adam lr 2e-3, cosine; see ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(
-        fp, name="lm_recipe_finetune_100", variants=("fp", "tern"), epochs=1,
-        finetune_epochs=19)
+    return override(fp, {"name": "lm_recipe_finetune_100", "model.variants": ("fp", "tern"),
+                         "schedule.epochs": 1, "stages.finetune_epochs": 19})

@@ -2,12 +2,12 @@
 rate, 5e-3 instead of 2e-3 (small ternary models prefer a high rate; see
 ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     half = load_config(str(Path(__file__).with_name("lm_recipe_finetune_half.py")))
-    return dataclasses.replace(half, name="lm_recipe_finetune_hot", finetune_learning_rate=5e-3)
+    return override(half, {"name": "lm_recipe_finetune_hot",
+                           "stages.finetune_learning_rate": 5e-3})

@@ -2,12 +2,11 @@
 2e-3 for 1,000 steps, then the ternary model fine-tuned from it at 2e-3 for 1,000 more (see
 ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     half = load_config(str(Path(__file__).with_name("lm_recipe_finetune_half.py")))
-    return dataclasses.replace(half, name="lm_recipe_finetune_slow", learning_rate=2e-3)
+    return override(half, {"name": "lm_recipe_finetune_slow", "optimizer.learning_rate": 2e-3})

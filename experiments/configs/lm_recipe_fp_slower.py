@@ -1,11 +1,10 @@
 """Full precision at Adam lr 1e-3 (see ``lm_recipe_fp.py``, ``lm_recipe_fp_slow.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(fp, name="lm_recipe_fp_slower", learning_rate=1e-3)
+    return override(fp, {"name": "lm_recipe_fp_slower", "optimizer.learning_rate": 1e-3})

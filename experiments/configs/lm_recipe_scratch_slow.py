@@ -2,13 +2,12 @@
 instead of 5e-3, to tell the full-precision start from the lower rate (see
 ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(fp, name="lm_recipe_scratch_slow", variants=("tern",),
-                               learning_rate=2e-3)
+    return override(fp, {"name": "lm_recipe_scratch_slow", "model.variants": ("tern",),
+                         "optimizer.learning_rate": 2e-3})

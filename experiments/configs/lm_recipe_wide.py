@@ -3,13 +3,12 @@ parameters, 3.6x the fp arm's 0.36M); at about 2 bits a ternary weight against 1
 stores fewer bytes than the fp arm: the equal-bytes view. 2,000 steps (see
 ``lm_recipe_fp.py``)."""
 
-import dataclasses
 from pathlib import Path
 
-from tern_jax.train import Config, load_config
+from tern_jax.train import Config, load_config, override
 
 
 def get_config() -> Config:
     fp = load_config(str(Path(__file__).with_name("lm_recipe_fp.py")))
-    return dataclasses.replace(
-        fp, name="lm_recipe_wide", model="transformer_llama", variants=("tern",))
+    return override(fp, {"name": "lm_recipe_wide", "model.kwargs": {},
+                         "model.variants": ("tern",)})

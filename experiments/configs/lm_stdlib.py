@@ -18,8 +18,11 @@ LM_VARIANTS = ("fp", "tern", "tern_pc", "tern_t2", "twn", "absmean", "tern_fl")
 
 def get_config() -> Config:
     return Config(
-        name="lm_stdlib", dataset="text", model="transformer_small", variants=LM_VARIANTS,
-        seeds=(0, 1), epochs=15, steps_per_epoch=100, batch_size=32, optimizer="adam",
-        learning_rate=1e-2, weight_decay=0.0, schedule="cosine", warmup_epochs=1,
-        augment=False, test_subset=512, eval_batch_size=128, checkpoint_every=4,
+        name="lm_stdlib", seeds=(0, 1),
+        model={"name": "transformer_small", "variants": LM_VARIANTS},
+        data={"dataset": "text", "steps_per_epoch": 100, "batch_size": 32, "augment": False,
+              "test_subset": 512, "eval_batch_size": 128},
+        optimizer={"name": "adam", "learning_rate": 1e-2, "weight_decay": 0.0},
+        schedule={"epochs": 15, "name": "cosine", "warmup_epochs": 1},
+        checkpointing={"every": 4},
     )

@@ -9,18 +9,20 @@ set -euo pipefail
 DATA=${1:?path to a folder holding cifar-10-batches-py}
 OUT=${2:-runs/cpu_proxy}
 CONFIG=experiments/configs/cifar10_resnet20_paper.py
-COMMON=(--config "$CONFIG" --set model=resnet8 --set train_subset=5000 --set epochs=15
-        --set milestones=6:0.1,9:0.1,12:0.5 --set seeds=0 --set eval_every=5
-        --set checkpoint_every=5 --set data_dir="$DATA" --set progress=false)
+COMMON=(--config "$CONFIG" --set model.name=resnet8 --set data.train_subset=5000
+        --set schedule.epochs=15 --set schedule.milestones=6:0.1,9:0.1,12:0.5 --set seeds=0
+        --set checkpointing.eval_every=5 --set checkpointing.every=5 --set data.data_dir="$DATA"
+        --set progress=false)
 run() { local name=$1; shift; python -m tern_jax train "${COMMON[@]}" --set name="$name" \
           --workdir "$OUT/$name" "$@" 2>&1 | grep -v '^WARNING' | tee "$OUT/$name.log"; }
 mkdir -p "$OUT"
 # A: the quantizers, from scratch (paper = tern; per-channel; TWN; BitNet absmean)
-run methods --set variants=fp,tern,tern_pc,twn,absmean
+run methods --set model.variants=fp,tern,tern_pc,twn,absmean
 # B: distillation from the full-precision model trained alongside
-run distill --set variants=fp,tern --set distill_weight=1.0
+run distill --set model.variants=fp,tern --set stages.distill_weight=1.0
 # C: cosine decay instead of the step schedule
-run cosine --set variants=fp,tern --set schedule=cosine
+run cosine --set model.variants=fp,tern --set schedule.name=cosine
 # D: fine-tuning from the full-precision model of run A (8 epochs, lr 0.01, cosine)
-run finetune --set variants=tern,tern_pc --set init_from="$OUT/methods" --set init_variant=fp \
-    --set epochs=8 --set learning_rate=0.01 --set schedule=cosine --set eval_every=4
+run finetune --set model.variants=tern,tern_pc --set stages.init_from="$OUT/methods" \
+    --set stages.init_variant=fp --set schedule.epochs=8 --set optimizer.learning_rate=0.01 \
+    --set schedule.name=cosine --set checkpointing.eval_every=4

@@ -25,7 +25,7 @@ fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo cpu; } \
   | tee "$OUT/device.txt"
 # a finished run to fine-tune from: carry its run.tar as experiments/gpu/carry/init.tar and
-# pass --set init_from=/tmp/tern_jax_init
+# pass --set stages.init_from=/tmp/tern_jax_init
 if [ -f experiments/gpu/carry/init.tar ]; then
   mkdir -p /tmp/tern_jax_init && tar xf experiments/gpu/carry/init.tar -C /tmp/tern_jax_init
 fi
@@ -38,7 +38,7 @@ if [ -f "$CARRY" ]; then
 fi
 start=$(date +%s)
 timeout --signal=INT "$BUDGET" python -m tern_jax train --config "$CONFIG" --workdir "$WORK" \
-  --set data_dir="$DATA" --set progress=false "$@" "${RESUME[@]}" 2>&1 \
+  --set data.data_dir="$DATA" --set progress=false "$@" "${RESUME[@]}" 2>&1 \
   | grep -v '^WARNING' | tee "$OUT/train.log"
 status=${PIPESTATUS[0]}
 echo "wall seconds: $(( $(date +%s) - start )), exit status $status" | tee -a "$OUT/train.log"

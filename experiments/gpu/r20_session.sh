@@ -15,7 +15,8 @@ OUT=$OUT/paper WORK=/tmp/r20_paper BUDGET=$(left) \
   bash $ROW experiments/configs/cifar10_resnet20_paper.py "$@"
 if [ -f /tmp/r20_paper/results.json ] && [ "$(left)" -gt 30 ]; then
   OUT=$OUT/finetune WORK=/tmp/r20_finetune BUDGET=$(left) \
-    bash $ROW experiments/configs/cifar10_resnet20_finetune.py --set init_from=/tmp/r20_paper "$@"
+    bash $ROW experiments/configs/cifar10_resnet20_finetune.py \
+      --set stages.init_from=/tmp/r20_paper "$@"
 else
   echo "the paper-recipe run did not finish inside the budget: fine-tuning left for the next call"
 fi
