@@ -110,10 +110,34 @@ def _needs_matplotlib() -> None:
                          "'tern-jax[plot]' (or pip install matplotlib)") from None
 
 
-def _train(args) -> int:
-    from tern_jax.train import distributed, load_config, override, run
+def _train_config(args):
+    """The config to train: ``--config`` (default: the quickstart's), or with ``--resume`` and
+    no ``--config`` the run's own ``config.json``; then the ``--set`` values. A run of the
+    quickstart config on another model or dataset is named after them."""
+    from tern_jax.train import load_config, override, quickstart_config
+    from tern_jax.train.run_folder import RunFolder
 
-    config = override(load_config(args.config), args.set or [])
+    if args.config is None and args.resume:
+        saved = RunFolder(Path(args.workdir).expanduser()).read_config()
+        if saved is None:
+            raise UsageError(f"--resume: {args.workdir} holds no run to resume (no "
+                             "config.json); drop --resume to start a new run there")
+        return override(saved, args.set or [])
+    base = load_config(args.config) if args.config is not None else quickstart_config()
+    config = override(base, args.set or [])
+    if args.config is None:
+        paths = {item.split("=", 1)[0].strip() for item in args.set or []}
+        if "name" not in paths and {"model.name", "data.dataset"} & paths:
+            names = [part.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+                     for part in (config.data.dataset, config.model.name)]
+            config = override(config, {"name": "_".join(names)})
+    return config
+
+
+def _train(args) -> int:
+    from tern_jax.train import distributed, run
+
+    config = _train_config(args)
     joined = (args.coordinator, args.num_processes, args.process_id)
     if args.distributed or any(a is not None for a in joined):
         distributed.initialize(*joined, timeout=args.init_timeout)
@@ -139,13 +163,22 @@ def _train_checked(args, config, run, main: bool = True) -> int:
 
 def _quickstart(args) -> int:
     from tern_jax.train import latest_checkpoint, quickstart_config, train_and_evaluate
+    from tern_jax.train.config import differences
+    from tern_jax.train.loop import SAFE_TO_CHANGE
+    from tern_jax.train.run_folder import RunFolder
 
     workdir = Path(args.workdir)
     _check_training_workdir(args.workdir)
+    config = quickstart_config()
+    saved = RunFolder(workdir).read_config()
+    if saved is not None and set(differences(saved, config)) - SAFE_TO_CHANGE:
+        raise UsageError(f"--workdir {workdir} holds a different run ({saved.name!r}, not the "
+                         "quickstart's); give the quickstart a new --workdir")
     resume = latest_checkpoint(workdir) is not None
     if resume:
-        print(f"{workdir} holds an earlier quickstart run; continuing it (delete it to start over)")
-    train_and_evaluate(quickstart_config(), workdir, resume=resume)
+        print(f"{workdir} holds an earlier quickstart run; continuing it (to train it again, "
+              "delete that folder or give another --workdir)")
+    train_and_evaluate(config, workdir, resume=resume)
     print(f"\nrun files in {workdir}/: config.json, metrics.jsonl, results.json, checkpoints/")
     packed = workdir / "tern_packed"  # an earlier run's export is replaced only when asked
     overwrite = " --overwrite" if packed.exists() else ""
@@ -311,7 +344,10 @@ def _sample(args) -> int:
             params = tern_jax.quantize_params(params, rules, unused="ignore")
     task = restored.stack.task  # a sampling family's task holds its TransformerConfig
     model = nnx.eval_shape(lambda: Transformer(task.config, rngs=nnx.Rngs(0)))
-    prompt = args.prompt.encode("utf-8")
+    if args.prompt_file is not None:  # any bytes, as a byte model reads them
+        prompt = Path(args.prompt_file).expanduser().read_bytes()
+    else:  # the command line's bytes as given, UTF-8 or not (os.fsencode undoes the decoding)
+        prompt = os.fsencode(args.prompt)
     model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
     text = generate(model, prompt, steps=args.steps,
                     key=jax.random.key(args.seed), temperature=args.temperature,
@@ -397,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_quickstart)
 
     p = add("train", help="train the models of a config")
-    p.add_argument("--config", default="quickstart",
-                   help="path to a Python file with get_config(), or 'quickstart'")
+    p.add_argument("--config", default=None,
+                   help="path to a Python file with get_config(), or 'quickstart' (the "
+                        "default; with --resume: the run's own config.json)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field by its dotted path, e.g. --set "
@@ -445,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sample", help="generate text with a trained language model")
     p.add_argument("--workdir", required=True)
     p.add_argument("--model", required=True, help="e.g. tern/seed0")
-    p.add_argument("--prompt", default="def ")
+    p.add_argument("--prompt", default="def ",
+                   help="the text to continue (its bytes as given, UTF-8 or not)")
+    p.add_argument("--prompt-file", dest="prompt_file", default=None, metavar="PATH",
+                   help="read the prompt's bytes from a file instead (any bytes)")
     p.add_argument("--steps", type=_positive_int, default=200, help="bytes to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely byte")
     p.add_argument("--top_k", type=_positive_int, default=None,

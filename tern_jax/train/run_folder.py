@@ -109,11 +109,19 @@ class RunFolder:
 
     def check_trainable(self) -> None:
         """Refuses a folder a run must not write into: a file, or a folder holding files
-        tern_jax did not write (a new or empty folder, or an earlier run's, is fine)."""
+        tern_jax did not write (a new or empty folder, or an earlier run's, is fine). A run's
+        folder whose ``config.json`` is gone, or no longer parses, is named as such."""
         if self.path.exists() and not self.path.is_dir():
             raise fs.NotOwnedError(f"workdir {self.path} is a file; give a folder for the run")
         if self.path.is_dir():
             names = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+            if self.config_file.is_file():
+                self.read_config()  # an edited or damaged config.json: named, with the cause
+            elif {METRICS_FILE, "checkpoints", *STAGES} & set(names):
+                raise fs.NotOwnedError(
+                    f"workdir {self.path} holds a run's files ({', '.join(names[:5])}) but no "
+                    f"{CONFIG_FILE}: it was deleted or moved; put it back to resume that run, "
+                    "or give a new --workdir")
             if names and not self.holds_run():
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
                 raise fs.NotOwnedError(
@@ -121,9 +129,19 @@ class RunFolder:
                     "new or empty folder, or the folder of an earlier run")
 
     def read_config(self) -> Config | None:
+        """The run's config (``None`` without ``config.json``); a file that is no valid JSON,
+        or holds keys or values that are no config's, is refused naming the file and why."""
         if not self.config_file.is_file():
             return None
-        return from_json(self.config_file.read_text())
+        try:
+            return from_json(self.config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.config_file} is not valid JSON (line {e.lineno}, column "
+                             f"{e.colno}: {e.msg}); it was edited or damaged: restore it as "
+                             "tern-jax train wrote it") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{self.config_file}: {e}; restore it as tern-jax train wrote "
+                             "it") from None
 
     def write_config(self, config: Config) -> None:
         from tern_jax.fs import write_text_atomic

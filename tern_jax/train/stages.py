@@ -111,12 +111,17 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     """Trains ``config`` into ``workdir``: one run, or each stage of a two-stage recipe, each
     by :func:`~tern_jax.train.loop.train_and_evaluate` with the names resolved once.
 
-    A finished stage is not trained again on resume. Returns the (merged) final results: for a
+    A finished stage is not trained again on resume; ``resume`` on a folder that holds no run
+    is refused. Returns the (merged) final results: for a
     two-stage run ``fp`` from stage 1 (the parent of the ternary models), every other variant
     from stage 2. ``verify``: check restored checkpoints against their integrity records.
     """
     resolved = resolve(config)  # the names, once: every stage receives the objects
     folder = RunFolder(workdir)
+    if resume and not folder.config_file.is_file():  # resume means resume
+        raise FileNotFoundError(
+            f"--resume: {folder.path} holds no run to resume (no config.json); check the path, "
+            "or drop --resume to start a new run there")
     stages = _stages(config, folder, resolved)
     two = len(stages) > 1
     # a first start that fails takes back what it wrote, and only that
