@@ -97,7 +97,9 @@ def _check_data_dir(config) -> None:
 
 def _check_plot_out(out) -> None:
     from tern_jax import fs
-    from tern_jax.report import PLOT_WHAT
+    from tern_jax.report import PLOT_WHAT, plot_format
+
+    plot_format(out)  # a suffix matplotlib writes, before anything runs
 
     fs.check_replaceable(Path(out).expanduser(), fs.owned_file, PLOT_WHAT)
 

@@ -31,8 +31,8 @@ from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
 
 __all__ = ["PAPER_CIFAR10", "RUN_FILES", "STAGES", "Stage", "Run", "Curve", "load_run", "load_runs",
-           "copy_run_files", "curves", "final_accuracy", "compare_table", "plot_curves",
-           "plot_grid", "plot_runs", "runs_figure"]
+           "copy_run_files", "curves", "final_accuracy", "final_bits_per_byte", "compare_table",
+           "plot_curves", "plot_format", "plot_grid", "plot_runs", "runs_figure"]
 
 #: He, Gong & Fan (WACV 2019), CIFAR-10 top-1 test accuracy in percent: full precision
 #: (``fp``), every layer ternarized (``tern``, t_ex = 1), and TTQ (Zhu et al. 2017) as the
@@ -268,21 +268,44 @@ def compare_table(runs, paper: dict | None = None) -> str:
     if not isinstance(paper, dict):
         raise TypeError(f"compare_table: paper must be a dict of model -> {{'fp': %, 'tern': %}}"
                         f", got {type(paper).__name__}; the default is PAPER_CIFAR10")
-    lines = ["| run | model | variant | epochs | test acc % | paper fp % | paper ternary % |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    bits = any(run.losses_in_bits for run in runs)  # a language model's figure: bits/byte
+    head = "| bits/byte " if bits else ""
+    lines = [f"| run | model | variant | epochs | test acc % {head}| paper fp % "
+             "| paper ternary % |",
+             "| --- " * (8 if bits else 7) + "|"]
     run_models = {run.model for run in runs if run.dataset in (None, "cifar10")}
     for run in runs:
         ref = paper.get(run.model, {}) if run.dataset in (None, "cifar10") else {}
+        per_bits = final_bits_per_byte(run) if run.losses_in_bits else {}
         for variant, acc in final_accuracy(run).items():
             fp, tern = ref.get("fp"), ref.get("tern")
+            acc_cell = "-" if run.losses_in_bits else f"{acc:.2f}"  # next-byte accuracy: noise
+            bits_cell = (f"{per_bits[variant]:.4f} | " if variant in per_bits else "- | "
+                         ) if bits else ""
             lines.append(f"| {run.name} | {run.model or '-'} | {variant} | {_epochs(run)} | "
-                         f"{acc:.2f} | {'-' if fp is None else f'{fp:.2f}'} | "
+                         f"{acc_cell} | {bits_cell}{'-' if fp is None else f'{fp:.2f}'} | "
                          f"{'-' if tern is None else f'{tern:.2f}'} |")
     for model, ref in paper.items():  # the paper's rows nobody has run yet
         if model not in run_models:
-            lines.append(f"| not run | {model} | - | - | - | {ref['fp']:.2f} | "
+            blank = "- | " if bits else ""
+            lines.append(f"| not run | {model} | - | - | - | {blank}{ref['fp']:.2f} | "
                          f"{ref['tern']:.2f} |")
     return "\n".join(lines)
+
+
+def final_bits_per_byte(run: Run) -> dict[str, float]:
+    """A language model's final validation bits per byte per variant, mean over seeds (from
+    ``results.json``; a run in progress: the last evaluated epoch of each model)."""
+    _check_runs(run, "final_bits_per_byte")
+    variants = run.results.get("variants") or {}
+    if variants and all("bits_per_byte" in v for v in variants.values()):
+        return {v: r["bits_per_byte"]["mean"] for v, r in variants.items()}
+    last: dict[str, dict[str, float]] = {}
+    for c in curves(run):
+        evaluated = [b for b in c.test_loss if b is not None]
+        if evaluated:
+            last.setdefault(c.variant, {})[c.model] = evaluated[-1]
+    return {v: sum(per.values()) / len(per) for v, per in last.items()}
 
 
 _METRICS = ("test_acc", "test_loss", "train_loss")
@@ -388,8 +411,28 @@ def runs_figure(runs, *, title: str | None = None):
 PLOT_WHAT = "a plot (tern-jax plot)"
 
 
+def plot_format(path) -> str:
+    """The image format a plot's path names by its suffix (``.png``, ``.pdf``, ``.svg``, ...,
+    as matplotlib writes them); a path without one, or with one matplotlib cannot write, is
+    refused naming the formats it can."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        raise ValueError(f"plot path {path} names no image format matplotlib writes "
+                         f"({'no suffix' if not suffix else '.' + suffix}); end it in one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}")
+    return suffix
+
+
 def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
-    """:func:`runs_figure` of the run folders ``run_dirs``, written to ``out_png``.
+    """:func:`runs_figure` of the run folders ``run_dirs``, written to ``out_png`` in the
+    format its suffix names (:func:`plot_format`).
 
     A two-stage run (``pretrain/`` then ``finetune/``) is drawn as one timeline: the
     fine-tuning epochs continue after the full-precision ones. The PNG replaces only a plot
@@ -409,9 +452,10 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None) -> Path:
         if not any(s.records for s in run.stages):
             raise ValueError(f"{run.path} has no {RunFolder(run.path).metrics_file.name} "
                              "records to plot")
+    kind = plot_format(out_png)
     fig = runs_figure(runs, title=title)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format=kind, dpi=90)
     plt.close(fig)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
