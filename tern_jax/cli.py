@@ -253,11 +253,25 @@ def _with_packed(state, i: int, packed: dict):
 def _export(args) -> int:
     from tern_jax.export import GGUF_TYPES
 
-    if args.type not in GGUF_TYPES:  # the one table of types (imported here: it needs JAX)
+    if args.type is not None and args.type not in GGUF_TYPES:  # the one table of types
         raise UsageError(f"--type {args.type!r} is no GGUF type; choose one of "
                          f"{', '.join(GGUF_TYPES)}")
+    if args.format is None:  # a GGUF type names the format
+        args.format = "gguf" if args.type is not None else "packed"
+    if args.format == "packed" and args.type is not None:
+        raise UsageError(f"--type {args.type} is a GGUF type, but --format packed writes a "
+                         "packed checkpoint; drop --type, or pass --format gguf")
+    args.type = args.type or "tq2_0"
     _check_run_workdir(args.workdir)
+    if not args.out.strip():
+        raise UsageError("--out is empty; give the path to write the export to")
     out = Path(args.out).expanduser()
+    if args.format == "gguf" and (args.out.endswith(("/", os.sep)) or out.is_dir()):
+        raise UsageError(f"--out {args.out} is a folder, but a GGUF export is one file; give "
+                         f"a file path such as {out / 'model.gguf'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"--out {out}: {out.parent} is a file, not a folder; give a path in "
+                         "a folder")
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out {out} already exists; pass --overwrite to replace an earlier "
                          "export, or choose a new path")
@@ -473,11 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export (never anything else)")
-    p.add_argument("--format", choices=("packed", "gguf"), default="packed",
-                   help="packed ternary checkpoint, or a GGUF file for llama.cpp")
-    p.add_argument("--type", default="tq2_0",
-                   help="GGUF type of the ternary kernels (--format gguf): a name of "
-                        "tern_jax.export.GGUF_TYPES, default tq2_0")
+    p.add_argument("--format", choices=("packed", "gguf"), default=None,
+                   help="packed ternary checkpoint (the default), or a GGUF file for "
+                        "llama.cpp (the default when --type is given)")
+    p.add_argument("--type", default=None,
+                   help="GGUF type of the ternary kernels: a name of "
+                        "tern_jax.export.GGUF_TYPES, default tq2_0; implies --format gguf")
     p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_export)
 
