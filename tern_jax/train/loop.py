@@ -150,14 +150,14 @@ class Trainer:
             k = 1 if jax.default_backend() == "cpu" else self.steps_per_epoch
         return [(s, min(s + k, self.steps_per_epoch)) for s in range(0, self.steps_per_epoch, k)]
 
-    def _check_finite(self, loss, epoch, first_step):
+    def _check_finite(self, loss, epoch, first_step, state):
         if not np.all(np.isfinite(loss)):
             step, model = map(int, np.argwhere(~np.isfinite(loss))[0])
             raise TrainingDiverged(
                 f"loss became {loss[step, model]} at epoch {epoch + 1}, step "
                 f"{first_step + step + 1} of {self.steps_per_epoch} for model "
-                f"{self.stack.slots[model]}; lower the learning rate or check the data. "
-                "The last checkpoint is left untouched.")
+                f"{self.stack.slots[model]}; {_bad_parameters(state.params, model)}; lower the "
+                "learning rate or check the data. The last checkpoint is left untouched.")
 
     def _progress(self, progress, steps, loss):
         if progress is not None:
@@ -178,7 +178,7 @@ class Trainer:
         for start, stop, new_state, metrics in runs:
             state = new_state
             loss = np.asarray(metrics["loss"]).reshape(stop - start, -1)
-            self._check_finite(loss, epoch, start)
+            self._check_finite(loss, epoch, start, state)
             losses.append(loss)
             accs.append(np.asarray(metrics["accuracy"]).reshape(stop - start, -1))
             self._progress(progress, stop - start, loss)
@@ -220,6 +220,21 @@ class Trainer:
         return {"test_loss": np.asarray(totals["loss"]) / count,
                 "test_acc": np.asarray(totals["correct"]) / count,
                 "zero_fraction": np.asarray(self.zero_fractions(state))}
+
+
+def _bad_parameters(params, model: int) -> str:
+    """Which of model ``model``'s parameters hold NaN or inf after the step (the first in
+    path order named, with its count)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    bad = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf[model])
+           for path, leaf in flat if not bool(jnp.all(jnp.isfinite(leaf[model])))]
+    if not bad:
+        return "its parameters are still finite (the data or the forward pass gave it)"
+    name, leaf = bad[0]
+    count = int(jnp.sum(~jnp.isfinite(leaf)))
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return (f"parameters holding NaN/inf after that step: {name} ({count} of {leaf.size} "
+            f"values){more}")
 
 
 def check_same_run(saved: Config, config: Config, done: int, where, *,
