@@ -102,6 +102,7 @@ class DeviceImages:
                  mesh: Mesh):
         self.num_train = len(data.train_labels)
         self.num_test = len(data.test_labels)
+        self.description = f"{self.num_train:,} training images"
         self.batch_size = batch_size
         self.augment = augment
         self.mesh = mesh
@@ -151,6 +152,7 @@ class StreamedImages:
                  num_train: int, batch_size: int, mesh: Mesh, num_test: int | None = None):
         self._train, self._test = train, test
         self.num_train, self.num_test = num_train, num_test
+        self.description = f"{num_train:,} training images (streamed)"
         self.batch_size = batch_size
         self.steps_per_epoch = num_train // batch_size
         self.mesh = mesh
@@ -199,6 +201,7 @@ class DeviceText:
         self.mesh = mesh
         self.seeds = np.asarray(seeds, np.int32)
         size = int(data.train.size)
+        self.description = f"{size:,} training tokens"  # what the log says it trains on
         if size < seq_len + 1:
             raise ValueError(f"{data.name}: the training split holds {size} tokens, fewer "
                              f"than one window of data.seq_len={seq_len} + 1")

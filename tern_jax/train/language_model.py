@@ -55,8 +55,21 @@ def check_config(config) -> None:
     """What a language-model config needs beyond its fields and the registries' checks: its
     sizes (``model.kwargs``) make a transformer, and the window fits its context."""
     from tern_jax.data.specs import dataset_spec
+    from tern_jax.packing import SUPER_BLOCK
+    from tern_jax.presets import TRANSFORMER_RULES
 
     model = model_config(config, dataset_spec(config.data.dataset))
+    widths = {"d_model": model.d_model, "the MLP's hidden width": model.d_model * model.mlp_ratio}
+    for variant in config.model.variants:
+        rules = TRANSFORMER_RULES.get(variant, ())
+        odd = {name: w for name, w in widths.items() if w % SUPER_BLOCK}
+        if odd and any(rule.activations == "int8_block" for rule in rules):
+            shown = ", ".join(f"{name} {w}" for name, w in odd.items())
+            raise ValueError(
+                f"variant {variant!r} quantizes layer inputs in blocks of {SUPER_BLOCK} "
+                f"features (activations='int8_block'), but this model's widths ({shown}) are "
+                f"not all multiples of {SUPER_BLOCK}; use a model whose widths are (e.g. --set "
+                f"model.kwargs.d_model={SUPER_BLOCK}) or another variant")
     if config.data.seq_len is not None and config.data.seq_len > model.max_len:
         raise ValueError(
             f"data.seq_len={config.data.seq_len} is above the model's max_len={model.max_len} "
@@ -76,6 +89,15 @@ class LanguageModel:
         """The module's structure without its weights (``nnx.split``), built once."""
         abstract = nnx.eval_shape(lambda: Transformer(self.config, rngs=nnx.Rngs(0)))
         return nnx.split(abstract)[0]
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits per position: one per token of the vocabulary."""
+        return self.config.vocab_size
+
+    def example_batch(self) -> dict:
+        """One window of zeros, as a batch holds it (for shape checks)."""
+        return {"tokens": jnp.zeros((1, self.seq_len + 1), jnp.int32)}
 
     def init(self, key: jax.Array) -> dict:
         model = Transformer(self.config, rngs=nnx.Rngs(params=key))

@@ -94,6 +94,7 @@ class Trainer:
         self.steps_per_epoch = self.inputs.steps_per_epoch
         self.stack = ModelStack.from_config(config, task, self.resolved.family,
                                             self.steps_per_epoch)
+        _check_outputs(task, config)
         self.schedule = self.stack.schedule
         self.replicated = NamedSharding(self.mesh, P())
         stack = self.stack
@@ -220,6 +221,22 @@ class Trainer:
         return {"test_loss": np.asarray(totals["loss"]) / count,
                 "test_acc": np.asarray(totals["correct"]) / count,
                 "zero_fraction": np.asarray(self.zero_fractions(state))}
+
+
+def _check_outputs(task, config: Config) -> None:
+    """The model gives the logits its task needs (one per class or token), checked on shapes
+    alone before a run writes anything; a task that declares no ``example_batch`` is not."""
+    if not hasattr(task, "example_batch"):
+        return
+    variables = jax.eval_shape(task.init, jax.random.key(0))
+    outputs, _ = jax.eval_shape(
+        lambda v: task.apply(v["params"], v["model_state"], task.example_batch(), train=False),
+        variables)
+    if outputs.shape[-1] != task.num_outputs:
+        raise ValueError(
+            f"model {config.model.name!r} gives {outputs.shape[-1]} outputs per example, but "
+            f"its task needs {task.num_outputs} (one per class or token of dataset "
+            f"{config.data.dataset!r}); build the model with the num_classes it is given")
 
 
 def _bad_parameters(params, model: int) -> str:
@@ -383,6 +400,7 @@ def _train(config: Config, folder: RunFolder, resume: bool, devices, log, resolv
     """:func:`train_and_evaluate` in the folder whose lock it holds."""
     folder.check_trainable()
     previous = _check_resumable(folder, config, resume)
+    log(f"{config.name}: loading {config.data.dataset} and building the models")
     trainer = Trainer(config, devices=devices, resolved=resolved)
     distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
     start_epoch, state = _initial_state(trainer, folder, config, previous, log, verify)
@@ -390,10 +408,13 @@ def _train(config: Config, folder: RunFolder, resume: bool, devices, log, resolv
         folder.write_config(config)
         metrics_lib.truncate(folder.metrics_file, start_epoch)
 
+    what = getattr(trainer.inputs, "description", f"{trainer.inputs.num_train:,} training "
+                   "examples")
     log(f"{config.name}: {trainer.stack.num_models} model(s) {config.model.name} "
-        f"[{', '.join(trainer.names)}] on {trainer.inputs.num_train} training examples, "
+        f"[{', '.join(trainer.names)}] on {what}, "
         f"{trainer.steps_per_epoch} steps/epoch, {config.schedule.epochs} epochs, "
-        f"{trainer.mesh.size} device(s) ({jax.devices()[0].device_kind})")
+        f"{trainer.mesh.size} device(s) ({jax.devices()[0].device_kind}); the first steps "
+        "compile the program")
     progress = None
     if config.progress and main:
         from tqdm.auto import tqdm

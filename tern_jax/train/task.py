@@ -15,7 +15,10 @@ A task is any object with these members (a :class:`typing.Protocol`, so no base 
 * ``train_metrics(outputs, batch) -> {name: scalar}``: reported per training step
   (``accuracy`` at least);
 * ``eval_sums(outputs, batch, mask) -> {"loss": sum, "correct": sum, "count": sum}``: sums over
-  the examples (or tokens) where ``mask`` is 1, so padded evaluation batches add nothing.
+  the examples (or tokens) where ``mask`` is 1, so padded evaluation batches add nothing;
+* optionally ``num_outputs`` and ``example_batch()``: the logits per example the loss needs
+  and a one-example batch of zeros; with them the trainer checks the model's outputs before a
+  run writes anything.
 
 ``batch`` is a dict of arrays; the image task reads ``batch["image"]`` and ``batch["label"]``.
 
@@ -108,6 +111,16 @@ class ImageClassification:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     label_smoothing: float = 0.0
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits per example the loss needs: one per class."""
+        return self.num_classes
+
+    def example_batch(self) -> dict:
+        """One example of zeros, as a batch holds it (for shape checks)."""
+        return {"image": jnp.zeros((1, *self.image_shape), jnp.uint8),
+                "label": jnp.zeros((1,), jnp.int32)}
 
     def init(self, key: jax.Array) -> dict:
         variables = self.model.init(key, jnp.zeros((1, *self.image_shape)), train=False)
