@@ -7,9 +7,27 @@ dataset outside tern_jax trains without any edit to the library.
 from __future__ import annotations
 
 import importlib
+import traceback
 from typing import Any
 
-__all__ = ["describe", "is_import_path", "import_object"]
+__all__ = ["UserCodeError", "describe", "is_import_path", "import_object", "where_it_failed"]
+
+
+class UserCodeError(RuntimeError):
+    """The user's own module or config file raised while tern_jax imported or ran it; the
+    message names the file, the line and the exception (it is not tern_jax's error)."""
+
+
+def where_it_failed(error: BaseException) -> str:
+    """``file, line N: Type: message`` of the deepest frame of an exception raised in the
+    user's code (a syntax error: where it is)."""
+    if isinstance(error, SyntaxError) and error.filename:
+        place = f"{error.filename}, line {error.lineno}"
+        return f"{place}: {type(error).__name__}: {error.msg}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "importlib" not in f.filename and "/tern_jax/" not in f.filename]
+    place = f"{frames[-1].filename}, line {frames[-1].lineno}: " if frames else ""
+    return f"{place}{type(error).__name__}: {error}"
 
 
 def is_import_path(name: Any) -> bool:
@@ -30,6 +48,9 @@ def import_object(path: str, what: str) -> Any:
     except ImportError as e:
         raise ImportError(f"{what} {path!r}: cannot import module {module_name!r} ({e}); is its "
                           "folder on PYTHONPATH?") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised: name where
+        raise UserCodeError(f"{what} {path!r}: importing module {module_name!r} failed at "
+                            f"{where_it_failed(e)}") from e
     for part in attribute.strip().split("."):
         if not hasattr(obj, part):
             raise ValueError(f"{what} {path!r}: module {module_name!r} has no {attribute!r}")

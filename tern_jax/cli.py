@@ -579,6 +579,7 @@ def _run(args, debug: bool) -> int:
     except Exception as e:  # noqa: BLE001 - every error ends as one line unless --debug
         if debug:
             raise
+        from tern_jax._imports import UserCodeError
         from tern_jax.train import CheckpointDamaged, TrainingDiverged
         from tern_jax.train.lock import RunLocked
         from tern_jax.train.loop import Preempted
@@ -589,7 +590,7 @@ def _run(args, debug: bool) -> int:
         elif isinstance(e, Preempted):  # 128 + SIGTERM, as a shell reports it
             status = 143
         elif isinstance(e, (ValueError, TypeError, OSError, ImportError, CheckpointDamaged,
-                            RunLocked)):
+                            RunLocked, UserCodeError)):
             status = 2
         else:
             status = 1

@@ -40,6 +40,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
+from tern_jax._imports import UserCodeError, where_it_failed
 from tern_jax.fields import Range, check_fields, parse_json_value, parse_value
 from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
 from tern_jax.train.families import check_config
@@ -435,10 +436,18 @@ def load_config(name_or_path: str | None) -> Config:
         )
     spec = importlib.util.spec_from_file_location(f"tern_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's config file raised: name where
+        raise UserCodeError(f"config {path} failed to load at {where_it_failed(e)}") from e
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} defines no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except (ValueError, TypeError) as e:  # a Config refused: its own clear message
+        raise type(e)(f"config {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's get_config raised: name where
+        raise UserCodeError(f"config {path}: get_config() failed at {where_it_failed(e)}") from e
     if not isinstance(config, Config):
         raise TypeError(f"{path}: get_config() must return tern_jax.train.Config")
     return config
