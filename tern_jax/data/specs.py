@@ -141,9 +141,34 @@ class ImageDataset(Dataset):
                 f"dataset {self.name!r} declares {self.num_classes} classes of "
                 f"{tuple(self.input_shape)} images but loaded {data.num_classes} classes of "
                 f"{data.image_shape} images; make its declaration match its data")
+        self._check_arrays(data)
         if config.data.train_subset or config.data.test_subset:
             data = subset(data, config.data.train_subset, config.data.test_subset, seed=0)
         return data
+
+    def _check_arrays(self, data) -> None:
+        """What the loader returned against the declaration: uint8 pixels (the statistics are
+        in pixel / 255 units) and integer labels in ``[0, num_classes)``; checked once, when
+        the data is opened, outside ``jit``."""
+        for split in ("train", "test"):
+            images = np.asarray(getattr(data, f"{split}_images"))
+            labels = np.asarray(getattr(data, f"{split}_labels"))
+            if images.dtype != np.uint8:
+                scaled = (" in [0, 1]: return (images * 255).round().astype(np.uint8)"
+                          if images.size and 0 <= images.min() and images.max() <= 1 else "")
+                raise ValueError(
+                    f"dataset {self.name!r} loaded {split} images of dtype {images.dtype}; an "
+                    f"ImageDataset holds uint8 pixels 0..255 (its mean and std are in pixel / "
+                    f"255 units){scaled}")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"dataset {self.name!r} loaded {split} labels of dtype "
+                                 f"{labels.dtype}; give integer class indices")
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bad.any():
+                raise ValueError(
+                    f"dataset {self.name!r} loaded {int(bad.sum())} {split} label(s) outside "
+                    f"0..{self.num_classes - 1} (e.g. {int(labels[bad][0])}) but declares "
+                    f"num_classes={self.num_classes}; fix the labels or the declaration")
 
     def inputs(self, config, task, mesh):
         data = self._loaded(config)
