@@ -109,7 +109,7 @@ def _needs_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("plotting needs matplotlib, which is not installed: pip install "
-                         "'tern-jax[plot]' (or pip install matplotlib)") from None
+                         "matplotlib (in the checkout: pip install '.[plot]')") from None
 
 
 def _train_config(args):

@@ -327,7 +327,7 @@ def plot_curves(runs, ax=None, *, metric: str = "test_acc"):
     and ternary variants dashed; labels name the run only when several are drawn. ``metric`` is
     ``"test_acc"`` (percent), ``"test_loss"`` (bits per byte for a language model; both skip
     epochs without evaluation) or ``"train_loss"``. Returns the matplotlib ``Axes``. Needs
-    matplotlib (``pip install 'tern_jax[plot]'``).
+    matplotlib (``pip install '.[plot]'`` in the checkout).
     """
     if metric not in _METRICS:
         raise ValueError(f"plot_curves: metric must be one of {', '.join(map(repr, _METRICS))}"
