@@ -269,11 +269,10 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
 _NAMES = {alias: d for d in DATASETS.values() for alias in (d.name, *d.aliases)}
 
 
-@functools.cache
 def dataset_spec(name: str) -> Dataset:
     """The :class:`Dataset` a config's ``data.dataset`` names: a built-in name (any case, or an
     alias such as ``cifar-10``) or an import path ``"package.module:name"`` of a
-    :class:`Dataset` or of a function of no argument returning one (called once)."""
+    :class:`Dataset` or of a function of no argument returning one."""
     if not isinstance(name, str):
         raise TypeError(f"data.dataset must be a name such as 'cifar10', got "
                         f"{type(name).__name__}")
