@@ -121,10 +121,11 @@ def test_cifar_missing_raises_data_not_found(tmp_path: Path, no_default_places: 
     with pytest.raises(DataNotFoundError) as info:
         load_cifar10(tmp_path / "does-not-exist")
     msg = str(info.value)
-    assert "--set data_dir=" in msg and "--data_dir" not in msg and "TERN_JAX_DATA_DIR" in msg
+    assert "--set data.data_dir=" in msg and "--data_dir" not in msg
+    assert "--set data_dir" not in msg and "TERN_JAX_DATA_DIR" in msg
     assert "cifar-10-python.tar.gz" in msg and "does-not-exist" in msg
     assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(DataNotFoundError, match="--set data_dir="):
+    with pytest.raises(DataNotFoundError, match="--set data.data_dir="):
         load_cifar10()  # nothing in the (patched) usual places, no env var, no tfds
 
 

@@ -120,12 +120,14 @@ def jobs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_stream_cifar_like_one_process(jobs):
     one, two = _metrics(jobs / "one" / "cifar"), _metrics(jobs / "two" / "cifar")
     assert len(two) == 2
     _assert_same_metrics(two, one, num_test=38)
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_uninterrupted_metrics(jobs):
     """All processes killed after the checkpoint of epoch 1; the resumed job's metrics equal
     those of the uninterrupted single-process run, epoch by epoch."""
@@ -139,6 +141,7 @@ def test_killed_job_resumes_to_the_uninterrupted_metrics(jobs):
     assert all((checkpoints / str(e) / "integrity.json").is_file() for e in kept)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [2, 1])
 def test_sigterm_saves_and_stops_every_process_after_the_epoch(jobs, processes):
     """SIGTERM to one process in epoch 1: every process stops after epoch 1 with status 143,
@@ -156,6 +159,7 @@ def test_sigterm_saves_and_stops_every_process_after_the_epoch(jobs, processes):
     assert (jobs / name / "checkpoints" / "1" / "integrity.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_job_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(jobs):
     assert json.loads((jobs / "sigterm2.resumed.codes").read_text()) == [0, 0], \
         (jobs / "sigterm2.resumed.0.log").read_text()[-3000:]
@@ -165,6 +169,7 @@ def test_a_job_stopped_by_sigterm_resumes_to_the_uninterrupted_metrics(jobs):
     assert json.loads((jobs / "sigterm2" / "results.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_only_process_0_prints_and_writes_results(jobs):
     assert _tern_jax_lines(jobs / "resumed.1.log") == []
     assert _tern_jax_lines(jobs / "killed.1.log") == []
@@ -178,29 +183,30 @@ def test_a_failing_process_ends_the_job_naming_it(tmp_path):
     """Process 1 has a bad data path: it fails, and process 0 stops instead of hanging."""
     address = f"localhost:{_free_port()}"
     common = ["train", "--config", "quickstart", "--workdir", str(tmp_path / "run"),
-              "--set", "dataset=cifar10", "--set", "progress=false", "--coordinator", address,
+              "--set", "data.dataset=cifar10", "--set", "progress=false", "--coordinator", address,
               "--num_processes", "2", "--init_timeout", "60"]
     write_cifar_folder(tmp_path / "data")
     start = time.monotonic()
     procs = [launch_cli([*common, "--process_id", str(p), "--set",
-                         f"data_dir={tmp_path / ('data' if p == 0 else 'missing')}"], 4,
+                         f"data.data_dir={tmp_path / ('data' if p == 0 else 'missing')}"], 4,
                         tmp_path / f"{p}.log") for p in range(2)]
     codes = _wait(procs, timeout=120)
     assert time.monotonic() - start < 120
     failed = (tmp_path / "1.log").read_text()
     stopped = (tmp_path / "0.log").read_text()
     assert codes == [1, 2], (stopped[-2000:], failed[-2000:])
-    assert f"tern-jax: error: process 1: data_dir {tmp_path / 'missing'} does not exist" in failed
-    assert "tern-jax: error: process 1 failed: UsageError: data_dir" in stopped
+    assert (f"tern-jax: error: process 1: data.data_dir {tmp_path / 'missing'} does not exist"
+            in failed)
+    assert "tern-jax: error: process 1 failed: UsageError: data.data_dir" in stopped
     assert "process 0 stops too" in stopped
     assert not (tmp_path / "run").exists()  # a start that fails writes nothing
 
 
 def test_processes_with_different_configs_stop_naming_the_fields(tmp_path):
-    """epochs=1 on one process, epochs=2 on the other (once a hang after epoch 1): both
+    """schedule.epochs=1 on one process, 2 on the other (once a hang after epoch 1): both
     stop at start-up, before writing anything, each with the line naming the field."""
     args = _coordinated(tmp_path / "run", 2)
-    args[0] += ["--set", "epochs=1"]
+    args[0] += ["--set", "schedule.epochs=1"]
     start = time.monotonic()
     procs = [launch_cli(a, 4, tmp_path / f"{p}.log") for p, a in enumerate(args)]
     codes = _wait(procs, timeout=90)
@@ -209,12 +215,14 @@ def test_processes_with_different_configs_stop_naming_the_fields(tmp_path):
     assert codes == [2, 2], out
     for p, text in enumerate(out):
         assert (f"tern-jax: error: process {p}: the processes were started with different "
-                "configs: epochs is 1 on process 0, 2 on process 1; start every process with "
+                "configs: schedule.epochs is 1 on process 0, 2 on process 1; start every "
+                "process with "
                 "the same --config and --set values") in text
     assert seconds < 90
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_jobs_fail_within_seconds(tmp_path):
     """Mismatched process counts (both ways) and a global batch the devices do not divide."""
     jobs = {
@@ -242,7 +250,7 @@ def test_bad_jobs_fail_within_seconds(tmp_path):
     assert "every host must run the same --num_processes" in out["fewer"][1]
     assert codes["batch"] == [2, 2], out["batch"]
     for text in out["batch"]:
-        assert "batch_size 36 is not divisible by the 8 devices" in text
+        assert "data.batch_size 36 is not divisible by the 8 devices" in text
 
 
 def test_coordinator_arguments_are_checked_before_joining():

@@ -1,11 +1,14 @@
-"""End-to-end specification of the trainer, configs, CLI, checkpoints and resume (CPU)."""
+"""End-to-end specification of the trainer, configs, CLI, checkpoints and resume (CPU).
 
-import dataclasses
+Runs are cut to what each behaviour needs; tests that only read a finished run share one
+(module fixtures), and tests that extend or damage a run work on a copy of it.
+"""
+
 import json
 import os
+import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import jax
@@ -28,105 +31,135 @@ from tern_jax.train import (
     train_and_evaluate,
 )
 from tern_jax.train.config import from_json
-from tern_jax.train.inputs import load_inputs
+from tern_jax.train.families import resolve
 from tern_jax.train.metrics import read
 from tern_jax.train.task import DeviceResident, Streamed
 
 REPO = Path(__file__).parent.parent
+QUIET = {"log": lambda *_: None}
 
 
-def _small(**changes):
-    base = dataclasses.replace(quickstart_config(), train_subset=256, test_subset=96, epochs=2,
-                               batch_size=32, progress=False, checkpoint_every=1)
-    return dataclasses.replace(base, **changes)
+#: The quickstart on 256 training and 96 test digits: 2 epochs of 8 steps (batches of 32), a
+#: checkpoint every epoch, no progress bar (dotted paths).
+SMALL = {"data.train_subset": 256, "data.test_subset": 96, "schedule.epochs": 2,
+         "data.batch_size": 32, "progress": False, "checkpointing.every": 1}
+
+
+#: The threshold Δ ramped up over the first epoch.
+WARMUP = {"schedule.threshold_warmup": 1.0}
+
+
+def _small(changes=None):
+    """:data:`SMALL`, with ``changes`` (dotted paths) replacing any field."""
+    return override(quickstart_config(), {**SMALL, **(changes or {})})
 
 
 def _env():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    return env
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
 
 
-def test_quickstart_trains_both_variants_and_writes_run_files(tmp_path):
-    results = train_and_evaluate(_small(epochs=3), tmp_path, log=lambda *_: None)
-    assert set(results["variants"]) == {"fp", "tern"}
-    assert results["variants"]["fp"]["mean"] > 0.5  # 10 classes: chance is 0.1
-    assert results["variants"]["tern"]["mean"] > 0.3
-    records = read(tmp_path)
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    model = records[-1]["models"][1]
-    assert model["variant"] == "tern" and 0.05 < model["zero_fraction"] < 0.6
-    assert records[-1]["models"][0]["zero_fraction"] == 0.0
-    assert records[0]["models"][0]["train_loss"] > records[-1]["models"][0]["train_loss"]
-    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 3
-    assert latest_checkpoint(tmp_path) == 3
-
-
-def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # orbax needs absolute paths; the trainer must resolve them
-    # a constant rate: more epochs leave the epoch already run as it was
-    train_and_evaluate(_small(epochs=1, schedule="constant"), "runs/relative",
-                       log=lambda *_: None)
-    assert latest_checkpoint("runs/relative") == 1
-    results = train_and_evaluate(_small(epochs=2, schedule="constant"), "runs/relative",
-                                 resume=True, log=lambda *_: None)
-    assert results["epochs"] == 2
-
-
-def test_existing_run_is_not_overwritten_without_resume(tmp_path):
-    train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
-    before = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(FileExistsError, match="--resume"):
-        train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
-    assert (tmp_path / "metrics.jsonl").read_text() == before
-
-
-def test_resume_with_a_different_config_is_refused(tmp_path):
-    train_and_evaluate(_small(epochs=1), tmp_path, log=lambda *_: None)
-    with pytest.raises(ValueError, match="learning_rate"):
-        train_and_evaluate(_small(epochs=2, learning_rate=0.5), tmp_path, resume=True,
-                           log=lambda *_: None)
-
-
-def test_nan_loss_stops_with_epoch_and_step(tmp_path):
-    config = _small(learning_rate=1e30, schedule="constant", epochs=2, variants=("fp",))
-    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ of 8 for model fp/seed0"):
-        train_and_evaluate(config, tmp_path, log=lambda *_: None)
-
-
-def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(command(f"killable_run({str(reference)!r})"), check=True, env=_env(),
-                   capture_output=True, timeout=600)
-    proc = subprocess.Popen(command(f"killable_run({str(killed)!r})"), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (latest_checkpoint(killed) or 0) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= (latest_checkpoint(killed) or 0) < 5, "the run was not killed mid-way"
-    subprocess.run(command(f"killable_run({str(killed)!r}, resume=True)"), check=True,
-                   env=_env(), capture_output=True, timeout=600)
-    ref, got = read(reference), read(killed)
-    assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
-    for a, b in zip(ref, got):
+def _same_metrics(got: list[dict], want: list[dict]) -> None:
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for a, b in zip(got, want):
         for ma, mb in zip(a["models"], b["models"]):
             for key in ("train_loss", "train_acc", "test_acc", "test_loss"):
                 assert ma[key] == pytest.approx(mb[key], rel=1e-6, abs=1e-7), (a["epoch"], key)
 
 
-def test_interrupted_save_leaves_the_previous_checkpoint_usable(tmp_path):
-    train_and_evaluate(_small(epochs=1, schedule="constant"), tmp_path, log=lambda *_: None)
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The quickstart recipe (fp and tern, cosine) for 2 epochs; never changed by a test."""
+    workdir = tmp_path_factory.mktemp("quickstart") / "run"
+    return workdir, train_and_evaluate(_small(), workdir, **QUIET)
+
+
+def _cut_after_epoch_1(source: Path, target: Path) -> Path:
+    """A copy of a 2-epoch run as a kill during epoch 2 leaves it: no checkpoint of epoch 2."""
+    shutil.copytree(source, target)
+    shutil.rmtree(target / "checkpoints" / "2")
+    assert latest_checkpoint(target) == 1
+    return target
+
+
+def test_quickstart_trains_both_variants_and_writes_run_files(quickstart_run):
+    workdir, results = quickstart_run
+    assert set(results["variants"]) == {"fp", "tern"}
+    assert results["variants"]["fp"]["mean"] > 0.5  # 10 classes: chance is 0.1
+    assert results["variants"]["tern"]["mean"] > 0.3
+    records = read(workdir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    model = records[-1]["models"][1]
+    assert model["variant"] == "tern" and 0.05 < model["zero_fraction"] < 0.6
+    assert records[-1]["models"][0]["zero_fraction"] == 0.0
+    assert records[0]["models"][0]["train_loss"] > records[-1]["models"][0]["train_loss"]
+    assert json.loads((workdir / "results.json").read_text())["epochs"] == 2
+    saved = json.loads((workdir / "config.json").read_text())  # sections, as Config.to_dict
+    assert saved["data"]["train_subset"] == 256 and saved["model"]["name"] == "small_cnn"
+    assert from_json((workdir / "config.json").read_text()) == _small()
+    assert latest_checkpoint(workdir) == 2
+
+
+def test_relative_workdir_checkpoints_and_resumes(quickstart_run, tmp_path, monkeypatch):
+    workdir, _ = quickstart_run
+    monkeypatch.chdir(tmp_path)  # orbax needs absolute paths; the trainer must resolve them
+    _cut_after_epoch_1(workdir, Path("runs/relative"))
+    results = train_and_evaluate(_small(), "runs/relative", resume=True, **QUIET)
+    assert results["epochs"] == 2 and latest_checkpoint("runs/relative") == 2
+    _same_metrics(read("runs/relative"), read(workdir))
+
+
+def test_existing_run_is_not_overwritten_without_resume(quickstart_run):
+    workdir, _ = quickstart_run
+    before = (workdir / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_and_evaluate(_small(), workdir, **QUIET)
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_resume_with_a_different_config_is_refused(quickstart_run):
+    workdir, _ = quickstart_run
+    before = (workdir / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"optimizer.learning_rate \(0.05 -> 0.5\)"):
+        train_and_evaluate(_small({"optimizer.learning_rate": 0.5}), workdir, resume=True,
+                           **QUIET)
+    assert (workdir / "config.json").read_text() == before
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path):
+    config = _small({"optimizer.learning_rate": 1e30, "schedule.name": "constant",
+                     "model.variants": ("fp",)})
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ of 8 for model fp/seed0"):
+        train_and_evaluate(config, tmp_path, **QUIET)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_metrics(quickstart_run, tmp_path):
+    """SIGKILL in the middle of epoch 2 (another process); resumed, the run's metrics are the
+    uninterrupted run's, epoch by epoch."""
+    workdir, _ = quickstart_run
+    killed = tmp_path / "killed"
+    done = subprocess.run(command(f"killed_run({str(killed)!r}, {SMALL!r}, kill_at_step=12)"),
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert latest_checkpoint(killed) == 1 and [r["epoch"] for r in read(killed)] == [1]
+    train_and_evaluate(_small(), killed, resume=True, **QUIET)
+    assert latest_checkpoint(killed) == 2
+    _same_metrics(read(killed), read(workdir))
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_usable(quickstart_run, tmp_path):
+    workdir, _ = quickstart_run
+    copy = _cut_after_epoch_1(workdir, tmp_path / "run")
     # what a kill during orbax's save of epoch 2 leaves behind: an uncommitted temporary folder
-    partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
+    partial = copy / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
     (partial / "default").mkdir(parents=True)
     (partial / "default" / "garbage").write_bytes(b"\x00" * 100)
-    assert latest_checkpoint(tmp_path) == 1
-    results = train_and_evaluate(_small(epochs=2, schedule="constant"), tmp_path, resume=True,
-                                 log=lambda *_: None)
-    assert results["epochs"] == 2 and latest_checkpoint(tmp_path) == 2
+    assert latest_checkpoint(copy) == 1
+    results = train_and_evaluate(_small(), copy, resume=True, **QUIET)
+    assert results["epochs"] == 2 and latest_checkpoint(copy) == 2
+    _same_metrics(read(copy), read(workdir))
 
 
+@pytest.mark.slow
 def test_eight_device_data_parallel_matches_one_device():
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
     out = subprocess.run(command("compare_data_parallel()"), env=env, capture_output=True,
@@ -139,16 +172,19 @@ def test_eight_device_data_parallel_matches_one_device():
 
 
 def test_streaming_path_trains(tmp_path):
-    results = train_and_evaluate(_small(stream=True, eval_batch_size=40), tmp_path,
-                                 log=lambda *_: None)
+    results = train_and_evaluate(_small({"data.stream": True, "data.eval_batch_size": 40,
+                                         "checkpointing.every": 0}), tmp_path, **QUIET)
     assert results["variants"]["fp"]["mean"] > 0.3
+    assert read(tmp_path)[-1]["models"][0]["test_acc"] == results["variants"]["fp"]["mean"]
 
 
+@pytest.mark.slow
 def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_path):
-    base = _small(variants=("fp", "tern_pc"), epochs=1, checkpoint_every=0)
-    plain = train_and_evaluate(base, tmp_path / "plain", log=lambda *_: None)
-    distilled = train_and_evaluate(dataclasses.replace(base, distill_weight=1.0),
-                                   tmp_path / "distilled", log=lambda *_: None)
+    base = _small({"model.variants": ("fp", "tern_pc"), "schedule.epochs": 1,
+                   "checkpointing.every": 0})
+    plain = train_and_evaluate(base, tmp_path / "plain", **QUIET)
+    distilled = train_and_evaluate(override(base, {"stages.distill_weight": 1.0}),
+                                   tmp_path / "distilled", **QUIET)
     a, b = read(tmp_path / "plain")[-1]["models"], read(tmp_path / "distilled")[-1]["models"]
     # the teacher's own loss and updates ignore the KL term; the student's do not
     assert a[0]["train_loss"] == b[0]["train_loss"] and a[0]["test_acc"] == b[0]["test_acc"]
@@ -160,7 +196,8 @@ def test_distillation_moves_only_the_student_and_per_channel_variant_trains(tmp_
 
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory):
-    """The documented default CIFAR recipe (fp, then ternary fine-tuning) on a tiny folder."""
+    """The documented default CIFAR recipe (fp, then ternary fine-tuning) on a tiny folder,
+    with the recipe's smallest ResNet (resnet8: the same stages, a fraction of the compile)."""
     from helpers.cifar import write_cifar_batches
 
     root = tmp_path_factory.mktemp("cifar")
@@ -171,14 +208,16 @@ def cifar_run(tmp_path_factory):
     write_cifar_batches(root / "cifar-10-batches-py", images, labels, per_batch=16)
     workdir = root / "run"
     common = ["--config", str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"),
-              "--workdir", str(workdir), "--set", f"data_dir={root}", "--set", "batch_size=16",
-              "--set", "seeds=0", "--set", "progress=false", "--set", "checkpoint_every=1",
-              "--set", "eval_batch_size=20", "--set", "finetune_schedule=constant",
-              "--set", "model_axis=vmap", "--set", "epochs=1"]
-    assert cli.main(["train", *common, "--set", "finetune_epochs=1"]) == 0
+              "--workdir", str(workdir), "--set", "model.name=resnet8",
+              "--set", f"data.data_dir={root}", "--set", "data.batch_size=16",
+              "--set", "seeds=0", "--set", "progress=false", "--set", "checkpointing.every=1",
+              "--set", "data.eval_batch_size=20", "--set", "stages.finetune_schedule=constant",
+              "--set", "model.axis=vmap", "--set", "schedule.epochs=1"]
+    assert cli.main(["train", *common, "--set", "stages.finetune_epochs=1"]) == 0
     return root, workdir, common
 
 
+@pytest.mark.slow
 def test_cifar_two_stage_run_writes_both_stages(cifar_run):
     _, workdir, _ = cifar_run
     assert latest_checkpoint(workdir / "pretrain") == 1
@@ -186,21 +225,27 @@ def test_cifar_two_stage_run_writes_both_stages(cifar_run):
     results = json.loads((workdir / "results.json").read_text())
     assert results["stages"] == {"pretrain": 1, "finetune": 1}
     assert set(results["variants"]) == {"fp", "tern"}
+    saved = json.loads((workdir / "finetune" / "config.json").read_text())
+    assert saved["model"]["name"] == "resnet8" and saved["stages"]["init_variant"] == "fp"
+    assert saved["stages"]["init_from"] == str(workdir / "pretrain")
 
 
+@pytest.mark.slow
 def test_cifar_two_stage_resume_grows_only_the_second_stage(cifar_run, capsys):
     _, workdir, common = cifar_run
-    assert cli.main(["train", *common, "--set", "finetune_epochs=2", "--resume"]) == 0
+    assert cli.main(["train", *common, "--set", "stages.finetune_epochs=2", "--resume"]) == 0
     assert [r["epoch"] for r in read(workdir / "pretrain")] == [1]
     assert [r["epoch"] for r in read(workdir / "finetune")] == [1, 2]
     assert json.loads((workdir / "results.json").read_text())["stages"] == {
         "pretrain": 1, "finetune": 2}
     # stage 2 started from the fp model of epoch 1: lengthening stage 1 now is refused
-    assert cli.main(["train", *common[:-2], "--set", "epochs=2", "--set", "finetune_epochs=2",
-                     "--resume"]) == 2
+    assert common[-1] == "schedule.epochs=1"
+    assert cli.main(["train", *common[:-2], "--set", "schedule.epochs=2", "--set",
+                     "stages.finetune_epochs=2", "--resume"]) == 2
     assert "already fine-tuned" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cifar_eval_reports_the_ternary_stage(cifar_run, capsys):
     _, workdir, _ = cifar_run
     assert cli.main(["eval", "--workdir", str(workdir)]) == 0
@@ -208,6 +253,7 @@ def test_cifar_eval_reports_the_ternary_stage(cifar_run, capsys):
     assert "tern/seed0" in out and "fp/seed0" not in out and "test acc" in out
 
 
+@pytest.mark.slow
 def test_cifar_export_writes_a_loadable_packed_model(cifar_run, capsys):
     import tern_jax
 
@@ -228,6 +274,7 @@ def _drawn(ax) -> dict:
             for line in ax.get_lines()}
 
 
+@pytest.mark.slow
 def test_cifar_plot_draws_both_stages(cifar_run, capsys):
     import matplotlib.pyplot as plt
 
@@ -249,49 +296,114 @@ def test_cifar_plot_draws_both_stages(cifar_run, capsys):
     plt.close(fig)
 
 
+@pytest.mark.slow
+def test_model_kwargs_on_the_command_line_size_the_run(tmp_path, capsys):
+    """``--set model.kwargs.width=8`` builds, trains, saves and restores a small_cnn of stem
+    width 8 (its later convolutions 2 x 8); config.json holds the keyword argument."""
+    workdir = tmp_path / "narrow"
+    sets = {"model.kwargs.width": 8, "model.variants": "tern", "data.train_subset": 64,
+            "data.test_subset": 32, "schedule.epochs": 1, "progress": "false"}
+    argv = ["train", "--workdir", str(workdir)]
+    argv += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert json.loads((workdir / "config.json").read_text())["model"]["kwargs"] == {"width": 8}
+    restored = restore_run(workdir)
+    assert restored.config.model.kwargs == {"width": 8}
+    shapes = jax.tree.map(lambda a: a.shape, restored.state.params)
+    assert shapes["stem_conv"]["kernel"] == (1, 3, 3, 1, 8)  # (models, kh, kw, in, out)
+    assert shapes["conv2"]["kernel"] == (1, 3, 3, 8, 16)
+    assert shapes["head"]["kernel"] == (1, 16, 10)
+
+
+def test_model_kwargs_size_a_transformer():
+    """``model.kwargs.d_model`` over a named transformer's sizes, as ``--set`` gives it."""
+    base = Config(model={"name": "transformer_tiny", "variants": ("fp",)},
+                  data={"dataset": "text"})
+    config = override(base, ["model.kwargs.d_model=48", "model.kwargs.num_layers=1"])
+    assert config.model.kwargs == {"d_model": 48, "num_layers": 1}
+    shapes = {}
+    for c in (base, config):
+        variables = jax.eval_shape(resolve(c).task(c).init, jax.random.key(0))
+        shapes[c.model.kwargs.get("d_model", 32)] = variables["params"]
+    small, wide = shapes[32], shapes[48]
+    assert [leaf.shape[-1] for leaf in jax.tree.leaves(small["embed"])] == [32]
+    assert [leaf.shape[-1] for leaf in jax.tree.leaves(wide["embed"])] == [48]
+    assert len(wide["blocks"]) == 1 and len(small["blocks"]) == 2
+    with pytest.raises(ValueError, match="unknown TransformerConfig fields .'dmodel'."):
+        override(base, ["model.kwargs.dmodel=48"])
+
+
 def test_config_overrides_parse_types_and_reject_unknown_fields():
-    c = override(Config(), ["seeds=0,1,2", "milestones=80:0.1,120:0.1", "augment=false",
-                            "learning_rate=0.05", "data_dir=none", "variants=fp,tern_t2"])
-    assert c.seeds == (0, 1, 2) and c.milestones == ((80, 0.1), (120, 0.1))
-    assert c.augment is False and c.learning_rate == 0.05 and c.data_dir is None
-    assert c.variants == ("fp", "tern_t2")
+    c = override(Config(), ["seeds=0,1,2", "schedule.milestones=80:0.1,120:0.1",
+                            "data.augment=false", "optimizer.learning_rate=0.05",
+                            "data.data_dir=none", "model.variants=fp,tern_t2",
+                            "model.kwargs.width=16"])
+    assert c.seeds == (0, 1, 2) and c.schedule.milestones == ((80, 0.1), (120, 0.1))
+    assert c.data.augment is False and c.optimizer.learning_rate == 0.05
+    assert c.data.data_dir is None and c.model.variants == ("fp", "tern_t2")
+    assert c.model.kwargs == {"width": 16}
+    assert override(c, {"data.batch_size": 16}).data.batch_size == 16
     with pytest.raises(ValueError, match="unknown config field 'lr'"):
         override(Config(), ["lr=0.1"])
+    with pytest.raises(ValueError, match="unknown config field 'learning_rate'; did you mean "
+                                         "optimizer.learning_rate"):
+        override(Config(), ["learning_rate=0.1"])
     with pytest.raises(ValueError, match="unknown variant 'tern9'"):
-        override(Config(), ["variants=tern9"])
+        override(Config(), ["model.variants=tern9"])
 
 
 def test_every_form_of_image_inputs_follows_its_protocol():
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    device = load_inputs(_small(), [0], mesh)
-    streamed = load_inputs(_small(stream=True), [0], mesh)
+
+    def inputs(config):
+        resolved = resolve(config)
+        return resolved.dataset.inputs(config, resolved.task(config), mesh)
+
+    device = inputs(_small())
+    streamed = inputs(_small({"data.stream": True}))
     assert isinstance(device, DeviceResident) and not device.streamed
     assert isinstance(streamed, Streamed) and streamed.streamed
     assert not isinstance(device, Streamed) and not isinstance(streamed, DeviceResident)
     assert device.num_train == streamed.num_train == 256
     assert device.num_test == streamed.num_test == 96
+    assert device.steps_per_epoch == streamed.steps_per_epoch == 8
 
 
-def test_saved_configs_of_earlier_versions_load_and_unknown_keys_are_named():
+def test_a_saved_config_loads_with_defaults_and_unknown_keys_are_named():
+    data = json.loads(Config().to_json())
+    assert from_json(json.dumps(data)) == Config()
+    # a config.json of fewer fields (an earlier version's) takes the defaults of the others
+    older = {**data, "data": {k: v for k, v in data["data"].items() if k != "stream"}}
+    del older["stages"]
+    assert from_json(json.dumps(older)) == Config()
+    with pytest.raises(ValueError, match="keys that are no Config field: lr, vmap"):
+        from_json(json.dumps({**data, "lr": 0.1, "vmap": True}))
+    with pytest.raises(ValueError, match="data has no field lr"):
+        from_json(json.dumps({**data, "data": {**data["data"], "lr": 0.1}}))
+    # a config.json of flat fields (before sections) is refused, naming them
+    with pytest.raises(ValueError, match="keys that are no Config field: batch_size, epochs"):
+        from_json(json.dumps({"name": "old", "batch_size": 32, "epochs": 2}))
+
+
+def test_the_configs_of_the_saved_runs_load_unchanged():
     saved = sorted((REPO / "experiments" / "results").rglob("config.json"))
-    assert saved  # run folders written by earlier versions (fewer fields)
+    assert saved  # the run folders kept in the repository
     for path in saved:
         written = json.loads(path.read_text())
         loaded = json.loads(from_json(path.read_text()).to_json())
-        assert {k: loaded[k] for k in written} == written, path
-    data = json.loads(Config().to_json())
-    with pytest.raises(ValueError, match="keys that are no Config field: lr, vmap"):
-        from_json(json.dumps({**data, "lr": 0.1, "vmap": True}))
+        for key, value in written.items():
+            got = {k: loaded[key][k] for k in value} if isinstance(value, dict) else loaded[key]
+            assert got == value, (path, key)
 
 
 def test_a_field_the_run_does_not_read_is_refused_with_its_name():
-    with pytest.raises(ValueError, match="seq_len=64 is not read by this run .image "
+    with pytest.raises(ValueError, match=r"data.seq_len=64 is not read by this run .image "
                                          "classification.*it is read by language model runs"):
-        Config(seq_len=64)
-    with pytest.raises(ValueError, match="data_dir='/data' is not read by this run .*dataset "
-                                         "'digits'.; it is read by dataset cifar10"):
-        Config(data_dir="/data")
-    assert Config(dataset="cifar10", data_dir="/data").data_dir == "/data"
+        Config(data={"seq_len": 64})
+    with pytest.raises(ValueError, match="data.data_dir='/data' is not read by this run "
+                                         ".*dataset 'digits'.; it is read by dataset cifar10"):
+        Config(data={"data_dir": "/data"})
+    assert Config(data={"dataset": "cifar10", "data_dir": "/data"}).data.data_dir == "/data"
 
 
 def test_every_experiment_config_loads_with_a_distinct_name():
@@ -303,7 +415,7 @@ def test_every_experiment_config_loads_with_a_distinct_name():
     assert all(isinstance(c, Config) for c in loaded)
     assert len({c.name for c in loaded}) == len(loaded)
     best = load_config(str(REPO / "experiments" / "configs" / "cifar10_resnet20.py"))
-    assert best.finetune_epochs == 80 and best.epochs == 200
+    assert best.stages.finetune_epochs == 80 and best.schedule.epochs == 200
 
 
 def test_cli_reports_bad_config_path_clearly(capsys):
@@ -312,31 +424,32 @@ def test_cli_reports_bad_config_path_clearly(capsys):
 
 
 def test_threshold_warmup_ramps_the_ternary_forward_and_leaves_fp_alone():
-    def first_losses(step, **changes):
-        trainer = Trainer(_small(seeds=(0,), **changes))
+    def first_losses(trainer, step):
         idx, keys = trainer.inputs.epoch_plan(0)
         _, metrics = trainer.step_at(trainer.init_state(), trainer.inputs.arrays, idx[0],
                                      keys[0], np.int32(step))
-        return np.asarray(metrics["loss"]), trainer.steps_per_epoch
+        return np.asarray(metrics["loss"])
 
-    plain, steps_per_epoch = first_losses(0)
-    start = first_losses(0, threshold_warmup=1.0)[0]          # scale 0: Δ = 0
-    done = first_losses(steps_per_epoch, threshold_warmup=1.0)[0]  # scale 1: the plain Δ
+    warming = Trainer(_small(WARMUP))
+    plain = first_losses(Trainer(_small()), 0)
+    start = first_losses(warming, 0)                          # scale 0: Δ = 0
+    done = first_losses(warming, warming.steps_per_epoch)     # scale 1: the plain Δ
     assert start[0] == plain[0]  # fp: untouched by the warm-up
     assert start[1] != plain[1]  # ternary: a different forward while warming up
     np.testing.assert_allclose(done, plain, rtol=1e-6)
-    with pytest.raises(ValueError, match=r"threshold_warmup_start must be a number in \[0, 1\], "
-                                         "got 1.5"):
-        _small(threshold_warmup=2.0, threshold_warmup_start=1.5)
+    with pytest.raises(ValueError, match=r"schedule.threshold_warmup_start must be a number in "
+                                         r"\[0, 1\], got 1.5"):
+        _small({"schedule.threshold_warmup": 2.0, "schedule.threshold_warmup_start": 1.5})
 
 
 @pytest.fixture(scope="module")
 def two_stage(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_stage")
-    config = _small(epochs=2, finetune_epochs=1, finetune_learning_rate=0.01)
-    return config, workdir, run(config, workdir, log=lambda *_: None)
+    config = _small({"stages.finetune_epochs": 1, "stages.finetune_learning_rate": 0.01})
+    return config, workdir, run(config, workdir, **QUIET)
 
 
+@pytest.mark.slow
 def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(two_stage):
     config, workdir, results = two_stage
     assert results["stages"] == {"pretrain": 2, "finetune": 1} and results["epochs"] == 3
@@ -350,15 +463,17 @@ def test_two_stage_recipe_fine_tunes_ternary_from_the_fp_model(two_stage):
     assert fine[0]["lr"] < 0.01  # its own cosine schedule, not stage 1's lr 0.05
 
 
+@pytest.mark.slow
 def test_two_stage_resume_of_a_finished_run_trains_nothing(two_stage):
     config, workdir, results = two_stage
-    again = run(config, workdir, resume=True, log=lambda *_: None)
+    again = run(config, workdir, resume=True, **QUIET)
     assert again["variants"] == results["variants"]
     assert len(read(workdir / "finetune")) == 1
     with pytest.raises(FileExistsError, match="--resume"):
-        run(config, workdir, log=lambda *_: None)
+        run(config, workdir, **QUIET)
 
 
+@pytest.mark.slow
 def test_two_stage_restores_the_ternary_stage_without_data(two_stage, monkeypatch):
     from tern_jax.data.specs import Dataset
 
@@ -373,13 +488,17 @@ def test_two_stage_restores_the_ternary_stage_without_data(two_stage, monkeypatc
     assert restored.epoch == 1
     leaf = jax.tree_util.tree_leaves(restored.state.params)[0]
     assert leaf.shape[0] == 1  # one model on the model axis
+    stats = jax.tree_util.tree_leaves(restored.state.model_state)  # BatchNorm's statistics
+    assert stats and all(s.shape[0] == 1 for s in stats)
 
 
 def test_the_loop_alone_refuses_a_two_stage_config(tmp_path):
     with pytest.raises(ValueError, match="tern_jax.train.run"):
-        train_and_evaluate(_small(finetune_epochs=1), tmp_path, log=lambda *_: None)
+        train_and_evaluate(_small({"stages.finetune_epochs": 1}), tmp_path, **QUIET)
+    assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_two_stage_plot_and_collect_read_both_stages(two_stage):
     import matplotlib.pyplot as plt
 
@@ -409,20 +528,21 @@ def test_two_stage_plot_and_collect_read_both_stages(two_stage):
 
 def test_two_stage_config_checks():
     with pytest.raises(ValueError, match="needs a ternary variant"):
-        _small(variants=("fp",), finetune_epochs=2)
-    with pytest.raises(ValueError, match="finetune_schedule"):
-        _small(finetune_epochs=2, finetune_schedule="multistep")
+        _small({"model.variants": ("fp",), "stages.finetune_epochs": 2})
+    with pytest.raises(ValueError, match="stages.finetune_schedule"):
+        _small({"stages.finetune_epochs": 2, "stages.finetune_schedule": "multistep"})
 
 
+@pytest.mark.slow
 def test_scanned_chunks_match_single_steps_with_threshold_warmup(tmp_path):
     """The GPU/TPU path (steps inside lax.scan, model axis vmapped) against the CPU path."""
-    base = _small(epochs=1, threshold_warmup=1.0, checkpoint_every=0)
-    single = train_and_evaluate(dataclasses.replace(base, scan_steps=1, model_axis="unroll"),
-                                tmp_path / "single", log=lambda *_: None)
-    scanned = train_and_evaluate(dataclasses.replace(base, scan_steps=3, model_axis="vmap"),
-                                 tmp_path / "scanned", log=lambda *_: None)
-    a, b = read(tmp_path / "single")[-1], read(tmp_path / "scanned")[-1]
-    for m, n in zip(a["models"], b["models"]):
+    single = train_and_evaluate(_small({**WARMUP, "scan_steps": 1, "model.axis": "unroll"}),
+                                tmp_path / "single", **QUIET)
+    scanned = train_and_evaluate(_small({**WARMUP, "scan_steps": 3, "model.axis": "vmap"}),
+                                 tmp_path / "scanned", **QUIET)
+    a, b = read(tmp_path / "single"), read(tmp_path / "scanned")
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
+    for m, n in zip(a[-1]["models"], b[-1]["models"]):
         np.testing.assert_allclose(m["train_loss"], n["train_loss"], rtol=1e-4)
     for v in ("fp", "tern"):
         np.testing.assert_allclose(single["variants"][v]["mean"], scanned["variants"][v]["mean"],

@@ -393,8 +393,8 @@ REAL_CAUSES = [
      ["prompt tokens must lie in [0, 256)"], []),
     ("eval_windows-token-above-vocab", lambda m: tern_jax.data.text.eval_windows(
         np.array([1, 2, 300, 4, 5], np.int32), 2), ValueError, ["[0, 256)", "[1, 300]"], []),
-    ("random_windows-negative-token", lambda m: tern_jax.data.text.random_windows(
-        KEY, jnp.array([1, -1, 3, 4, 5], jnp.int32), 2, 2), ValueError, ["[-1, 5]"], []),
+    ("DeviceText-negative-token", lambda m: _device_text(np.array([1, -1, 3, 4, 5], np.int32)),
+     ValueError, ["[-1, 5]"], []),
     ("Rule-full-precision-with-t_ex", lambda m: tern_jax.Rule(".*", None, t_ex=3), ValueError,
      ["method=None", "t_ex=3 would be ignored"], []),
     ("quantize_params-nested-rules", lambda m: tern_jax.quantize_params(
@@ -403,13 +403,34 @@ REAL_CAUSES = [
      TypeError, ["tern_jax.Rule('.*kernel')"], []),
     ("quantize_params-stacked-str", lambda m: tern_jax.quantize_params(PARAMS, stacked="yes"),
      TypeError, ["stacked", "'yes'"], []),
-    ("random_windows-float-text", lambda m: tern_jax.data.text.random_windows(
-        KEY, jnp.ones(8), 2, 2), TypeError, ["dtype float32"], []),
+    ("DeviceText-float-text", lambda m: _device_text(np.ones(8, np.float32)), TypeError,
+     ["dtype float32"], []),
 ]
 
+# Training text is checked nowhere since data.text.random_windows (which checked it) went:
+# DeviceText puts any array on the devices, and out-of-range tokens index past the embedding.
+_UNCHECKED_TRAINING_TEXT = pytest.mark.xfail(
+    strict=True, reason="library bug: DeviceText does not check its training split's tokens "
+    "(dtype, range); only the validation split is checked, by eval_windows")
+_KNOWN_BUGS = {"DeviceText-negative-token": _UNCHECKED_TRAINING_TEXT,
+               "DeviceText-float-text": _UNCHECKED_TRAINING_TEXT}
 
-@pytest.mark.parametrize("call, error, present, absent", [c[1:] for c in REAL_CAUSES],
-                         ids=[c[0] for c in REAL_CAUSES])
+
+def _device_text(train):
+    """A byte corpus of training split ``train`` (valid validation bytes) as training inputs."""
+    from jax.sharding import Mesh
+
+    from tern_jax.data.inputs import DeviceText
+    from tern_jax.data.text import TextDataset
+
+    data = TextDataset(train, np.arange(1, 9, dtype=np.uint8), "bad", "a test corpus")
+    return DeviceText(data, seeds=[0], seq_len=2, batch_size=2, eval_batch_size=2,
+                      steps_per_epoch=None, test_subset=None,
+                      mesh=Mesh(np.array(jax.devices()[:1]), ("data",)))
+
+
+@pytest.mark.parametrize("call, error, present, absent", [
+    pytest.param(*c[1:], id=c[0], marks=_KNOWN_BUGS.get(c[0], ())) for c in REAL_CAUSES])
 def test_a_wrong_input_is_refused_naming_the_real_cause(monkeypatch, call, error, present,
                                                         absent):
     with warnings.catch_warnings():

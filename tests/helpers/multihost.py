@@ -6,7 +6,6 @@ device count (``--xla_force_host_platform_device_count``) before JAX starts.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -50,19 +49,24 @@ def write_cifar_folder(root: Path) -> Path:
     return root
 
 
-def digits_config():
-    from tern_jax.train import quickstart_config
+#: :func:`digits_config`'s changes of the quickstart, by dotted path.
+DIGITS = {"data.train_subset": 256, "data.test_subset": 64, "data.batch_size": 32,
+          "data.eval_batch_size": 32, "schedule.epochs": 2, "checkpointing.every": 1,
+          "progress": False}
 
-    return dataclasses.replace(quickstart_config(), train_subset=256, test_subset=64,
-                               batch_size=32, eval_batch_size=32, epochs=2, checkpoint_every=1,
-                               progress=False)
+
+def digits_config(changes: dict | None = None):
+    from tern_jax.train import override, quickstart_config
+
+    return override(quickstart_config(), {**DIGITS, **(changes or {})})
 
 
 def cifar_config(data_dir):
     """The CIFAR folder streamed through grain (each process reads its share)."""
-    return dataclasses.replace(digits_config(), name="cifar_stream", dataset="cifar10",
-                               data_dir=str(data_dir), stream=True, epochs=2, eval_batch_size=16,
-                               train_subset=None, test_subset=None, checkpoint_every=0)
+    return digits_config({"name": "cifar_stream", "data.dataset": "cifar10",
+                          "data.data_dir": str(data_dir), "data.stream": True,
+                          "data.eval_batch_size": 16, "data.train_subset": None,
+                          "data.test_subset": None, "checkpointing.every": 0})
 
 
 def _kill_after_saving(epoch: int) -> None:
@@ -109,8 +113,7 @@ def cli_job(args: list[str], sigterm_during_epoch: int | None = None) -> None:
 
 def digits_args(workdir, *more: str) -> list[str]:
     """``tern-jax train`` flags for :func:`digits_config` (checkpoints only at the end)."""
-    flags = {"train_subset": 256, "test_subset": 64, "batch_size": 32, "eval_batch_size": 32,
-             "epochs": 2, "checkpoint_every": 0, "progress": "false"}
+    flags = {**DIGITS, "checkpointing.every": 0, "progress": "false"}
     sets = [a for k, v in flags.items() for a in ("--set", f"{k}={v}")]
     return ["train", "--config", "quickstart", "--workdir", str(workdir), *sets, *more]
 
@@ -143,7 +146,7 @@ def join(coordinator: str, num_processes: int, process_id: int, timeout: float,
             from tern_jax.train import Trainer
 
             with distributed.failures_end_the_job():
-                Trainer(dataclasses.replace(digits_config(), batch_size=batch_size))
+                Trainer(digits_config({"data.batch_size": batch_size}))
     except Exception as e:  # noqa: BLE001 - the test reads the message
         print(f"error: {type(e).__name__}: {e}", flush=True)
         distributed.exit_after_failure(2)

@@ -6,7 +6,6 @@ Each function is importable; a test runs one in a fresh interpreter with
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 
@@ -19,12 +18,15 @@ def command(call: str) -> list[str]:
             f"from helpers.runs import *; {call}"]
 
 
-def small_config(**changes):
-    from tern_jax.train import quickstart_config
+def small_config(changes: dict | None = None):
+    """The quickstart's digits run on 256 training and 64 test digits, batches of 32, one seed,
+    no progress bar; ``changes`` (dotted paths, ``{"schedule.epochs": 1}``) replace the rest."""
+    from tern_jax.train import override, quickstart_config
 
-    base = dataclasses.replace(quickstart_config(), train_subset=256, test_subset=64,
-                               batch_size=32, progress=False, seeds=(0,))
-    return dataclasses.replace(base, **changes)
+    base = override(quickstart_config(), {"data.train_subset": 256, "data.test_subset": 64,
+                                          "data.batch_size": 32, "progress": False,
+                                          "seeds": (0,)})
+    return override(base, changes or {})
 
 
 def data_parallel_losses(devices, steps: int = 4):
@@ -57,10 +59,22 @@ def compare_data_parallel() -> None:
                       "acc8": acc8.tolist()}))
 
 
-def killable_run(workdir: str, resume: bool = False) -> None:
-    """A 5-epoch run checkpointing every epoch, for the kill-and-resume test."""
-    from tern_jax.train import quickstart_config, train_and_evaluate
+def killed_run(workdir: str, changes: dict, kill_at_step: int) -> None:
+    """The quickstart with ``changes`` (dotted paths) in ``workdir``; the process SIGKILLs
+    itself once training reaches global step ``kill_at_step`` (mid-epoch: what the steps since
+    the last checkpoint did is lost, as in a real kill)."""
+    import os
+    import signal
 
-    config = dataclasses.replace(quickstart_config(), train_subset=512, test_subset=128,
-                                 epochs=5, checkpoint_every=1, progress=False)
-    train_and_evaluate(config, workdir, resume=resume, log=lambda *_: None)
+    from tern_jax.train import Trainer, override, quickstart_config, train_and_evaluate
+
+    device_epoch = Trainer._device_epoch
+
+    def dying_epoch(self, state, epoch, first):
+        for start, stop, new_state, metrics in device_epoch(self, state, epoch, first):
+            if first + stop >= kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield start, stop, new_state, metrics
+
+    Trainer._device_epoch = dying_epoch
+    train_and_evaluate(override(quickstart_config(), changes), workdir, log=lambda *_: None)
