@@ -22,7 +22,7 @@ from tern_jax.core import is_int
 
 __all__ = ["argument_error", "describe", "is_int", "check_int", "check_optional_int",
            "check_bool", "check_fraction", "check_path", "check_optional_path", "check_key",
-           "check_float_dtype", "check_array", "check_callable"]
+           "check_float_dtype", "check_array", "check_callable", "unwritable_path_error"]
 
 
 def describe(value) -> str:
@@ -99,6 +99,27 @@ def check_path(value, name: str, func: str) -> Path:
     if not str(value).strip():
         raise ValueError(f"{func}: {name} is an empty path; give a file or folder name")
     return Path(value).expanduser()
+
+
+def unwritable_path_error(path: Path, func: str) -> OSError | None:
+    """Why ``path`` (a file or folder about to be created) cannot be, or ``None``.
+
+    Looks at its nearest existing ancestor: a file there is a ``NotADirectoryError``, a folder
+    this process cannot write into a ``PermissionError``; each message names ``path`` as the
+    caller gave it and the ancestor at fault, never a temporary file. A missing parent folder
+    is not an error here (a folder export creates it; a file writer checks it itself).
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return NotADirectoryError(f"{func}: cannot create {path}: {ancestor} is a file, not a "
+                                  "folder; choose a path inside a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return PermissionError(f"{func}: cannot create {path}: the folder {ancestor} is not "
+                               "writable (permission denied); choose a folder you can write to")
+    return None
 
 
 def check_optional_path(value, name: str, func: str) -> Path | None:

@@ -32,7 +32,9 @@ The model is not rewritten; the rules reach its layers in two ways:
       with tern_jax.activations.quantized_activations(rules):
           y = model.apply({"params": tern_jax.quantize_params(params, rules)}, x)
 
-The trainer does both for a variant whose rules ask for it.
+The trainer does both for a variant whose rules ask for it. :func:`tern_jax.quantize_params`
+alone changes the weights only: given rules with ``activations`` outside these two ways, it
+warns (:class:`tern_jax.rules.ActivationsNotAppliedWarning`).
 
 A layer's rule is the one that governs its kernel (``path/kernel``), found by the matcher of
 the weights (:func:`tern_jax.rules.first_match`: the first full match wins). A rule with

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tern_jax import core, fs, packing
+from tern_jax._args import unwritable_path_error
 from tern_jax.integrity import IntegrityError, array_digest, check_files, file_records, files_under
 from tern_jax.rules import _normalize_rules, match_params, path_to_str
 
@@ -129,19 +130,9 @@ def _is_checkpoint(path: Path) -> bool:
 
 def _writable_parent(path: Path) -> None:
     """Refuses a path whose nearest existing ancestor is a file or cannot be written."""
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise NotADirectoryError(
-            f"save_ternary: cannot create {path}: {ancestor} is a file, not a folder; choose "
-            "a path inside a folder"
-        )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"save_ternary: cannot create {path}: the folder {ancestor} is not writable; "
-            "choose a folder you can write to"
-        )
+    error = unwritable_path_error(path, "save_ternary")
+    if error is not None:
+        raise error
 
 
 def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="warn",
@@ -295,8 +286,11 @@ _LEAF_KEYS = {"ternary": ("name", "path", "keys", "shape", "dtype", "sha256", "l
 
 def _read_meta(path: Path) -> dict:
     meta_file = path / META_FILE
+    if not path.exists():  # a link to nothing included
+        raise CheckpointError(f"{path} does not exist; give the folder save_ternary wrote")
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory; give the folder save_ternary wrote")
+        raise CheckpointError(f"{path} is a file, not a checkpoint folder; give the folder "
+                              "save_ternary wrote")
     if not meta_file.is_file():
         raise CheckpointError(
             f"{path} is not a tern_jax ternary checkpoint (no meta/metadata); it may be another "

@@ -31,9 +31,12 @@ axes) that keep their own ``Δ``/``α``, e.g. ``-1`` for the output channels of 
 Edge cases the paper leaves open, defined here:
 
 * an all-zero tensor (or channel) gives zeros: its codes are 0 and its scale is 0, never NaN;
-* a tensor (or channel) holding NaN or ±Inf gives NaN everywhere in that tensor (channel) and
-  a NaN scale, so a training loss turns NaN and the trainer's NaN guard stops with a message
-  instead of silently training on garbage.
+* a concrete weight (outside ``jit``) holding NaN or ±Inf is refused, naming how many values
+  are not finite; under ``jit`` nothing can be looked at, so such a tensor (or channel) gives
+  NaN everywhere in it and a NaN scale: a training loss turns NaN and the trainer's NaN guard
+  stops with a message (naming the parameter) instead of silently training on garbage;
+* an ``axis`` set naming every axis of the weight is refused: each weight would be its own
+  channel with its own scale, and the "ternarized" weight would be the weight itself.
 
 This file is longer than the project's ~350-line guide on purpose: the public quantizers share
 one checked entry (``_checked``), the quantizer proper (``_levels_and_scales``) and its
@@ -218,12 +221,17 @@ def resolve_thresholds(
     return resolved
 
 
-def normalize_axis(axis, ndim: int | None = None) -> int | tuple[int, ...] | None:
+def normalize_axis(axis, ndim: int | None = None, *,
+                   shape: Sequence[int] | None = None) -> int | tuple[int, ...] | None:
     """Checks a channel ``axis`` (``None``, an int, or a tuple of distinct ints).
 
-    With ``ndim`` the axes are also range-checked and returned non-negative and sorted (a
-    tuple for several axes, an int for one); without it the value is only type-checked.
+    With ``ndim`` (or the weight's ``shape``, which gives ``ndim`` and names the weight in
+    messages) the axes are also range-checked and returned non-negative and sorted (a tuple
+    for several axes, an int for one), and a set naming every axis is refused: it leaves no
+    weight to share a scale with. Without either the value is only type-checked.
     """
+    if shape is not None:
+        ndim = len(shape)
     if axis is None:
         return None
     axes = axis if isinstance(axis, tuple) else (axis,)
@@ -246,6 +254,15 @@ def normalize_axis(axis, ndim: int | None = None) -> int | tuple[int, ...] | Non
     fixed = tuple(sorted({int(a) % ndim for a in axes}))
     if len(fixed) != len(axes):
         raise ValueError(f"axis={axis!r} names the same axis twice; give distinct axes")
+    if len(fixed) == ndim:
+        weight = f"the weight of shape {tuple(shape)}" if shape is not None else \
+            f"a weight of rank {ndim}"
+        raise ValueError(
+            f"axis={axis!r} names every axis of {weight}, so each weight would be its own "
+            "channel with its own scale and come back unchanged; leave at least one axis out to "
+            "share a scale: the output-channel axis (-1 for Flax Conv/Dense kernels), or None "
+            "for one scale per tensor"
+        )
     return fixed[0] if len(fixed) == 1 else fixed
 
 
@@ -274,7 +291,40 @@ def _check_weight(w) -> jax.Array:
     if w.size == 0:
         raise ValueError(f"w has shape {w.shape} with no elements; a weight to ternarize needs "
                          "at least one value")
+    bad = non_finite(w)
+    if bad is not None:
+        raise ValueError(f"w holds {bad}; {NON_FINITE_FIX}")
     return w
+
+
+#: What to do about non-finite weights, for every message that refuses them.
+NON_FINITE_FIX = ("its scale would be NaN and every weight sharing it NaN. Give finite weights: "
+                  "restore an earlier checkpoint, or find the step or file that made them")
+
+
+@jax.jit
+def _all_finite(w: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(w))
+
+
+def non_finite(w) -> str | None:
+    """How many values of a concrete float array are NaN or ±Inf, as a phrase such as
+    ``"2 NaN and 1 inf values (of 12)"``; ``None`` when all are finite, and for a traced
+    ``w`` (under ``jit``, ``grad`` or ``vmap`` there is no value to look at)."""
+    if isinstance(w, jax.core.Tracer):
+        return None
+    if isinstance(w, jax.Array) and not w.is_fully_addressable:
+        return None  # another process holds part of it: not this one's to read
+    try:
+        w = jnp.asarray(w)
+    except TypeError:
+        return None
+    if not jnp.issubdtype(w.dtype, jnp.inexact) or bool(_all_finite(w)):
+        return None  # one scalar back from the device; the counts only when something is wrong
+    counts = [(int(jnp.sum(jnp.isnan(w))), "NaN"), (int(jnp.sum(jnp.isinf(w))), "inf")]
+    parts = [f"{n} {name}" for n, name in counts if n]
+    total = sum(n for n, _ in counts)
+    return f"{' and '.join(parts)} value{'s' if total > 1 else ''} (of {w.size})"
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -356,7 +406,7 @@ def _checked(w, method, threshold, thresholds, t_ex, axis):
     """The one entry every public quantizer goes through: all arguments checked here."""
     w = _check_weight(w)
     resolved = resolve_thresholds(method, threshold, thresholds, t_ex)
-    return w, resolved, normalize_axis(axis, w.ndim)
+    return w, resolved, normalize_axis(axis, shape=w.shape)
 
 
 def encode(

@@ -40,6 +40,7 @@ types residual expansion (``t_ex > 1``: 5 or 9 levels), a row width that is not 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -47,8 +48,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tern_jax import fs
-from tern_jax._args import argument_error, check_bool, check_path
-from tern_jax.core import TernaryCodes, decode
+from tern_jax._args import argument_error, check_bool, check_path, unwritable_path_error
+from tern_jax.core import NON_FINITE_FIX, TernaryCodes, decode, non_finite
 from tern_jax.integrity import check_shapes
 from tern_jax.models.transformer import NORM_EPSILON, ROPE_BASE, TransformerConfig
 from tern_jax.packing import SUPER_BLOCK
@@ -138,6 +139,12 @@ def _codes_of(params, rules) -> dict[str, object]:
     flat = _flat(params)
     plain = {k: v for k, v in flat.items() if not _is_codes(v)}
     out = dict(flat)
+    for key, leaf in flat.items():  # named here: encoded, a NaN would only show as odd scales
+        bad = non_finite(leaf.scales if _is_codes(leaf) else leaf)
+        if bad is not None:
+            what = f"the scales of parameter {key!r} hold" if _is_codes(leaf) else \
+                f"parameter {key!r} holds"
+            raise ValueError(f"to_gguf: {what} {bad}; {NON_FINITE_FIX}")
     if rules is not None and plain:
         matches, _ = match_params(plain, rules, unused="ignore")
         for m in matches:
@@ -243,8 +250,6 @@ def _tensors(params, config, rules, type_: str):
                 out.append((_gguf_name(path), gguf.quants.quantize(matrix, qtype), qtype))
         else:
             value = np.asarray(leaf, np.float32)
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"{path!r} holds NaN or Inf; a model with it would not run")
             if value.ndim == 1:
                 out.append((_gguf_name(path), value, None))
             else:
@@ -281,11 +286,20 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
       name: the model name in the file's metadata.
 
     Raises before anything is written: ``ValueError`` naming what llama.cpp cannot represent
-    (see the module docstring) or a parameter that does not fit ``config``;
+    (see the module docstring), a parameter that does not fit ``config`` or one holding NaN or
+    Inf (with the count), or an empty ``path``; ``IsADirectoryError`` for a ``path`` that is a
+    folder or ends in a separator (a GGUF export is one file); ``NotADirectoryError`` when a
+    folder on the way is a file, ``FileNotFoundError`` when the folder does not exist,
+    ``PermissionError`` when it cannot be written (each naming ``path`` and the cause);
     ``FileExistsError`` for an existing ``path`` without ``overwrite``;
     :class:`tern_jax.fs.NotOwnedError` when ``path`` is not a file tern_jax wrote.
     """
+    given = path
     path = check_path(path, "path", "to_gguf")
+    if (isinstance(given, str) and given.endswith(tuple(filter(None, (os.sep, os.altsep))))) \
+            or path.is_dir():
+        raise IsADirectoryError(f"to_gguf: path {given} is a folder; a GGUF export is one file: "
+                                f"give a file path such as {path / 'model.gguf'}")
     if not isinstance(type, str) or type not in GGUF_TYPES:
         raise argument_error(ValueError, "to_gguf", "type", f"one of {tuple(GGUF_TYPES)}",
                              repr(type))
@@ -295,27 +309,37 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
             raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to "
                                   "replace an earlier export, or choose a new path")
         fs.check_replaceable(path, fs.owned_file, "a GGUF export (to_gguf)")
+    unwritable = unwritable_path_error(path, "to_gguf")
+    if isinstance(unwritable, NotADirectoryError):
+        raise unwritable
     if not path.parent.is_dir():
         raise FileNotFoundError(f"to_gguf: the folder {path.parent} does not exist; create it "
                                 "or choose another path")
+    if unwritable is not None:
+        raise unwritable
     _check_config(config)
     gguf = _gguf()
     tensors = _tensors(params, config, rules, type)
 
     writer_path = None
     try:
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent,
-                                         delete=False) as tmp:
-            writer_path = Path(tmp.name)
-        writer = gguf.GGUFWriter(writer_path, "llama")
-        _write_metadata(writer, gguf, config, name, type)
-        for tensor_name, array, qtype in tensors:
-            writer.add_tensor(tensor_name, array, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        fs.write_owned_bytes(path, writer_path.read_bytes(), what="a GGUF export (to_gguf)")
+        try:
+            with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent, delete=False) as tmp:
+                writer_path = Path(tmp.name)
+            writer = gguf.GGUFWriter(writer_path, "llama")
+            _write_metadata(writer, gguf, config, name, type)
+            for tensor_name, array, qtype in tensors:
+                writer.add_tensor(tensor_name, array, raw_dtype=qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            data = writer_path.read_bytes()
+        except OSError as e:  # named by the user's path (the temporary file is ours); `type`
+            # is the argument here, not the builtin
+            raise e.__class__(f"to_gguf: cannot write {path}: {e.strerror or e}") from e
+        fs.write_owned_bytes(path, data, what="a GGUF export (to_gguf)")
     finally:
         if writer_path is not None:
             writer_path.unlink(missing_ok=True)

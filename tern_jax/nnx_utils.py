@@ -60,8 +60,9 @@ def ternarized(model: nnx.Module, rules=None, *, unused: str = "warn",
     """
     _check_module(model, "ternarized")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    quantized = quantize_params(params, rules, unused=unused, threshold_scale=threshold_scale)
-    # Rule.activations
+    # the rules' activations are applied here, by quantize_inputs: no warning that they are not
+    quantized = quantize_params(params, rules, unused=unused, threshold_scale=threshold_scale,
+                                activations_applied=True)
     return quantize_inputs(nnx.merge(graphdef, quantized, rest), rules, unused=unused)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Rule",
     "DEFAULT_RULES",
     "UnusedRuleWarning",
+    "ActivationsNotAppliedWarning",
     "path_to_str",
     "first_match",
     "check_unused",
@@ -46,6 +47,13 @@ ACTIVATION_MODES: tuple[str, ...] = get_args(ActivationMode)
 
 class UnusedRuleWarning(UserWarning):
     """A rule matched no parameter (likely a typo in its pattern)."""
+
+
+class ActivationsNotAppliedWarning(UserWarning):
+    """:func:`quantize_params` was given rules with ``activations``, which it cannot apply: it
+    ternarizes weights only, and the layer inputs stay in full precision unless the model runs
+    under :func:`tern_jax.activations.quantized_activations` (linen) or
+    :func:`tern_jax.activations.quantize_inputs` (NNX)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +207,7 @@ def _eligible(leaf) -> bool:
 def _check_axis_fits(rule: Rule, path: str, leaf) -> None:
     """The rule's channel ``axis`` names axes of this leaf (checked before any tracing)."""
     try:
-        core.normalize_axis(rule.axis, leaf.ndim)
+        core.normalize_axis(rule.axis, shape=tuple(leaf.shape))
     except ValueError as e:
         raise ValueError(
             f"Rule({rule.pattern!r}, axis={rule.axis!r}) matches parameter {path!r} of shape "
@@ -343,7 +351,7 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
 
 
 def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: bool = False,
-                    threshold_scale=None):
+                    threshold_scale=None, activations_applied: bool = False):
     """The same pytree with every rule-matched weight ternarized (STE gradient to the latent).
 
     ``rules=None`` uses :data:`DEFAULT_RULES` (every float kernel of rank >= 2, first and last
@@ -374,15 +382,63 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
     ``threshold_scale`` multiplies every rule's thresholds (a float scalar in [0, 1]; it may be
     traced, so a jitted train step can ramp it from 0 to 1 as a threshold warm-up without
     recompiling). ``None`` (the default) is the rules' own thresholds.
+
+    Only weights are changed here. A rule's ``activations`` (8-bit layer inputs) take effect
+    where the model runs: a linen model under
+    :func:`tern_jax.activations.quantized_activations` with the same rules, an NNX model
+    through :func:`tern_jax.activations.quantize_inputs` (:func:`tern_jax.nnx_utils.ternarized`
+    does both). Rules with ``activations`` that govern some weight therefore warn, once per
+    call, with :class:`ActivationsNotAppliedWarning`, unless the call is made inside
+    ``quantized_activations`` of these rules, ``activations_applied=True`` says the caller
+    quantizes the inputs itself, or ``unused="ignore"`` silences what takes no effect.
+
+    Outside ``jit`` (concrete leaves) a ternarized weight holding NaN or ±Inf is refused with
+    ``ValueError`` naming its path and the count; under ``jit`` it turns NaN (see
+    :mod:`tern_jax.core`).
     """
     check_bool(stacked, "stacked", "quantize_params")
+    check_bool(activations_applied, "activations_applied", "quantize_params")
     matches, treedef = match_params(params, rules, unused=unused)
+    if not activations_applied and unused != "ignore":
+        _warn_activations_not_applied(matches)
     out = []
     for m in matches:
         if not m.quantized:
             out.append(m.leaf)
-        elif stacked and m.rule.t_ex > 1:
+            continue
+        bad = core.non_finite(m.leaf)
+        if bad is not None:
+            raise ValueError(f"quantize_params: parameter {m.path!r} holds {bad}; "
+                             f"{core.NON_FINITE_FIX}")
+        if stacked and m.rule.t_ex > 1:
             out.append(m.rule.expand(m.leaf, threshold_scale))
         else:
             out.append(m.rule.apply(m.leaf, threshold_scale))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _warn_activations_not_applied(matches) -> None:
+    """One :class:`ActivationsNotAppliedWarning` for the rules with ``activations`` that govern
+    weights here, unless a :func:`~tern_jax.activations.quantized_activations` context of the
+    same rules quantizes the inputs."""
+    governed: dict[Rule, list[str]] = {}
+    for m in matches:
+        if m.rule is not None and m.rule.activations is not None:
+            governed.setdefault(m.rule, []).append(m.path)
+    if not governed:
+        return
+    from tern_jax.activations import active_rules  # it imports this module
+
+    active = active_rules()
+    if active is not None and all(r in active for r in governed):
+        return
+    named = "; ".join(
+        f"Rule({r.pattern!r}, activations={r.activations!r}) on "
+        f"{', '.join(map(repr, paths[:3]))}" + (f" and {len(paths) - 3} more" if paths[3:] else "")
+        for r, paths in governed.items())
+    warnings.warn(
+        f"quantize_params ternarizes weights only; the 8-bit inputs of {named} take effect only "
+        "where the model runs under tern_jax.activations.quantized_activations(rules) (linen) or "
+        "through tern_jax.activations.quantize_inputs / tern_jax.nnx_utils.ternarized (NNX). "
+        "Run it there, or pass activations_applied=True if you quantize the inputs yourself",
+        ActivationsNotAppliedWarning, stacklevel=3)

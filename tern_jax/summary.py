@@ -27,6 +27,11 @@ class LayerSummary:
     multiplies all its weights: a transformer's token embedding, which is looked up and costs
     none unless it is the tied output head, is counted too, and so is a rank-3 attention kernel
     (whose outputs are its last two axes: ``muls_per_position`` then counts the last one only).
+
+    ``activations`` is the 8-bit form of the inputs of the layer whose ``kernel`` this is
+    (``"int8"``, ``"int8_block"``: the :attr:`tern_jax.Rule.activations` of its rule, as
+    :mod:`tern_jax.activations` applies them), ``None`` for full-precision inputs and for
+    tensors that are no layer's kernel.
     """
 
     path: str
@@ -43,6 +48,7 @@ class LayerSummary:
     adds_per_position: int
     muls_per_position: int
     macs_per_position: int
+    activations: str | None = None
 
     @property
     def quantized(self) -> bool:
@@ -104,6 +110,22 @@ class Summary:
     def macs_per_position(self) -> int:
         return sum(r.macs_per_position for r in self.ternary)
 
+    @property
+    def activations(self) -> dict[str, int]:
+        """How many layers take 8-bit inputs, per form (``{"int8_block": 8}``; empty: none)."""
+        counts: dict[str, int] = {}
+        for r in self.layers:
+            if r.activations is not None:
+                counts[r.activations] = counts.get(r.activations, 0) + 1
+        return counts
+
+    def _inputs_note(self) -> str:
+        if not self.activations:
+            return ""
+        forms = ", ".join(f"({mode}) to {n} layer{'s' if n > 1 else ''}"
+                          for mode, n in self.activations.items())
+        return f"; 8-bit inputs {forms}"
+
     def as_dict(self) -> dict:
         return {
             "layers": [dataclasses.asdict(r) | {"compression": r.compression} for r in self.layers],
@@ -114,11 +136,15 @@ class Summary:
             "compression": self.compression,
             "ternary_compression": self.ternary_compression,
             "zero_fraction": self.zero_fraction,
+            "activations": self.activations,
         }
 
     def __str__(self) -> str:
         head = ("path", "shape", "method", "t_ex", "zeros", "scale", "bits", "fp32 B",
                 "packed B", "ratio", "adds/pos")
+        inputs = bool(self.activations)  # the column only where some layer has 8-bit inputs
+        if inputs:
+            head += ("inputs",)
         rows = []
         for r in self.layers:
             rows.append((
@@ -133,18 +159,19 @@ class Summary:
                 str(r.bytes_packed),
                 f"{r.compression:.1f}x",
                 str(r.adds_per_position) if r.quantized else "-",
-            ))
+            ) + ((r.activations or "-",) if inputs else ()))
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
                   for i, h in enumerate(head)]
         line = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
+            c.ljust(w) if i < 3 or i == 11 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
         out = [line(head), line(["-" * w for w in widths])]
         out += [line(row) for row in rows]
         if not self.ternary:  # no ternary tensor: no ratio, zeros or adds to speak of
             out.append(f"0 of {len(self.layers)} tensors ternarized: every weight in full "
                        f"precision; {self.bytes_fp32:,} B fp32 -> {self.bytes_packed:,} B stored "
-                       f"({self.compression:.1f}x)")
+                       f"({self.compression:.1f}x){self._inputs_note()}")
             return "\n".join(out)
         out.append(
             f"{len(self.ternary)} of {len(self.layers)} tensors ternarized, "
@@ -153,6 +180,7 @@ class Summary:
             f"({self.compression:.1f}x overall, "
             f"{self.ternary_compression:.1f}x on ternary tensors); zeros {self.zero_fraction:.1%}; "
             f"{self.adds_per_position:,} adds vs {self.macs_per_position:,} MACs per position"
+            f"{self._inputs_note()}"
         )
         return "\n".join(out)
 
@@ -161,10 +189,13 @@ def _layer(path, leaf, rule) -> LayerSummary:
     shape = tuple(int(d) for d in np.shape(leaf))
     count = int(np.prod(shape)) if shape else 1
     dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
+    # a layer's inputs follow the rule of its kernel (tern_jax.activations matches "<layer>/kernel")
+    is_kernel = path == "kernel" or path.endswith("/kernel")
+    activations = rule.activations if rule is not None and is_kernel else None
     if rule is None or rule.method is None:
         itemsize = np.dtype(leaf.dtype).itemsize if hasattr(leaf, "dtype") else 4
         return LayerSummary(path, shape, dtype, count, None, 0, (), (), 8.0 * itemsize,
-                            4 * count, itemsize * count, 0, 0, 0)
+                            4 * count, itemsize * count, 0, 0, 0, activations)
     try:
         levels, scales = rule.codes(leaf)
     except (TypeError, ValueError) as e:
@@ -185,13 +216,14 @@ def _layer(path, leaf, rule) -> LayerSummary:
         zero_fraction=zero_fraction, scales=per_branch_scales,
         bits_per_weight=packing.bits_per_weight(rule.levels), bytes_fp32=4 * count,
         bytes_packed=bytes_packed, adds_per_position=sum(nonzero),
-        muls_per_position=t * out_channels, macs_per_position=count,
+        muls_per_position=t * out_channels, macs_per_position=count, activations=activations,
     )
 
 
 def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = print,
             unused="warn") -> Summary:
-    """Per tensor and in total: shape, method, ``t_ex``, zeros per branch, scales, storage.
+    """Per tensor and in total: shape, method, ``t_ex``, zeros per branch, scales, storage,
+    and (a column ``inputs``, when a rule asks for them) the layers' 8-bit inputs.
 
     Every leaf is listed; leaves no rule ternarizes count at their own dtype's size. Bytes
     "packed" are what :func:`tern_jax.save_ternary` stores: the codes at

@@ -120,7 +120,7 @@ def test_failed_overwrite_keeps_the_previous_checkpoint(tmp_path, model_and_vari
 
 
 def test_missing_and_foreign_paths_are_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="not a directory"):
+    with pytest.raises(CheckpointError, match="nothing does not exist"):
         tern_jax.load_ternary(tmp_path / "nothing")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "weights.npz").write_bytes(b"\x00" * 10)

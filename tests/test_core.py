@@ -24,6 +24,10 @@ def _weights(shape, seed=0, scale=0.2, dtype=jnp.float32):
 def test_codes_and_scales_match_numpy_reference(shape, method, threshold, per_channel):
     w = _weights(shape, seed=len(shape))
     axis = -1 if per_channel else None
+    if per_channel and len(shape) == 1:  # one scale per weight: refused, nothing is shared
+        with pytest.raises(ValueError, match="names every axis of the weight of shape"):
+            tern_jax.ternary_codes(w, threshold=threshold, axis=axis, method=method)
+        return
     codes, scale = tern_jax.ternary_codes(w, threshold=threshold, axis=axis, method=method)
     ref_codes, ref_alpha = ternarize_np(np.asarray(w), threshold, axis, method)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
@@ -80,10 +84,12 @@ def test_zero_channel_gives_zero_channel_per_channel():
         assert np.count_nonzero(out[:, c]) > 0
 
 
-def test_non_finite_weights_poison_the_tensor_or_channel():
+def test_non_finite_weights_poison_the_tensor_or_channel_under_jit():
+    # outside jit they are refused (tests/test_refused_inputs_core.py); traced, they poison
     w = _weights((4, 3)).at[0, 2].set(jnp.inf)
-    assert np.all(np.isnan(np.asarray(tern_jax.ternarize(w))))
-    per_channel = np.asarray(tern_jax.ternarize(w.at[0, 2].set(jnp.nan), axis=-1))
+    assert np.all(np.isnan(np.asarray(jax.jit(tern_jax.ternarize)(w))))
+    per_channel = np.asarray(jax.jit(lambda w: tern_jax.ternarize(w, axis=-1))(
+        w.at[0, 2].set(jnp.nan)))
     assert np.all(np.isnan(per_channel[:, 2])) and np.all(np.isfinite(per_channel[:, :2]))
 
 
