@@ -2,7 +2,7 @@
 
 :func:`to_gguf` writes a :class:`~tern_jax.models.transformer.Transformer` in llama.cpp's
 ``llama`` architecture with the ``gguf`` package (llama.cpp's own writer; ``pip install
-'tern_jax[export]'``). Ternary kernels become ``TQ2_0`` (2 bits per code, 2.06 bits per weight)
+'.[export]'``). Ternary kernels become ``TQ2_0`` (2 bits per code, 2.06 bits per weight)
 or ``TQ1_0`` (base-3 packing, 1.69 bits per weight) tensors: blocks of 256 codes along a row
 with one fp16 scale, which is the tensor's ``α`` (or the row's, for per-output-channel scales),
 so the file holds ``fp16(α)·codes`` exactly. Norm scales are F32, other matrices F16.
@@ -88,8 +88,8 @@ def _gguf():
     try:
         import gguf
     except ImportError:
-        raise ImportError("GGUF export needs the gguf package: pip install 'tern_jax[export]' "
-                          "(or pip install gguf)") from None
+        raise ImportError("GGUF export needs the gguf package: pip install gguf (in the "
+                          "checkout: pip install '.[export]')") from None
     return gguf
 
 
@@ -190,7 +190,7 @@ def _ternary_matrix(path: str, codes: TernaryCodes, config, type_: str) -> np.nd
         raise ValueError(
             f"{path}: residual expansion (t_ex={t_ex}, {2 * t_ex + 1} levels) does not fit "
             f"{type_.upper()}, which holds 3 levels; train with t_ex=1 or export with "
-            "type='f16'")
+            "type='f16' (on the command line --type f16)")
     matrix = _as_matrix(path, np.asarray(decode(codes)), config)
     if not ternary:
         return matrix
@@ -200,13 +200,13 @@ def _ternary_matrix(path: str, codes: TernaryCodes, config, type_: str) -> np.nd
         raise ValueError(
             f"{path}: rows of {matrix.shape[1]} inputs; {type_.upper()} packs blocks of "
             f"{SUPER_BLOCK} inputs of a row. Use d_model (and the MLP's hidden width) multiples "
-            f"of {SUPER_BLOCK}, or export with type='f16'")
+            f"of {SUPER_BLOCK}, or export with type='f16' (on the command line --type f16)")
     if np.any(row_scales != row_scales[:, :1]):
         raise ValueError(
             f"{path}: its scales vary along a row (per-head scales of attn/out, or per-input "
             f"channel ones); a {type_.upper()} block holds one scale for {SUPER_BLOCK} inputs "
             "of a row. Use one scale per tensor or per output channel (presets 'tern', "
-            "'tern_pc'), or export with type='f16'")
+            "'tern_pc'), or export with type='f16' (on the command line --type f16)")
     return matrix
 
 
@@ -217,8 +217,9 @@ def _check_config(config) -> None:
     if config.mlp != "swiglu":
         raise ValueError(
             f"llama.cpp's llama architecture has a gated MLP; this model has mlp="
-            f"{config.mlp!r}. Train a model with TransformerConfig(mlp='swiglu') (e.g. "
-            "model='transformer_llama') to export it")
+            f"{config.mlp!r}. Train a model with TransformerConfig(mlp='swiglu') (in a run "
+            "config model.kwargs mlp='swiglu', on the command line --set "
+            "model.kwargs.mlp=swiglu; transformer_llama has it) to export it")
     if config.vocab_size != 256:
         raise ValueError(f"the GGUF vocabulary is the 256 bytes; this model has vocab_size="
                          f"{config.vocab_size}")
@@ -236,7 +237,8 @@ def _tensors(params, config, rules, type_: str):
     if type_ != "f16" and not any(_is_codes(v) for v in flat.values()):
         raise ValueError(f"no parameter is ternary (no rule ternarizes one), so there is "
                          f"nothing to write as {type_.upper()}; pass the rules the model was "
-                         "trained with, or export a full-precision model with type='f16'")
+                         "trained with, or export a full-precision model with type='f16' (on "
+                         "the command line --type f16)")
     quantization = GGUF_TYPES[type_].quantization
     out = []
     for path in sorted(expected, key=_order):
