@@ -187,4 +187,8 @@ def test_full_precision_preset_keeps_every_weight(presets):
     rules = getattr(p, presets)[p.FULL_PRECISION]
     out = tern_jax.quantize_params(params, rules, unused="error")
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), out, params)
-    assert p.preset_rules(p.FULL_PRECISION, getattr(p, presets)) is None  # the trainer's view
+    # one form of full precision: the preset's rules themselves, which keep every parameter
+    assert p.preset_rules(p.FULL_PRECISION, getattr(p, presets)) == p.FULL_PRECISION_RULES
+    assert p.is_full_precision_rules(rules)
+    assert not any(p.is_full_precision_rules(r)
+                   for name, r in getattr(p, presets).items() if name != p.FULL_PRECISION)
