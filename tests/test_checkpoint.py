@@ -259,19 +259,39 @@ def test_a_write_that_fails_midway_keeps_the_old_checkpoint(tmp_path, model_and_
     assert _tree_bytes(path) == before and os.listdir(tmp_path) == ["ckpt"]
 
 
-def test_a_checkpoint_without_a_file_list_loads_and_is_replaceable(tmp_path,
-                                                                  model_and_variables):
-    # Written before save_ternary recorded its files: recognized by its format tag and
-    # orbax's own top-level entries.
+@pytest.mark.parametrize("key", ["files", "origin"])
+def test_a_checkpoint_without_a_file_list_or_origin_is_refused(tmp_path, model_and_variables,
+                                                               key):
+    # save_ternary always writes both; metadata without them cannot vouch for the arrays
     _, variables = model_and_variables
     path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
     meta_file = path / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    del meta["files"]
+    del meta[key]
     meta_file.write_text(json.dumps(meta))
-    expected = tern_jax.load_ternary(path)["conv"]["kernel"]
-    tern_jax.save_ternary(path, variables["params"], overwrite=True)
-    np.testing.assert_array_equal(tern_jax.load_ternary(path)["conv"]["kernel"], expected)
+    message = f"{meta_file} records no '{key}', which save_ternary always writes"
+    with pytest.raises(CheckpointError, match=message):
+        tern_jax.load_ternary(path)
+    with pytest.raises(CheckpointError, match=message):
+        tern_jax.checkpoint.read_origin(path)
+    before = _tree_bytes(path)
+    if key == "files":  # no file list: nothing says which files are the save's own
+        with pytest.raises(tern_jax.fs.NotOwnedError):
+            tern_jax.save_ternary(path, variables["params"], overwrite=True)
+        assert _tree_bytes(path) == before
+
+
+def test_a_file_record_of_another_form_is_refused_naming_the_file(tmp_path,
+                                                                  model_and_variables):
+    _, variables = model_and_variables
+    path = tern_jax.save_ternary(tmp_path / "ckpt", variables["params"])
+    meta_file = path / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    name = sorted(meta["files"])[0]
+    meta["files"][name] = meta["files"][name]["sha256"]  # a bare SHA-256, no size
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"the record of {path / name} is '[0-9a-f]{{8}}"):
+        tern_jax.load_ternary(path)
 
 
 def test_a_path_under_a_file_names_the_users_path(tmp_path, model_and_variables):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from pathlib import Path
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers.cifar import write_cifar_batches
+from helpers.images import jpeg
 
 from tern_jax.data import (
     CIFAR10_MEAN,
@@ -394,18 +394,8 @@ def test_load_dataset_unknown() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 def test_imagenet_train_transform() -> None:
-    data = _jpeg(300, 200)
+    data = jpeg(300, 200)
     out = train_transform(np.random.default_rng(0), data)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     again = train_transform(np.random.default_rng(0), data)
@@ -436,7 +426,7 @@ def test_imagenet_eval_transform_center_crop_geometry() -> None:
     assert center_crop_box(512, 256, 224) == (144, 16)
     np.testing.assert_array_equal(out, img[16:240, 144:368])
     # a portrait JPEG gets resized to short side 256 first
-    out = eval_transform(_jpeg(100, 180))
+    out = eval_transform(jpeg(100, 180))
     assert out.shape == (224, 224, 3)
 
 
@@ -458,7 +448,7 @@ def test_imagenet_batches_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
     """The grain pipeline on a fake random-access source (no tfds needed)."""
     from tern_jax.data import imagenet as inet
 
-    examples = [{"image": _jpeg(40 + i, 30, seed=i), "label": i % 7} for i in range(10)]
+    examples = [{"image": jpeg(40 + i, 30, seed=i), "label": i % 7} for i in range(10)]
     monkeypatch.setattr(inet, "imagenet_source", lambda split, data_dir: examples)
     kw = dict(train=True, seed=3, num_epochs=1, image_size=16, num_workers=0, num_threads=3)
     batches = list(imagenet_batches("train", 4, **kw))

@@ -131,21 +131,37 @@ def test_cifar_param_count_and_output_shape(depth: int) -> None:
     assert len(_flat(variables["params"])) == 3 + 3 * n * 6 + 2  # stem, blocks, head
 
 
-def test_resnet20_forward(resnet20_variables) -> None:
-    model = CifarResNet(depth=20, num_classes=10)
+def _cifar_forward_and_stage_shapes(depth: int, variables) -> None:
+    """Logits, and the output of the stem and of every block: 16, 32 and 64 channels on
+    32x32, 16x16 and 8x8 maps (the first block of stages 2 and 3 halves the map)."""
+    model = CifarResNet(depth=depth, num_classes=10)
     x = _normal(CIFAR_SHAPE, 1)
-    logits = model.apply(resnet20_variables, x, train=False)
+    logits, state = jax.jit(
+        lambda v, x: model.apply(
+            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+        )
+    )(variables, x)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
+    inter = state["intermediates"]
+    assert inter["stem_conv"]["__call__"][0].shape == (2, 32, 32, 16)
+    n = (depth - 2) // 6
+    shapes = {f"stage{i}_block{j}": inter[f"stage{i}_block{j}"]["__call__"][0].shape
+              for i in (1, 2, 3) for j in range(n)}
+    expected = {f"stage{i}_block{j}": (2, side, side, width)
+                for i, side, width in ((1, 32, 16), (2, 16, 32), (3, 8, 64)) for j in range(n)}
+    assert shapes == expected
+    assert not any(name.startswith("stage4") for name in inter)
+    np.testing.assert_array_equal(np.asarray(inter["head"]["__call__"][0]), np.asarray(logits))
+
+
+def test_resnet20_forward(resnet20_variables) -> None:
+    _cifar_forward_and_stage_shapes(20, resnet20_variables)
 
 
 def test_resnet56_forward() -> None:
-    model = CifarResNet(depth=56, num_classes=10)
-    variables = _numpy_variables(model, CIFAR_SHAPE)
-    x = _normal(CIFAR_SHAPE, 1)
-    logits = model.apply(variables, x, train=False)
-    assert logits.shape == (2, 10)
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    variables = _numpy_variables(CifarResNet(depth=56, num_classes=10), CIFAR_SHAPE)
+    _cifar_forward_and_stage_shapes(56, variables)
 
 
 def test_cifar_param_paths(resnet20_variables) -> None:

@@ -40,32 +40,14 @@ def kernel_name(tmp_path_factory, request):
     return KERNEL
 
 
-# Run first in the kernel: records every file the notebook opens outside the repository but
-# beside it (as ../shared would be), which a user's checkout does not have. Only what stood
-# beside the repository before the notebook ran counts, less the session's XLA cache: a
-# checkout in the temp folder (as CI's may be) has the notebook's own temp files beside it.
-AUDIT = """\
-import os as _os, sys as _sys
-from pathlib import Path as _Path
-_repo = _Path.cwd().resolve().parent
-_before = set(_os.listdir(_repo.parent))
-_cache = _os.environ.get("JAX_COMPILATION_CACHE_DIR")
-_cache = _Path(_cache).resolve() if _cache else None
-_outside = []
-def _audit(event, args, _repo=_repo, _outside=_outside, _before=_before, _cache=_cache):
-    if event not in ("open", "os.listdir", "os.scandir") or not args or isinstance(args[0], int):
-        return
-    try:
-        p = _Path(_os.fsdecode(_os.fspath(args[0]))).resolve()
-    except (TypeError, ValueError, OSError):
-        return
-    if not p.is_relative_to(_repo.parent) or p.is_relative_to(_repo):
-        return
-    beside = p.relative_to(_repo.parent).parts
-    if beside and beside[0] not in _before or _cache and p.is_relative_to(_cache):
-        return
-    _outside.append(str(p))
-_sys.addaudithook(_audit)
+# Run first in the kernel: the audit of tests/helpers/notebook_audit.py, as a module of its own
+# so that no name of it is one a notebook could replace.
+AUDIT_SOURCE = Path(__file__).parent / "helpers" / "notebook_audit.py"
+AUDIT = f"""\
+import types as _types
+_audit_module = _types.ModuleType("_notebook_audit")
+exec(compile({AUDIT_SOURCE.read_text()!r}, {str(AUDIT_SOURCE)!r}, "exec"), _audit_module.__dict__)
+_outside = _audit_module.install()
 """
 
 
@@ -159,6 +141,67 @@ def test_a_notebook_reading_beside_the_repository_is_caught(tmp_path, kernel_nam
     notebook = execute(path, kernel_name, timeout=120, audit=True)
     outside = json.loads(notebook.cells[-1].outputs[-1]["text"])
     assert outside == [str((tmp_path / "shared.txt").resolve())]
+
+
+def _checkout_beside(tmp_path):
+    """``tmp_path/work`` holding a checkout ``repo/`` and, beside it, ``shared.txt``."""
+    work = tmp_path / "work"
+    (work / "repo" / "notebooks").mkdir(parents=True)
+    (work / "shared.txt").write_text("not in a user's checkout")
+    return work
+
+
+def test_the_audit_skips_the_interpreters_folders_but_not_a_folder_above_the_checkout(
+        tmp_path, monkeypatch):
+    from helpers.notebook_audit import Audit, interpreter_roots
+
+    work = _checkout_beside(tmp_path)
+    prefix, extra = work / "venv", work / "vendored"
+    site_dir = prefix / "lib" / "python3" / "site-packages"
+    site_dir.mkdir(parents=True)
+    extra.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.syspath_prepend(str(extra))
+    monkeypatch.syspath_prepend(str(work))  # the checkout's own folder on sys.path hides nothing
+    audit = Audit(work / "repo", interpreter_roots())
+    assert not audit.reads_outside(prefix / "pyvenv.cfg")
+    assert not audit.reads_outside(site_dir / "numpy" / "__init__.py")
+    assert not audit.reads_outside(extra / "module.py")
+    assert not audit.reads_outside(work / "repo" / "README.md")
+    assert audit.reads_outside(work / "shared.txt")
+    assert audit.reads_outside(work)  # listing the folder beside the checkout
+    # a folder put on sys.path after the audit started is counted like any other
+    (work / "late").mkdir()
+    monkeypatch.syspath_prepend(str(work / "late"))
+    assert Audit(work / "repo", [prefix]).reads_outside(work / "late" / "module.py")
+    audit.hook("open", (str(work / "shared.txt"), "r", 0))
+    audit.hook("open", (str(prefix / "pyvenv.cfg"), "r", 0))
+    audit.hook("open", (7, "r", 0))  # a file descriptor: already audited when opened
+    assert audit.outside == [str((work / "shared.txt").resolve())]
+
+
+@pytest.mark.parametrize("where", ["beside", "inside"])
+def test_the_audit_counts_no_file_of_a_venv_beside_or_inside_the_checkout(tmp_path, where):
+    """A real virtual environment, its interpreter running the audit as a kernel would."""
+    import subprocess
+    import venv
+
+    work = _checkout_beside(tmp_path)
+    env_dir = work / "venv" if where == "beside" else work / "repo" / "venv"
+    venv.create(env_dir, with_pip=False)
+    site_dir = next(env_dir.glob("lib/python*/site-packages"))
+    (site_dir / "venv_module.py").write_text("VALUE = 42\n")
+    script = (f"exec(compile(open({str(AUDIT_SOURCE)!r}).read(), 'audit', 'exec'))\n"
+              "outside = install()\n"
+              "import json, sys, venv_module\n"
+              "assert venv_module.VALUE == 42 and sys.prefix != sys.base_prefix\n"
+              "open(sys.prefix + '/pyvenv.cfg').read()\n"
+              "open('../../shared.txt').read()\n"
+              "print(json.dumps(outside))\n")
+    done = subprocess.run([str(env_dir / "bin" / "python"), "-c", script], text=True,
+                          capture_output=True, cwd=work / "repo" / "notebooks", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [str((work / "shared.txt").resolve())]
 
 
 def test_rendering_an_unchanged_picture_leaves_its_file_untouched(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 
 pytest.importorskip("grain")
+
+from helpers.images import jpeg
 
 from tern_jax.data.augment import normalize
 from tern_jax.data.imagenet import EvalTransform, TrainTransform, eval_transform, train_transform
@@ -19,15 +20,6 @@ from tern_jax.data.pipeline import (
     batch_plan,
     example_index,
 )
-
-
-def _jpeg(width: int, height: int, seed: int) -> bytes:
-    from PIL import Image
-
-    arr = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def _indexed_source(n: int) -> ArraySource:
@@ -207,11 +199,11 @@ def test_bad_pipeline_arguments() -> None:
 
 
 def _jpeg_source() -> list[dict]:
-    return [{"image": _jpeg(48 + i % 5, 40, seed=i), "label": i} for i in range(24)]
+    return [{"image": jpeg(48 + i % 5, 40, seed=i), "label": i} for i in range(24)]
 
 
 def test_transforms_of_the_imagenet_pipeline() -> None:
-    data = _jpeg(48, 40, seed=3)
+    data = jpeg(48, 40, seed=3)
     rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
     np.testing.assert_array_equal(TrainTransform(16)(data, rng_a),
                                   train_transform(rng_b, data, size=16))

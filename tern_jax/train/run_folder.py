@@ -107,6 +107,16 @@ class RunFolder:
         return (isinstance(saved, dict) and {"name", "model", "data"} <= set(saved) <= fields
                 and isinstance(saved["model"], dict))
 
+    def _looks_like_run(self) -> bool:
+        """``config.json`` has a run config's shape (a name and model and data sections),
+        whatever else it holds: an edited run config, not a user's own file."""
+        try:
+            saved = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(saved, dict) and {"name", "model", "data"} <= set(saved)
+                and isinstance(saved["model"], dict))
+
     def check_trainable(self) -> None:
         """Refuses a folder a run must not write into: a file, or a folder holding files
         tern_jax did not write (a new or empty folder, or an earlier run's, is fine). A run's
@@ -115,9 +125,11 @@ class RunFolder:
             raise fs.NotOwnedError(f"workdir {self.path} is a file; give a folder for the run")
         if self.path.is_dir():
             names = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+            run_files = bool({METRICS_FILE, "checkpoints", *STAGES} & set(names))
             if self.config_file.is_file():
-                self.read_config()  # an edited or damaged config.json: named, with the cause
-            elif {METRICS_FILE, "checkpoints", *STAGES} & set(names):
+                if run_files or self._looks_like_run():
+                    self.read_config()  # an edited or damaged run config: named, with why
+            elif run_files:
                 raise fs.NotOwnedError(
                     f"workdir {self.path} holds a run's files ({', '.join(names[:5])}) but no "
                     f"{CONFIG_FILE}: it was deleted or moved; put it back to resume that run, "

@@ -125,7 +125,7 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     stages = _stages(config, folder, resolved)
     two = len(stages) > 1
     # a first start that fails takes back what it wrote, and only that
-    created, fresh = not folder.path.exists(), folder.read_config() is None
+    created, fresh = not folder.path.exists(), not folder.config_file.is_file()
     with lock.held(folder.path, main=distributed.is_main(), log=log):
         if two:
             _check_two_stage(folder, config, stages, resume)

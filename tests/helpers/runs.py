@@ -29,6 +29,17 @@ def small_config(changes: dict | None = None):
     return override(base, changes or {})
 
 
+def copy_run(folder, tmp_path):
+    """A copy of the run folder ``folder`` in ``tmp_path`` (same name), to damage or extend
+    without touching a run other tests share."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(tmp_path) / Path(folder).name
+    shutil.copytree(folder, target)
+    return target
+
+
 def data_parallel_losses(devices, steps: int = 4):
     """Per-step losses (steps, models) and test accuracy of a run sharded over ``devices``."""
     import numpy as np
