@@ -390,6 +390,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False, devices
     distributed.check_same_config(config)
     folder = RunFolder(workdir)
     main = distributed.is_main()  # several processes: process 0 writes, prints and plots
+    folder.check_trainable()  # a file, or a folder of others' files: refused before the lock
     with lock.held(folder.path, main=main, log=log):  # one training run per folder
         return _train(config, folder, resume, devices, distributed.main_log(log), resolved,
                       verify, main)

@@ -126,6 +126,7 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
     two = len(stages) > 1
     # a first start that fails takes back what it wrote, and only that
     created, fresh = not folder.path.exists(), not folder.config_file.is_file()
+    folder.check_trainable()  # a file, or a folder of others' files: refused before the lock
     with lock.held(folder.path, main=distributed.is_main(), log=log):
         if two:
             _check_two_stage(folder, config, stages, resume)
