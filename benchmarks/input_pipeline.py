@@ -25,8 +25,11 @@ Goal: grain at least as fast per core as the thread pool, and scaling with worke
 
     PYTHONPATH=. python benchmarks/input_pipeline.py [--images 512] [--batches 6]
         [--warmup 2] [--rounds 2] [--workers 1,2] [--dtype float32|uint8] [--no-pin]
+        [--batch 256]
 
 ``--dtype uint8`` skips the host normalization (the trainer normalizes on the device).
+``--images 4 --batch 2 --batches 1 --warmup 1 --rounds 1 --workers 1 --no-pin`` only checks
+that it runs (the test suite's smoke run).
 """
 
 from __future__ import annotations
@@ -157,30 +160,31 @@ def grain_batches(source, batch_size: int, *, seed: int, num_workers: int, dtype
 
 
 def images_per_second(make: Callable[[], Iterator], batches: int, warmup: int,
-                      cores: int | None = None) -> float:
+                      cores: int | None = None, batch: int = BATCH) -> float:
     """Images/s of the iterator ``make()`` returns, with this process (and the threads and
     worker processes it starts) pinned to the first ``cores`` CPUs (``None``: no pinning)."""
     saved = os.sched_getaffinity(0) if cores else None
     if cores:
         os.sched_setaffinity(0, set(sorted(saved)[:cores]))
     try:
-        return _images_per_second(make, batches, warmup)
+        return _images_per_second(make, batches, warmup, batch)
     finally:
         if saved:
             os.sched_setaffinity(0, saved)
 
 
-def _images_per_second(make: Callable[[], Iterator], batches: int, warmup: int) -> float:
+def _images_per_second(make: Callable[[], Iterator], batches: int, warmup: int,
+                       batch: int = BATCH) -> float:
     it = make()
     try:
         images, _ = next(it)  # start-up: threads / worker processes, first batch
-        assert images.shape == (BATCH, 224, 224, 3), images.shape
+        assert images.shape == (batch, 224, 224, 3), images.shape
         for _ in range(warmup - 1):  # drain what piled up during the start-up
             next(it)
         start = time.perf_counter()
         for _ in range(batches):
             next(it)
-        return batches * BATCH / (time.perf_counter() - start)
+        return batches * batch / (time.perf_counter() - start)
     finally:
         close = getattr(it, "close", None)
         if close is not None:
@@ -190,7 +194,8 @@ def _images_per_second(make: Callable[[], Iterator], batches: int, warmup: int) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="distinct JPEG files")
-    parser.add_argument("--batches", type=int, default=6, help="timed batches of 256")
+    parser.add_argument("--batch", type=int, default=BATCH, help="images per batch")
+    parser.add_argument("--batches", type=int, default=6, help="timed batches")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", default="1,2", help="thread / worker-process counts")
@@ -204,8 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     if pin and max(counts) > len(os.sched_getaffinity(0)):
         parser.error(f"--workers {args.workers} needs more CPUs than the "
                      f"{len(os.sched_getaffinity(0))} available; pass --no-pin to time anyway")
-    if args.images < BATCH:
-        parser.error(f"--images must be at least one batch ({BATCH}), got {args.images}")
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.images < args.batch:
+        parser.error(f"--images must be at least one batch ({args.batch}), got {args.images}")
+    batch = args.batch
     dtype = np.dtype(args.dtype)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         dims = [Image.open(p).size for p in paths[:64]]
         print(f"{len(paths)} synthetic JPEGs: mean {statistics.mean(sizes) / 1e3:.0f} KB, "
               f"mean {statistics.mean(d[0] for d in dims):.0f} x "
-              f"{statistics.mean(d[1] for d in dims):.0f} px; batch {BATCH}, output "
+              f"{statistics.mean(d[1] for d in dims):.0f} px; batch {batch}, output "
               f"{dtype.name}, {args.warmup} + {args.batches} timed batches, best of "
               f"{args.rounds} rounds, {os.cpu_count()} CPUs"
               f"{', each run pinned to as many CPUs as threads/workers' if pin else ''}, "
@@ -225,18 +233,18 @@ def main(argv: list[str] | None = None) -> None:
         configs: dict[str, Callable[[], Iterator]] = {}
         for n in counts:
             configs[f"threads-{n}"] = (
-                lambda n=n: thread_pool_batches(source, BATCH, seed=0, num_workers=n,
+                lambda n=n: thread_pool_batches(source, batch, seed=0, num_workers=n,
                                                 dtype=dtype))
-        configs["grain-0"] = lambda: grain_batches(source, BATCH, seed=0, num_workers=0,
+        configs["grain-0"] = lambda: grain_batches(source, batch, seed=0, num_workers=0,
                                                    dtype=dtype)
         for n in counts:
             configs[f"grain-{n}"] = (
-                lambda n=n: grain_batches(source, BATCH, seed=0, num_workers=n, dtype=dtype))
+                lambda n=n: grain_batches(source, batch, seed=0, num_workers=n, dtype=dtype))
         best: dict[str, float] = {}
         for r in range(args.rounds):
             for name, make in configs.items():
                 cores = max(1, int(name.split("-")[1])) if pin else None
-                rate = images_per_second(make, args.batches, max(1, args.warmup), cores)
+                rate = images_per_second(make, args.batches, max(1, args.warmup), cores, batch)
                 best[name] = max(best.get(name, 0.0), rate)
                 print(f"  round {r + 1}  {name:<10} {rate:7.1f} images/s", flush=True)
 

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     if "fp" not in variants:
         variants.insert(0, "fp")
     config = transformer_config(args.model)
-    task = LanguageModel(config)
+    task = LanguageModel(config, config.max_len)
     tx = optax.adam(1e-3)
     tokens = np.random.default_rng(0).integers(0, 256, (1, args.batch, config.max_len + 1))
     batch = {"tokens": jax.numpy.asarray(tokens, jax.numpy.int32)}  # model axis of one
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
           f"{args.steps} timed steps x {args.rounds} rounds (min over rounds of the median)")
     timed = {}
     for name in variants:
-        stack = ModelStack(task, (Slot(name, 0),), tx, "vmap", model=args.model)
+        stack = ModelStack(task, (Slot(name, 0),), tx, "vmap", presets=TRANSFORMER_RULES)
         timed[name] = Timed(stack, batch)
         print(f"  compiled {name:8s} in {timed[name].compile():5.1f} s")
     for _ in range(args.rounds):

@@ -27,8 +27,11 @@ runs convolutions inside loops about 15x slower than outside.
 
     PYTHONPATH=. python benchmarks/train_step.py [--batch 128] [--steps N] [--rounds 3]
                                                  [--models 1,2,4] [--multi-variant fp]
+                                                 [--model resnet20] [--variants fp,tern,...]
 
 On CPU the defaults are 2 steps and --models 1,2 (a few minutes on an idle 2-core machine).
+``--model resnet8 --batch 2 --steps 1 --rounds 1 --variants fp,t2-vmapped --models ''`` only
+checks that it runs (the test suite's smoke run).
 """
 
 from __future__ import annotations
@@ -74,11 +77,23 @@ def _parse_models(text: str) -> list[int]:
     return models
 
 
+def _parse_variants(text: str) -> list[str]:
+    keys = [v.key for v in VARIANTS]
+    chosen = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in keys]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"--variants takes keys of {', '.join(keys)}; got {', '.join(unknown)}")
+    return [k for k in keys if k == "fp" or k in chosen]  # in table order, fp first
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--model", default="resnet20", choices=CIFAR_RESNETS,
+                        help="the CIFAR ResNet timed (default: resnet20, the paper's)")
     parser.add_argument("--batch", type=int, default=128, help="images per model and step")
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per round (default: 2 on CPU, 50 else)"
@@ -91,6 +106,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="numbers of models vmapped in one program (default: 1,2,4; 1,2 on CPU; '' skips)",
     )
     parser.add_argument(
+        "--variants",
+        type=_parse_variants,
+        default=[v.key for v in VARIANTS],
+        help=f"comma-separated variants timed (default: all of {','.join(v.key for v in VARIANTS)};"
+        " full precision is always timed, the reference)",
+    )
+    parser.add_argument(
         "--multi-variant",
         default="fp",
         choices=[v.key for v in VARIANTS],
@@ -100,6 +122,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 PRESET = {None: "fp", 1: "tern", 2: "tern_t2", 4: "tern_t4"}
+#: The CIFAR ResNets of :mod:`tern_jax.models` (depth 6n + 2).
+CIFAR_RESNETS = ("resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 
 def build_stack(task: Any, tx: Any, variant: Variant, models: int = 1) -> Any:
@@ -179,13 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         f"python {sys.version.split()[0]}"
     )
     print(
-        f"CIFAR ResNet-20, batch {args.batch}, {steps} timed steps x {args.rounds} rounds "
+        f"CIFAR {args.model}, batch {args.batch}, {steps} timed steps x {args.rounds} rounds "
         "(min over rounds of the median step)"
     )
 
     from tern_jax.train import ImageClassification
 
-    task = ImageClassification(get_model("resnet20", 10), 10, (32, 32, 3))
+    task = ImageClassification(get_model(args.model, 10), 10, (32, 32, 3))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     n_max = max([1, *args.models])
     k_x, k_y = jax.random.split(jax.random.key(0))
@@ -194,9 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     batch = lambda n: {"image": images[:n], "label": labels[:n]}  # noqa: E731
 
     timed: dict[str, Timed] = {}
-    for v in VARIANTS:
-        timed[v.key] = Timed(v.label, build_stack(task, tx, v), batch(1), args.batch)
+    variants = [v for v in VARIANTS if v.key in args.variants]
     multi = next(v for v in VARIANTS if v.key == args.multi_variant)
+    for v in variants + ([multi] if args.models and multi not in variants else []):
+        timed[v.key] = Timed(v.label, build_stack(task, tx, v), batch(1), args.batch)
     for n in args.models:
         timed[f"x{n}"] = Timed(f"{n} x {multi.label}, vmapped", build_stack(task, tx, multi, n),
                                batch(n), n * args.batch)
@@ -214,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Training step, batch {args.batch} ({device.device_kind})")
     print(f"{'variant':<22}{'ms/step':>10}{'images/s':>11}{'x full prec.':>14}  target (GPU)")
-    for v in VARIANTS:
+    for v in variants:
         t = timed[v.key]
         ratio = t.seconds / fp
         target = ""
@@ -226,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{ratio:14.3f}  {target}"
         )
     for t_ex in (2, 4):
-        ratio = timed[f"t{t_ex}-vmapped"].seconds / timed[f"t{t_ex}-folded"].seconds
-        print(f"  t_ex={t_ex}: vmapped / folded = {ratio:.3f}")
+        if f"t{t_ex}-vmapped" in timed and f"t{t_ex}-folded" in timed:
+            ratio = timed[f"t{t_ex}-vmapped"].seconds / timed[f"t{t_ex}-folded"].seconds
+            print(f"  t_ex={t_ex}: vmapped / folded = {ratio:.3f}")
 
     if args.models:
         single = timed[multi.key]

@@ -121,9 +121,9 @@ CONFIG = TransformerConfig(max_len=8, d_model=256, num_heads=2, num_layers=1, ml
 
 
 def test_the_trainer_runs_each_variant_with_its_own_activations():
-    task = LanguageModel(CONFIG)
+    task = LanguageModel(CONFIG, 8)
     stack = ModelStack(task, (Slot("tern_a8", 0), Slot("tern", 0)), None,
-                       model="transformer_llama")
+                       presets=TRANSFORMER_RULES)
     params = task.init(jax.random.key(0))["params"]
     tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 256)
     model = nnx.merge(task.graphdef, params)

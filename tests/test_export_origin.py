@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import tern_jax
-from tern_jax.checkpoint import read_origin
+from tern_jax.checkpoint import CheckpointError, read_origin
 from tern_jax.cli import main
+from tern_jax.presets import TRANSFORMER_RULES
 from tern_jax.train import Config, restore_run, run
-from tern_jax.train.config import variant_rules
+from tern_jax.train.families import family_of
 
 TEXT = b"".join(b"def g%d(y):\n    return y + %d\n\n" % (i, i) for i in range(200))
 
@@ -24,11 +25,15 @@ TEXT = b"".join(b"def g%d(y):\n    return y + %d\n\n" % (i, i) for i in range(20
 def lm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     (root / "code.py").write_bytes(TEXT)
-    config = Config(name="lm_exports", dataset="text", text_path=str(root / "code.py"),
-                    model="transformer_tiny", variants=("fp", "tern"), seeds=(0,), epochs=1,
-                    steps_per_epoch=4, batch_size=8, seq_len=16, optimizer="adam",
-                    learning_rate=3e-3, weight_decay=0.0, schedule="constant", augment=False,
-                    test_subset=16, eval_batch_size=8, checkpoint_every=1, progress=False)
+    config = Config(
+        name="lm_exports", seeds=(0,),
+        model={"name": "transformer_tiny", "variants": ("fp", "tern")},
+        data={"dataset": "text", "text_path": str(root / "code.py"), "steps_per_epoch": 4,
+              "batch_size": 8, "seq_len": 16, "augment": False, "test_subset": 16,
+              "eval_batch_size": 8},
+        optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
+        schedule={"epochs": 1, "name": "constant"}, checkpointing={"every": 1},
+        progress=False)
     results = run(config, root / "run", log=lambda *a: None)
     for model in ("fp/seed0", "tern/seed0"):
         out = root / model.replace("/", "_")
@@ -43,14 +48,16 @@ def test_an_export_records_the_model_variant_seed_and_rules(lm_run):
     assert {k: origin[k] for k in ("model", "variant", "seed", "run", "epoch")} == {
         "model": "transformer_tiny", "variant": "tern", "seed": 0, "run": "lm_exports",
         "epoch": 1}
-    rules = variant_rules("tern", "transformer_tiny")
+    rules = family_of("transformer_tiny").rules("tern")
+    assert rules == TRANSFORMER_RULES["tern"]
     assert [r["pattern"] for r in origin["rules"]] == ["params/" + r.pattern for r in rules]
     assert [r["method"] for r in origin["rules"]] == [r.method for r in rules]
     assert read_origin(root / "fp_seed0")["variant"] == "fp"
 
 
-def test_an_export_without_an_origin_still_loads(lm_run, tmp_path):
-    """A packed file written before origins were recorded: no origin, same weights."""
+def test_an_export_without_an_origin_is_refused_naming_what_it_lacks(lm_run, tmp_path):
+    """A packed file whose metadata lost its origin (save_ternary always writes one): nothing
+    could be checked against it, so neither its origin nor its weights are read."""
     root, _ = lm_run
     old = tmp_path / "old"
     shutil.copytree(root / "tern_seed0", old)
@@ -58,9 +65,12 @@ def test_an_export_without_an_origin_still_loads(lm_run, tmp_path):
     meta = json.loads(meta_file.read_text())
     del meta["origin"]
     meta_file.write_text(json.dumps(meta))
-    assert read_origin(old) is None
-    a, b = tern_jax.load_ternary(old), tern_jax.load_ternary(root / "tern_seed0")
-    np.testing.assert_array_equal(a["params"]["head"]["kernel"], b["params"]["head"]["kernel"])
+    for read in (read_origin, tern_jax.load_ternary):
+        with pytest.raises(CheckpointError, match=r"metadata records no 'origin', which "
+                                                  r"save_ternary always writes"):
+            read(old)
+    assert tern_jax.load_ternary(root / "tern_seed0")["params"]["head"]["kernel"].shape == (
+        32, 256)
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
@@ -90,21 +100,28 @@ def test_eval_of_an_export_gives_the_figures_of_its_model(lm_run, capsys):
 
 def test_eval_refuses_weights_of_another_architecture_naming_the_parameter(lm_run, capsys,
                                                                           tmp_path):
-    """An export written before origins (nothing to compare) of a wider transformer."""
+    """An export of the same model name, variant and seed at another width (as another
+    ``model.kwargs`` gives): the origin agrees, the shapes do not."""
     from flax import nnx
 
     from tern_jax.models.transformer import Transformer, transformer_config
 
     root, _ = lm_run
-    wide = Transformer(transformer_config("transformer_small"), rngs=nnx.Rngs(0))
-    tern_jax.save_ternary(tmp_path / "wide", {"params": nnx.to_pure_dict(
-        nnx.state(wide, nnx.Param))})
-    status = main(["eval", "--workdir", str(root / "run"), "--model", "tern/seed0",
-                   "--packed", str(tmp_path / "wide")])
+    wide = Transformer(transformer_config("transformer_tiny", d_model=64), rngs=nnx.Rngs(0))
+    params = {"params": nnx.to_pure_dict(nnx.state(wide, nnx.Param))}
+    origin = {"model": "transformer_tiny", "variant": "tern", "seed": 0}
+    tern_jax.save_ternary(tmp_path / "wide", params, origin=origin)
+    argv = ["eval", "--workdir", str(root / "run"), "--model", "tern/seed0", "--packed"]
+    assert main(argv + [str(tmp_path / "wide")]) == 2
     err = capsys.readouterr().err
-    assert status == 2 and "Traceback" not in err
+    assert "Traceback" not in err
     assert "the packed checkpoint does not fit the model: parameter" in err
     assert "has shape (64" in err and "the model expects (32" in err
+    # without the model, variant and seed of an export nothing can be compared: refused first
+    tern_jax.save_ternary(tmp_path / "bare", params)
+    assert main(argv + [str(tmp_path / "bare")]) == 2
+    assert "does not record its model, variant and seed (it was not written by tern-jax " \
+           "export)" in capsys.readouterr().err
 
 
 def test_a_training_checkpoint_of_another_architecture_names_the_parameter(lm_run, tmp_path):
@@ -112,8 +129,13 @@ def test_a_training_checkpoint_of_another_architecture_names_the_parameter(lm_ru
     copy = tmp_path / "run"
     shutil.copytree(root / "run", copy)
     config = json.loads((copy / "config.json").read_text())
-    config["model"] = "transformer_small"  # the checkpoint holds transformer_tiny
+    config["model"]["kwargs"] = {"d_model": 64}  # the checkpoint holds d_model 32
     (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"does not fit the model: parameter '.*' has shape "
+                                         r"\(2, 32.*the model expects \(2, 64"):
+        restore_run(copy)
+    config["model"] = {**config["model"], "name": "transformer_small", "kwargs": {}}
+    (copy / "config.json").write_text(json.dumps(config))  # another named size: the same
     with pytest.raises(ValueError, match=r"does not fit the model: parameter '.*' has shape "
                                          r"\(2, 32.*the model expects \(2, 64"):
         restore_run(copy)
@@ -174,22 +196,42 @@ def test_save_ternary_refuses_an_origin_that_is_not_json(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def _untrained_run(config, path):
+    """A run folder of ``config`` whose checkpoint (epoch 1) holds its freshly initialized
+    models: what ``stages.init_from`` reads, without compiling a training step."""
+    from tern_jax.train import ModelStack, resolve
+    from tern_jax.train.run_folder import RunFolder
+
+    folder = RunFolder(path)
+    folder.write_config(config)
+    resolved = resolve(config)
+    stack = ModelStack.from_config(config, resolved.task(config), resolved.family, 1)
+    manager = folder.manager(config.checkpointing.keep)
+    try:
+        folder.save(manager, 1, stack.init())
+    finally:
+        manager.close()
+
+
 def test_init_from_a_run_of_another_architecture_names_the_parameter(tmp_path):
-    """A digits small_cnn (8x8x1 inputs) started into a CIFAR-10 small_cnn (32x32x3): the
-    model name matches, the shapes do not."""
+    """A digits small_cnn (8x8x1 inputs) started into a CIFAR-10 small_cnn (32x32x3), and
+    into a narrower one (model.kwargs): the model name matches, the shapes do not."""
     from helpers.cifar import write_cifar_batches
     from helpers.runs import small_config
 
     from tern_jax.train import train_and_evaluate
 
-    source = small_config(epochs=1, variants=("fp",))
-    train_and_evaluate(source, tmp_path / "digits", log=lambda *a: None)
+    fp_only = {"schedule.epochs": 1, "model.variants": ("fp",)}
+    _untrained_run(small_config(fp_only), tmp_path / "digits")
     rng = np.random.default_rng(0)
     write_cifar_batches(tmp_path / "cifar-10-batches-py",
                         rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
                         rng.integers(0, 10, 48), per_batch=7)
-    target = small_config(epochs=1, variants=("fp",), dataset="cifar10", test_subset=None,
-                          data_dir=str(tmp_path), init_from=str(tmp_path / "digits"))
-    with pytest.raises(ValueError, match=r"init_from run .*digits does not fit the model: "
-                                         r"parameter '.*' has shape"):
-        train_and_evaluate(target, tmp_path / "cifar", log=lambda *a: None)
+    start = {**fp_only, "stages.init_from": str(tmp_path / "digits")}
+    for name, changes in (("cifar", {"data.dataset": "cifar10", "data.test_subset": None,
+                                     "data.data_dir": str(tmp_path)}),
+                          ("narrow", {"model.kwargs": {"width": 16}})):
+        with pytest.raises(ValueError, match=r"init_from run .*digits does not fit the model: "
+                                             r"parameter '.*' has shape"):
+            train_and_evaluate(small_config({**start, **changes}), tmp_path / name,
+                               log=lambda *a: None)

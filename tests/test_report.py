@@ -15,21 +15,24 @@ def _model(name, variant, loss, acc):
             "test_loss": None if acc is None else 1.0, "test_acc": acc, "zero_fraction": None}
 
 
-def _write_run(path, model, variants_acc, epochs, *, results=True, dataset="cifar10"):
+def _write_run(path, model, variants_acc, epochs, *, results=True, dataset="cifar10",
+               loss_name="loss"):
     """A run folder like tern-jax train writes: variants_acc maps variant -> per-epoch acc."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model": model, "dataset": dataset}))
+    (path / "config.json").write_text(json.dumps(
+        {"name": path.name, "model": {"name": model, "kwargs": {}},
+         "data": {"dataset": dataset}}))
     with open(path / "metrics.jsonl", "w") as f:
         for e in range(epochs):
             models = [_model(f"{v}/seed0", v, 2.0 - e * 0.1, accs[e])
                       for v, accs in variants_acc.items()]
             f.write(json.dumps({"epoch": e + 1, "lr": 0.1, "seconds": 1.0,
-                                "models": models}) + "\n")
+                                "loss_name": loss_name, "models": models}) + "\n")
     if results:
         final = {v: {"mean": accs[-1], "test_acc": [accs[-1]]} for v, accs in variants_acc.items()}
         (path / "results.json").write_text(json.dumps(
-            {"name": path.name, "model": model, "dataset": dataset, "epochs": epochs,
-             "variants": final}))
+            {"name": path.name, "model": model, "dataset": dataset, "loss_name": loss_name,
+             "epochs": epochs, "variants": final}))
 
 
 def _write_two_stage(path):
@@ -173,9 +176,9 @@ def test_plot_grid_draws_a_panel_for_every_run(tmp_path):
         [40.0 + i for i in range(14)])
 
 
-def _write_language_model_run(path):
+def _write_language_model_run(path, *, results=True):
     _write_run(path, "transformer_tiny", {"fp": [0.4, 0.5], "tern": [0.3, 0.45]}, 2,
-               dataset="text")
+               dataset="text", loss_name="bits/byte", results=results)
     records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     for r in records:  # bits per byte falling with the epochs
         for m in r["models"]:
@@ -183,10 +186,28 @@ def _write_language_model_run(path):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def test_a_runs_loss_is_named_by_its_folder_results_first_then_its_records(tmp_path):
+    _write_language_model_run(tmp_path / "lm", results=False)  # still running: no results
+    running = report.load_run(tmp_path / "lm")
+    assert running.loss_name == "bits/byte" and running.losses_in_bits
+    assert (running.model, running.dataset) == ("transformer_tiny", "text")  # config.json's
+    _write_run(tmp_path / "image", "resnet8", {"fp": [0.3]}, 1)
+    image = report.load_run(tmp_path / "image")
+    assert image.loss_name == "loss" and not image.losses_in_bits
+    results = json.loads((tmp_path / "image" / "results.json").read_text())
+    (tmp_path / "image" / "results.json").write_text(json.dumps(
+        {**results, "loss_name": "nats"}))
+    assert report.load_run(tmp_path / "image").loss_name == "nats"  # results.json first
+    (tmp_path / "bare").mkdir()  # records of no loss_name, and no results: a loss
+    (tmp_path / "bare" / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "lr": 0.1, "seconds": 1.0, "models": []}) + "\n")
+    assert report.load_run(tmp_path / "bare").loss_name == "loss"
+
+
 def test_a_language_model_is_drawn_in_bits_per_byte(tmp_path):
     _write_language_model_run(tmp_path / "lm")
     run = report.load_run(tmp_path / "lm")
-    assert run.is_language_model
+    assert run.losses_in_bits and run.loss_name == "bits/byte"
     fig = report.runs_figure([run])
     test_ax = fig.axes[0]
     assert test_ax.get_ylabel() == "test bits per byte"
@@ -203,3 +224,34 @@ def test_load_run_names_a_folder_that_is_no_run(tmp_path):
                                                 "metrics.jsonl"):
         report.load_run(tmp_path / "notes")
 
+
+
+def test_compare_table_gives_a_language_model_its_bits_per_byte(tmp_path):
+    _write_language_model_run(tmp_path / "lm")
+    _write_run(tmp_path / "r20", "resnet20", {"fp": [0.9]}, 1)
+    runs = report.load_runs(tmp_path)
+    table = report.compare_table(runs).splitlines()
+    assert table[:2] == ["| run | model | variant | epochs | test acc % | bits/byte | paper fp % "
+                         "| paper ternary % |", "| --- " * 8 + "|"]
+    assert "| lm | transformer_tiny | fp | 2 | - | 1.0000 | - | - |" in table  # last epoch
+    assert "| lm | transformer_tiny | tern | 2 | - | 2.0000 | - | - |" in table
+    assert "| r20 | resnet20 | fp | 1 | 90.00 | - | 91.70 | 91.65 |" in table
+    assert "| not run | resnet32 | - | - | - | - | 92.36 | 92.48 |" in table
+    assert report.final_bits_per_byte(runs[0]) == {"fp": 1.0, "tern": 2.0}
+    results = json.loads((tmp_path / "lm" / "results.json").read_text())
+    for variant, bits in (("fp", 0.5), ("tern", 0.75)):  # results.json's, when it has them
+        results["variants"][variant]["bits_per_byte"] = {"mean": bits}
+    (tmp_path / "lm" / "results.json").write_text(json.dumps(results))
+    assert report.final_bits_per_byte(report.load_run(tmp_path / "lm")) == {"fp": 0.5,
+                                                                             "tern": 0.75}
+
+
+def test_a_plot_is_written_in_the_format_its_suffix_names(tmp_path):
+    assert report.plot_format("a/curves.png") == "png" and report.plot_format("c.PDF") == "pdf"
+    with pytest.raises(ValueError, match=r"names no image format matplotlib writes \(no suffix\)"):
+        report.plot_format(tmp_path / "curves")
+    with pytest.raises(ValueError, match=r"\(\.txt\); end it in one of .*\.png"):
+        report.plot_format("curves.txt")
+    _write_run(tmp_path / "run", "resnet8", {"fp": [0.3, 0.5]}, 2)
+    svg = report.plot_runs([tmp_path / "run"], tmp_path / "out" / "curves.svg")
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()

@@ -5,8 +5,14 @@ import zlib
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.sharding import Mesh
 
-from tern_jax.data.text import eval_windows, load_text, python_stdlib_dir, random_windows
+from tern_jax.data.inputs import DeviceText, window_starts
+from tern_jax.data.text import TextDataset, eval_windows, load_text, python_stdlib_dir
+
+MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
 def test_one_file_is_split_by_position(tmp_path):
@@ -71,15 +77,62 @@ def test_bad_text_sources_are_clear_errors(tmp_path):
         load_text(text_path=folder)
 
 
-def test_random_windows_are_consecutive_bytes_of_the_text():
-    data = jax.numpy.arange(200, dtype=jax.numpy.uint8)
-    windows = np.asarray(random_windows(jax.random.key(0), data, 8, 10))
-    assert windows.shape == (8, 11) and windows.dtype == np.int32
-    for row in windows:
-        np.testing.assert_array_equal(row, np.arange(row[0], row[0] + 11))
-    assert len(set(windows[:, 0])) > 1
-    again = np.asarray(random_windows(jax.random.key(0), data, 8, 10))
-    np.testing.assert_array_equal(windows, again)
+def _device_text(train, validation, *, seeds=(0,), seq_len, batch_size, steps_per_epoch,
+                 test_subset=None, eval_batch_size=8):
+    data = TextDataset(np.asarray(train, np.uint8), np.asarray(validation, np.uint8), "random",
+                       "random bytes")
+    return DeviceText(data, seeds=seeds, seq_len=seq_len, batch_size=batch_size,
+                      eval_batch_size=eval_batch_size, steps_per_epoch=steps_per_epoch,
+                      test_subset=test_subset, mesh=MESH)
+
+
+@settings(max_examples=15)  # each example compiles its own plan: sizes are constants in it
+@given(size=st.integers(2, 48), data=st.data())
+def test_every_training_window_is_a_slice_of_the_text_within_it(size, data):
+    """Whatever the sizes, each window training draws is ``text[s : s + seq_len + 1]`` with
+    ``s + seq_len < size``, for every step and model of two epochs' plans."""
+    seq_len = data.draw(st.integers(1, size - 1), label="seq_len")
+    batch = data.draw(st.integers(1, 5), label="batch")
+    steps = data.draw(st.integers(1, 3), label="steps")
+    seeds = data.draw(st.lists(st.integers(0, 1000), min_size=1, max_size=2), label="seeds")
+    tokens = np.frombuffer(data.draw(st.binary(min_size=size, max_size=size), label="text"),
+                           np.uint8)
+    inputs = _device_text(tokens, tokens, seeds=seeds, seq_len=seq_len, batch_size=batch,
+                          steps_per_epoch=steps)
+    assert inputs.num_train == size - seq_len and inputs.steps_per_epoch == steps
+    batch_at = jax.jit(inputs.batch_at)
+    for epoch in (0, 1):
+        idx, keys = inputs.epoch_plan(epoch)
+        assert idx.shape == (steps, len(seeds), batch)
+        for step in range(steps):
+            starts = np.asarray(idx[step])
+            assert np.all(starts >= 0) and np.all(starts + seq_len < size), (starts, size)
+            windows = np.asarray(batch_at(inputs.arrays, idx[step], keys[step])["tokens"])
+            assert windows.shape == (len(seeds), batch, seq_len + 1)
+            assert windows.dtype == np.int32
+            expected = np.stack([[tokens[s: s + seq_len + 1] for s in row] for row in starts])
+            np.testing.assert_array_equal(windows, expected)
+
+
+def test_window_starts_reach_every_start_up_to_the_window_ending_at_the_last_token():
+    starts = np.asarray(window_starts(jax.random.key(0), 50, 8, 20, 5))
+    assert starts.shape == (50, 8)
+    assert set(starts.ravel().tolist()) == set(range(15))  # 14 + 5 = 19, the last token
+    again = np.asarray(window_starts(jax.random.key(0), 50, 8, 20, 5))
+    np.testing.assert_array_equal(starts, again)
+    assert np.asarray(window_starts(jax.random.key(1), 4, 3, 6, 5)).tolist() == [[0] * 3] * 4
+
+
+def test_models_of_one_seed_draw_the_same_windows_and_epochs_differ():
+    tokens = np.arange(200) % 256
+    inputs = _device_text(tokens, tokens, seeds=(3, 3, 4), seq_len=10, batch_size=8,
+                          steps_per_epoch=2)
+    idx, _ = inputs.epoch_plan(0)
+    idx = np.asarray(idx)
+    np.testing.assert_array_equal(idx[:, 0], idx[:, 1])
+    assert not np.array_equal(idx[:, 0], idx[:, 2])
+    assert not np.array_equal(idx, np.asarray(inputs.epoch_plan(1)[0]))
+    np.testing.assert_array_equal(idx, np.asarray(inputs.epoch_plan(0)[0]))  # resumable
 
 
 def test_eval_windows_make_every_byte_a_target_once():
@@ -94,8 +147,9 @@ def test_eval_windows_make_every_byte_a_target_once():
 def test_a_window_longer_than_the_text_is_a_clear_error():
     with pytest.raises(ValueError, match="holds 5 bytes, fewer than one window of length 8"):
         eval_windows(np.arange(5, dtype=np.uint8), 8)
-    with pytest.raises(ValueError, match="fewer than one window of length 8"):
-        random_windows(jax.random.key(0), jax.numpy.zeros(5, jax.numpy.uint8), 2, 8)
+    with pytest.raises(ValueError, match=r"random: the training split holds 5 tokens, fewer "
+                                         r"than one window of data.seq_len=8 \+ 1"):
+        _device_text(np.zeros(5), np.zeros(20), seq_len=8, batch_size=2, steps_per_epoch=1)
 
 
 def test_tiny_shakespeare_without_tensorflow_datasets_is_a_clear_error(monkeypatch):

@@ -1,5 +1,6 @@
 """Specification of the NNX transformer, its ternarization rules, NNX training and sampling."""
 
+import importlib
 import warnings
 
 import jax
@@ -122,8 +123,9 @@ def test_every_preset_applies_to_the_model(model):
     params = nnx.state(model, nnx.Param)
     for name in TRANSFORMER_RULES:
         rules = preset_rules(name, TRANSFORMER_RULES)
-        out = jax.eval_shape(lambda p, r=rules: tern_jax.quantize_params(p, r, unused="error"),
-                             params)
+        eight_bit = any(r.activations for r in rules)  # the inputs too: where the model runs
+        out = jax.eval_shape(lambda p, r=rules, a=eight_bit: tern_jax.quantize_params(
+            p, r, unused="error", activations_applied=a), params)
         assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params), name
     with pytest.raises(ValueError, match="unknown variant 'tern_xx'; choose from fp, tern, "):
         preset_rules("tern_xx", TRANSFORMER_RULES)
@@ -226,9 +228,15 @@ def test_greedy_sampling_follows_the_argmax_with_a_sliding_window(model):
 
 
 def _steps_logits(model, prompt, out):
-    """The model's own next-token logits before each generated token (window of 16)."""
+    """The model's own next-token logits before each generated token (window of 16).
+
+    Every forward is of 16 tokens (one compile): the model is causal, so the logits after
+    ``tokens[:n]`` for ``n <= 16`` are those at position ``n - 1`` of the first 16 tokens."""
     tokens = list(prompt) + list(out)
-    return [forward(model, jnp.asarray(tokens[:n][-16:], jnp.int32)[None])[0, -1]
+    assert len(tokens) >= 16
+    head = forward(model, jnp.asarray(tokens[:16], jnp.int32)[None])[0]
+    return [head[n - 1] if n <= 16 else
+            forward(model, jnp.asarray(tokens[n - 16:n], jnp.int32)[None])[0, -1]
             for n in range(len(prompt), len(tokens))]
 
 
@@ -298,16 +306,25 @@ def test_bad_inputs_are_clear_errors(model):
             generate(model, b"a", steps=2, key=jax.random.key(0), top_p=top_p)
     with pytest.raises(ValueError, match="not divisible by num_heads=3"):
         TransformerConfig(d_model=16, num_heads=3)
-    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+    with pytest.raises(ValueError, match="TransformerConfig.num_layers must be an integer >= 1, "
+                                         "got 0"):
         TransformerConfig(num_layers=0)
     with pytest.raises(ValueError, match="unknown transformer 'gpt5'"):
         transformer_config("gpt5")
     assert transformer_config("transformer_tiny", max_len=64).max_len == 64
+    assert transformer_config("transformer") == TransformerConfig()  # the defaults
+    assert transformer_config("Transformer_Llama", d_model=64) == TransformerConfig(
+        max_len=128, d_model=64, num_heads=4, num_layers=2, mlp_ratio=2, num_kv_heads=2,
+        mlp="swiglu")
+    with pytest.raises(ValueError, match=r"unknown TransformerConfig fields \['width'\]"):
+        transformer_config("transformer_tiny", width=64)
 
 
 def test_the_presets_have_one_home_reachable_as_the_docstrings_write_it():
-    assert tern_jax.presets_lm.TRANSFORMER_RULES is tern_jax.presets.TRANSFORMER_RULES
-    assert tern_jax.presets_lm.EMBEDDINGS_AND_HEAD_FP is EMBEDDINGS_AND_HEAD_FP
+    with pytest.raises(ModuleNotFoundError, match="tern_jax.presets_lm"):
+        importlib.import_module("tern_jax.presets_lm")  # gone: tern_jax.presets holds them
+    assert tern_jax.presets.TRANSFORMER_RULES is TRANSFORMER_RULES
+    assert tern_jax.presets.EMBEDDINGS_AND_HEAD_FP is EMBEDDINGS_AND_HEAD_FP
     assert tern_jax.nnx_utils.ternarized is ternarized
     matches, _ = tern_jax.match_params({"conv": {"kernel": jnp.ones((3, 3, 1, 2))}},
                                        tern_jax.presets.PRESETS["tern"])
@@ -342,7 +359,12 @@ def test_the_gated_mlp_is_down_of_silu_gate_times_up():
 
 
 def test_gated_mlp_and_kv_heads_options_are_checked():
-    with pytest.raises(ValueError, match="num_kv_heads must be a positive integer dividing"):
+    with pytest.raises(ValueError, match=r"TransformerConfig.num_kv_heads must divide "
+                                         r"num_heads=4 \(or be None\), got 3"):
         TransformerConfig(d_model=16, num_heads=4, num_kv_heads=3)
-    with pytest.raises(ValueError, match="mlp must be one of"):
+    with pytest.raises(ValueError, match="TransformerConfig.num_kv_heads must be an integer "
+                                         ">= 1"):
+        TransformerConfig(num_kv_heads=0)
+    with pytest.raises(ValueError, match="TransformerConfig.mlp must be 'gelu' or 'swiglu', "
+                                         "got 'relu'"):
         TransformerConfig(mlp="relu")

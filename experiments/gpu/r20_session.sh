@@ -8,15 +8,16 @@
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 BUDGET=${BUDGET:-560}
+WORK_ROOT=${WORK_ROOT:-/tmp}  # the two runs' folders: $WORK_ROOT/r20_paper, r20_finetune
 ROW=experiments/gpu/cifar_row.sh
 start=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
-OUT=$OUT/paper WORK=/tmp/r20_paper BUDGET=$(left) \
+OUT=$OUT/paper WORK=$WORK_ROOT/r20_paper BUDGET=$(left) \
   bash $ROW experiments/configs/cifar10_resnet20_paper.py "$@"
-if [ -f /tmp/r20_paper/results.json ] && [ "$(left)" -gt 30 ]; then
-  OUT=$OUT/finetune WORK=/tmp/r20_finetune BUDGET=$(left) \
+if [ -f "$WORK_ROOT/r20_paper/results.json" ] && [ "$(left)" -gt 30 ]; then
+  OUT=$OUT/finetune WORK=$WORK_ROOT/r20_finetune BUDGET=$(left) \
     bash $ROW experiments/configs/cifar10_resnet20_finetune.py \
-      --set stages.init_from=/tmp/r20_paper "$@"
+      --set stages.init_from="$WORK_ROOT/r20_paper" "$@"
 else
   echo "the paper-recipe run did not finish inside the budget: fine-tuning left for the next call"
 fi
