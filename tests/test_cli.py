@@ -203,10 +203,6 @@ def test_a_misspelt_section_key_is_named_with_the_sections_fields():
         Config(model={"name": "small_cnn", "kwarg": {"width": 8}})
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Config(optimizer={'batch_size': 4}) says "
-                   "only 'optimizer has no field batch_size; its fields: ...', and "
-                   "Config(batch_size=4) is the dataclass's own TypeError; neither names "
-                   "data.batch_size (override and --set do)")
 def test_a_field_given_outside_its_section_is_named_by_its_dotted_path():
     with pytest.raises(ValueError, match="optimizer has no field batch_size.*data.batch_size"):
         Config(optimizer={"batch_size": 4})

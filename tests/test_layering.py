@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).parent.parent / "tern_jax"
 
 # floor of each top-level part; a module may import only parts on its own floor or below
@@ -94,10 +92,6 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "tern_jax", "
     assert done.stdout.strip() == "[]", done.stdout
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "library bug: train/families.py imports train/config.py inside functions (SECTIONS in "
-    "_defaults, flatten in check_config) while config.py imports families at the top: a "
-    "cycle, and families is listed before config in train/__init__'s order"))
 def test_the_modules_of_train_import_each_other_without_cycles():
     """train/ is one concept per module; a stage or the loop never reaches back up."""
     graph = {}

@@ -333,10 +333,6 @@ def test_the_default_lm_recipe_is_the_study_arms_it_was_chosen_from():
         }) == study
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "library bug: recipes build and check the Config before applying `changes`, so a model "
-    "whose max_len is below the recipe's data.seq_len=128 is refused even with its window in "
-    "changes (the old lm_best(model, seq_len=32) took it)"))
 def test_the_default_lm_recipe_takes_a_smaller_model_with_its_window():
     from tern_jax.train.recipes import lm_best
 

@@ -407,15 +407,6 @@ REAL_CAUSES = [
      ["dtype float32"], []),
 ]
 
-# Training text is checked nowhere since data.text.random_windows (which checked it) went:
-# DeviceText puts any array on the devices, and out-of-range tokens index past the embedding.
-_UNCHECKED_TRAINING_TEXT = pytest.mark.xfail(
-    strict=True, reason="library bug: DeviceText does not check its training split's tokens "
-    "(dtype, range); only the validation split is checked, by eval_windows")
-_KNOWN_BUGS = {"DeviceText-negative-token": _UNCHECKED_TRAINING_TEXT,
-               "DeviceText-float-text": _UNCHECKED_TRAINING_TEXT}
-
-
 def _device_text(train):
     """A byte corpus of training split ``train`` (valid validation bytes) as training inputs."""
     from jax.sharding import Mesh
@@ -430,7 +421,7 @@ def _device_text(train):
 
 
 @pytest.mark.parametrize("call, error, present, absent", [
-    pytest.param(*c[1:], id=c[0], marks=_KNOWN_BUGS.get(c[0], ())) for c in REAL_CAUSES])
+    pytest.param(*c[1:], id=c[0]) for c in REAL_CAUSES])
 def test_a_wrong_input_is_refused_naming_the_real_cause(monkeypatch, call, error, present,
                                                         absent):
     with warnings.catch_warnings():

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from tern_jax.data.augment import epoch_permutation, random_crop_flip
 from tern_jax.data.streams import device_eval_batches, iterate_batches
-from tern_jax.data.text import eval_windows
+from tern_jax.data.text import check_tokens, eval_windows
 
 __all__ = ["DeviceImages", "DeviceText", "StreamedImages", "constrain_batch", "epoch_plan",
            "global_batch", "global_batches", "window_starts"]
@@ -200,6 +200,7 @@ class DeviceText:
         self.batch_size = batch_size
         self.mesh = mesh
         self.seeds = np.asarray(seeds, np.int32)
+        check_tokens(data.train, f"{data.name}'s training split")
         size = int(data.train.size)
         self.description = f"{size:,} training tokens"  # what the log says it trains on
         if size < seq_len + 1:

@@ -38,6 +38,7 @@ __all__ = [
     "TextDataset",
     "load_text",
     "python_stdlib_dir",
+    "check_tokens",
     "eval_windows",
 ]
 
@@ -272,7 +273,7 @@ def load_text(name: str = "python_stdlib", *, text_path: str | os.PathLike | Non
     return dataset
 
 
-def _check_tokens(data, what: str) -> None:
+def check_tokens(data, what: str) -> None:
     """Integer tokens in ``[0, 256)``; their values only when known (not under ``jit``)."""
     if not jnp.issubdtype(data.dtype, jnp.integer):
         raise TypeError(f"{what} must hold integer byte tokens (e.g. uint8), got dtype "
@@ -304,7 +305,7 @@ def eval_windows(data: np.ndarray, length: int, max_windows: int | None = None) 
     (deterministic), so a capped evaluation still samples every part of the text.
     """
     data = np.asarray(data)
-    _check_tokens(data, "data")
+    check_tokens(data, "data")
     _check_length(data.size, length, "validation split")
     n = (data.size - 1) // length
     picked = np.arange(n)

@@ -46,8 +46,8 @@ from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
 from tern_jax.train.families import check_config
 
 __all__ = ["CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimizerConfig",
-           "ScheduleConfig", "Slot", "StagesConfig", "differences", "flatten", "from_json",
-           "load_config", "override", "quickstart_config"]
+           "ScheduleConfig", "Slot", "StagesConfig", "config_from", "differences", "flatten",
+           "from_json", "load_config", "override", "quickstart_config"]
 
 
 _NONE_NOTE = Range(1, note=" (None: the whole set)")
@@ -314,13 +314,52 @@ class Config:
 
 
 def _section(cls, name: str, values: dict):
-    """A section from a dict of its fields; an unknown key is named with the section's keys."""
+    """A section from a dict of its fields; an unknown key is named with the section's keys
+    (and the section that has it, if one does)."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
+        elsewhere = [path for key in unknown for path in _all_paths()
+                     if path.rsplit(".", 1)[-1] == key]
+        hint = f"; did you mean {' or '.join(elsewhere)}?" if elsewhere else ""
         raise ValueError(f"{name} has no field {', '.join(unknown)}; its fields: "
-                         f"{', '.join(sorted(known))}")
+                         f"{', '.join(sorted(known))}{hint}")
     return cls(**values)
+
+
+_GENERATED_INIT = Config.__init__
+
+
+def _init(self, *args, **kwargs):
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:  # a section's field given at the top: named by its dotted path
+        raise _unknown(unknown[0])
+    _GENERATED_INIT(self, *args, **kwargs)
+
+
+_init.__doc__ = _GENERATED_INIT.__doc__
+Config.__init__ = _init
+
+
+def config_from(values: dict) -> Config:
+    """A config from dotted paths to values (``{"data.batch_size": 128,
+    "model.kwargs.d_model": 64}``; a path left out keeps its default), made and checked once:
+    what a recipe builds with a caller's changes on top."""
+    top, sections = {}, {}
+    for key, value in values.items():
+        if key.startswith("model.kwargs."):
+            sections.setdefault("model", {}).setdefault("kwargs", {})[
+                key.removeprefix("model.kwargs.")] = value
+        elif key not in _all_paths():
+            raise _unknown(key)
+        elif "." in key:
+            section, name = key.split(".", 1)
+            if name == "kwargs":
+                value = {**value, **sections.get(section, {}).get("kwargs", {})}
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    return Config(**top, **sections)
 
 
 def quickstart_config() -> Config:

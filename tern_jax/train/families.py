@@ -202,12 +202,18 @@ def _asks_for_something(value, default) -> bool:
     return value != default and value not in (None, False, 0)
 
 
-def _defaults() -> dict:
-    from tern_jax.train.config import SECTIONS
-
-    return {f"{section}.{f.name}": (f.default if f.default is not dataclasses.MISSING
-                                    else f.default_factory())
-            for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+def _sections(config) -> dict:
+    """``{dotted path: (value, default)}`` of every field of the config's sections (read from
+    the config itself: this module knows no config class)."""
+    out = {}
+    for field in dataclasses.fields(config):
+        section = getattr(config, field.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for f in dataclasses.fields(section):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[f"{field.name}.{f.name}"] = (getattr(section, f.name), default)
+    return out
 
 
 def check_config(config) -> Resolved:
@@ -217,8 +223,6 @@ def check_config(config) -> Resolved:
     input, the variant when it is not a preset of the family, and every field set that this
     run would not read (with who reads it).
     """
-    from tern_jax.train.config import flatten
-
     resolved = resolve(config)
     family, dataset = resolved
     if family.reads != dataset.kind:
@@ -239,16 +243,16 @@ def check_config(config) -> Resolved:
     for d in {dataset, *DATASETS.values()}:
         for name in d.fields:
             readers.setdefault(name, []).append(f"dataset {d.name}")
-    defaults, values = _defaults(), flatten(config)
+    fields = _sections(config)
     for name in dataset.fields:
-        if name not in defaults:
+        if name not in fields:
             raise ValueError(f"dataset {dataset.name!r} reads {name!r}, which is no config "
                              "field")
     for name, who in readers.items():
         if name in family.fields or name in dataset.fields:
             continue
-        value = values[name]
-        if _asks_for_something(value, defaults[name]):
+        value, default = fields[name]
+        if _asks_for_something(value, default):
             raise ValueError(
                 f"{name}={value!r} is not read by this run ({family.task_name}, model "
                 f"{config.model.name!r} on dataset {config.data.dataset!r}); it is read by "

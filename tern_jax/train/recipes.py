@@ -2,12 +2,13 @@
 
 ``experiments/configs/*.py`` call these; a recipe is data, the trainer knows nothing of it.
 Each takes the model, its variants and seeds, and ``changes``: dotted paths to values over the
-recipe (``{"schedule.name": "cosine"}``, as :func:`~tern_jax.train.config.override` takes).
+recipe (``{"schedule.name": "cosine"}``), the config made and checked once
+(:func:`~tern_jax.train.config.config_from`).
 """
 
 from __future__ import annotations
 
-from tern_jax.train.config import Config, override
+from tern_jax.train.config import Config, config_from
 
 __all__ = ["cifar10_best", "cifar10_paper", "imagenet_finetune", "lm_best"]
 
@@ -21,16 +22,14 @@ def cifar10_paper(model: str = "resnet20", variants=("fp", "tern"), seeds=(0, 1)
                   changes: dict | None = None) -> Config:
     """CIFAR-10 from scratch: SGD Nesterov 0.9, lr 0.1, wd 3e-4 (all parameters), batch 128,
     200 epochs, pad-4 crop + flip, BN momentum 0.1 (PyTorch convention)."""
-    config = Config(
-        name=f"cifar10_{model}_paper", seeds=tuple(seeds),
-        model={"name": model, "variants": tuple(variants)},
-        data={"dataset": "cifar10", "batch_size": 128, "augment": True,
-              "eval_batch_size": 1000},
-        optimizer={"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
-                   "weight_decay": 3e-4},
-        schedule={"epochs": 200, "name": "multistep", "milestones": CIFAR_MILESTONES},
-        checkpointing={"every": 20})
-    return override(config, changes or {})
+    recipe = {
+        "name": f"cifar10_{model}_paper", "seeds": tuple(seeds), "model.name": model,
+        "model.variants": tuple(variants), "data.dataset": "cifar10", "data.batch_size": 128,
+        "data.augment": True, "data.eval_batch_size": 1000, "optimizer.name": "sgd",
+        "optimizer.learning_rate": 0.1, "optimizer.momentum": 0.9, "optimizer.nesterov": True,
+        "optimizer.weight_decay": 3e-4, "schedule.epochs": 200, "schedule.name": "multistep",
+        "schedule.milestones": CIFAR_MILESTONES, "checkpointing.every": 20}
+    return config_from({**recipe, **(changes or {})})
 
 
 # Ternary fine-tuning after the fp run of cifar10_best: epochs, learning rate (cosine to 0).
@@ -58,15 +57,16 @@ def imagenet_finetune(model: str = "resnet18", variants=("tern",), seeds=(0,),
                       pretrained: str | None = None, changes: dict | None = None) -> Config:
     """ImageNet fine-tuning from torchvision's pretrained weights: Adam, lr 1e-4, wd 5e-6,
     batch 256, 50 epochs; ``pretrained`` is the torchvision ``.pth`` (ResNets)."""
-    config = Config(
-        name=f"imagenet_{model}", seeds=tuple(seeds),
-        model={"name": model, "variants": tuple(variants), "compute_dtype": "bfloat16"},
-        data={"dataset": "imagenet", "batch_size": 256, "eval_batch_size": 250,
-              "augment": False},  # the host pipeline does random-resized-crop + flip
-        optimizer={"name": "adam", "learning_rate": 1e-4, "weight_decay": 5e-6},
-        schedule={"epochs": 50, "name": "multistep", "milestones": IMAGENET_MILESTONES},
-        checkpointing={"every": 1}, stages={"pretrained": pretrained})
-    return override(config, changes or {})
+    recipe = {
+        "name": f"imagenet_{model}", "seeds": tuple(seeds), "model.name": model,
+        "model.variants": tuple(variants), "model.compute_dtype": "bfloat16",
+        "data.dataset": "imagenet", "data.batch_size": 256, "data.eval_batch_size": 250,
+        "data.augment": False,  # the host pipeline does random-resized-crop + flip
+        "optimizer.name": "adam", "optimizer.learning_rate": 1e-4,
+        "optimizer.weight_decay": 5e-6, "schedule.epochs": 50, "schedule.name": "multistep",
+        "schedule.milestones": IMAGENET_MILESTONES, "checkpointing.every": 1,
+        "stages.pretrained": pretrained}
+    return config_from({**recipe, **(changes or {})})
 
 
 # The language-model recipe study (experiments/results/lm_recipes): Adam at this rate for fp
@@ -87,12 +87,12 @@ def lm_best(model: str = "transformer_llama", variants=("fp", "tern"), seeds=(0,
     and BitNet's schedules did not close the gap further, t_ex = 2 did to 0.06 at 1.5x the
     stored bytes (``variants=("fp", "tern_t2")``). ``transformer_llama`` (d_model 256, the
     shape llama.cpp's ternary types take) ended 0.03 behind its fp twin, mean of 2 seeds."""
-    config = Config(
-        name=f"lm_best_{model}", seeds=tuple(seeds),
-        model={"name": model, "variants": tuple(variants)},
-        data={"dataset": "text", "steps_per_epoch": LM_STEPS_PER_EPOCH, "batch_size": 16,
-              "seq_len": 128, "augment": False, "test_subset": 256, "eval_batch_size": 128},
-        optimizer={"name": "adam", "learning_rate": LM_LEARNING_RATE, "weight_decay": 0.0},
-        schedule={"epochs": LM_EPOCHS, "name": "cosine", "warmup_epochs": 1},
-        checkpointing={"every": 2})
-    return override(config, changes or {})
+    recipe = {
+        "name": f"lm_best_{model}", "seeds": tuple(seeds), "model.name": model,
+        "model.variants": tuple(variants), "data.dataset": "text",
+        "data.steps_per_epoch": LM_STEPS_PER_EPOCH, "data.batch_size": 16, "data.seq_len": 128,
+        "data.augment": False, "data.test_subset": 256, "data.eval_batch_size": 128,
+        "optimizer.name": "adam", "optimizer.learning_rate": LM_LEARNING_RATE,
+        "optimizer.weight_decay": 0.0, "schedule.epochs": LM_EPOCHS, "schedule.name": "cosine",
+        "schedule.warmup_epochs": 1, "checkpointing.every": 2}
+    return config_from({**recipe, **(changes or {})})
