@@ -237,9 +237,15 @@ def final_accuracy(run: Run) -> dict[str, float]:
     _check_runs(run, "final_accuracy")
     if run.results.get("variants"):
         return {v: 100.0 * s["mean"] for v, s in run.results["variants"].items()}
+    return _last_evaluated(run, "test_acc")
+
+
+def _last_evaluated(run: Run, metric: str) -> dict[str, float]:
+    """Per variant, the mean over its models of ``metric`` at each model's last evaluated
+    epoch (a run still in progress)."""
     last: dict[str, dict[str, float]] = {}
     for c in curves(run):
-        evaluated = [a for a in c.test_acc if a is not None]
+        evaluated = [a for a in getattr(c, metric) if a is not None]
         if evaluated:
             last.setdefault(c.variant, {})[c.model] = evaluated[-1]
     return {v: sum(per_model.values()) / len(per_model) for v, per_model in last.items()}
@@ -300,12 +306,7 @@ def final_bits_per_byte(run: Run) -> dict[str, float]:
     variants = run.results.get("variants") or {}
     if variants and all("bits_per_byte" in v for v in variants.values()):
         return {v: r["bits_per_byte"]["mean"] for v, r in variants.items()}
-    last: dict[str, dict[str, float]] = {}
-    for c in curves(run):
-        evaluated = [b for b in c.test_loss if b is not None]
-        if evaluated:
-            last.setdefault(c.variant, {})[c.model] = evaluated[-1]
-    return {v: sum(per.values()) / len(per) for v, per in last.items()}
+    return _last_evaluated(run, "test_loss")
 
 
 _METRICS = ("test_acc", "test_loss", "train_loss")
