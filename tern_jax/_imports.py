@@ -25,7 +25,8 @@ def where_it_failed(error: BaseException) -> str:
         place = f"{error.filename}, line {error.lineno}"
         return f"{place}: {type(error).__name__}: {error.msg}"
     frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if "importlib" not in f.filename and "/tern_jax/" not in f.filename]
+              if "importlib" not in f.filename and "/tern_jax/" not in f.filename
+              and not f.filename.startswith("<")]  # generated code: a dataclass's __init__
     place = f"{frames[-1].filename}, line {frames[-1].lineno}: " if frames else ""
     return f"{place}{type(error).__name__}: {error}"
 

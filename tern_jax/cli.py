@@ -230,6 +230,11 @@ def _load_packed(path, restored, slot) -> dict:
         raise UsageError(
             f"--packed {path} holds {held[1]}/seed{held[2]} of {held[0]}, not {slot} of "
             f"{wanted[0]}; pass the export of {slot} (tern-jax export --model {slot})")
+    if origin.get("run") not in (None, restored.config.name):
+        raise UsageError(
+            f"--packed {path} is an export of run {origin['run']!r} (epoch "
+            f"{origin.get('epoch')}), not of {restored.config.name!r}; pass an export of this "
+            "run's model")
     return tern_jax.load_ternary(path)
 
 

@@ -326,3 +326,99 @@ def test_resolve_gives_the_family_that_declares_what_a_language_model_run_writes
     family = resolve(_lm()).family
     assert family.loss_name == "bits/byte" and "gguf" in family.exports and family.samples
     assert resolve(_small()).family.exports == ("packed",)
+
+
+# -- found by trying inputs beyond the issue's list ---------------------------------------------
+
+@pytest.mark.parametrize("body,message", [
+    ("class Net(nn.Module):\n    num_classes: int\n    def __call__(self, x, train=False):\n"
+     "        return x.reshape((x.shape[0], -1))[:, :10]\n", "cannot be initialized and run"),
+    ("class Net(nn.Module):\n    num_classes: int\n    @nn.compact\n"
+     "    def __call__(self, x, train=False):\n"
+     "        y = nn.Dense(10)(x.reshape((x.shape[0], -1)))\n"
+     "        return y, y\n", "cannot be initialized and run.*'tuple'"),
+])
+def test_a_user_model_without_parameters_or_with_two_outputs_is_refused_by_name(
+        user_path, tmp_path, body, message):
+    _user_package(user_path, "userpkg", {"odd.py": "from flax import linen as nn\n" + body})
+    with pytest.raises(ValueError, match=message):
+        run(_small({"model.name": "userpkg.odd:Net"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ("x[:64], y[:10], x[64:], y[64:]", "64 train images and 10 train labels"),
+    ("x[:64], y[:64], x[64:64], y[64:64]", "0 test images and 0 test labels"),
+    ("tuple", "returned a tuple; an ImageDataset's load\\(\\) returns"),
+])
+def test_a_users_loader_returning_mismatched_or_wrong_things_is_refused(
+        user_path, tmp_path, arrays, message):
+    result = ("(x, y)" if arrays == "tuple" else
+              f"ArrayDataset({arrays}, 3, (0.5,), (0.25,), 'blobs')")
+    _user_package(user_path, "userpkg", {"data.py": f"""
+        import numpy as np
+        from tern_jax.data import ArrayDataset, ImageDataset
+        def load():
+            x = np.zeros((96, 6, 6, 1), np.uint8)
+            y = (np.arange(96) % 3).astype(np.int32)
+            return {result}
+        blobs = ImageDataset("blobs", 3, (6, 6, 1), load, mean=(0.5,), std=(0.25,))
+        """})
+    config = _small({"data.dataset": "userpkg.data:blobs", "data.train_subset": None,
+                     "data.test_subset": None, "data.batch_size": 8})
+    with pytest.raises((ValueError, TypeError), match=message):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_declaration_in_a_users_module_names_its_own_line(user_path, tmp_path, capsys):
+    _user_package(user_path, "userpkg", {"decl.py": """
+        from tern_jax.data import ImageDataset
+        blobs = ImageDataset("blobs", 3, (6, 6, 3), print, mean=(0.5,), std=(0.25,))
+        """})
+    status, _, err = _cli(capsys, "train", "--workdir", tmp_path / "w", "--set",
+                          "data.dataset=userpkg.decl:blobs")
+    assert status == 2 and f"{user_path / 'userpkg' / 'decl.py'}, line 3" in err
+    assert "<string>" not in err
+
+
+@pytest.mark.parametrize("config,message", [
+    ("cfg.txt", "is not a Python file"), (".", "is a folder"),
+])
+def test_a_config_that_is_no_python_file_is_named(tmp_path, capsys, config, message):
+    (tmp_path / "cfg.txt").write_text("def get_config(): pass\n")
+    status, _, err = _cli(capsys, "train", "--workdir", tmp_path / "w", "--config",
+                          tmp_path / config)
+    assert status == 2 and message in err and "internal error" not in err
+
+
+def test_override_given_one_string_says_it_takes_a_list():
+    with pytest.raises(TypeError, match=r"a list of 'path=value' strings or a dict"):
+        override(_small(), "data.batch_size=8")
+
+
+def test_a_workdir_that_is_a_broken_link_or_inside_a_runs_checkpoints_is_refused(
+        digits_run, tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    status, _, err = _cli(capsys, "train", "--workdir", link)
+    assert status == 2 and "is a link to" in err and "does not exist" in err
+    inner = digits_run / "checkpoints" / "9"
+    status, _, err = _cli(capsys, "train", "--workdir", inner)
+    assert status == 2 and "inside the checkpoints of the run" in err and not inner.exists()
+
+
+def test_eval_refuses_a_packed_export_of_another_run(digits_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(digits_run, other)
+    saved = json.loads((other / "config.json").read_text())
+    saved["name"] = "another_run"
+    (other / "config.json").write_text(json.dumps(saved))
+    packed = tmp_path / "other.packed"
+    assert _cli(capsys, "export", "--workdir", other, "--model", "tern/seed0", "--out",
+                packed)[0] == 0
+    status, _, err = _cli(capsys, "eval", "--workdir", digits_run, "--model", "tern/seed0",
+                          "--packed", packed)
+    assert status == 2 and "is an export of run 'another_run'" in err

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from tern_jax._imports import describe, import_object, is_import_path
-from tern_jax.data.arrays import subset
+from tern_jax.data.arrays import ArrayDataset, subset
 from tern_jax.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
 from tern_jax.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits
 from tern_jax.data.imagenet import (
@@ -136,6 +136,10 @@ class ImageDataset(Dataset):
 
     def _loaded(self, config):
         data = self.open(config)
+        if not isinstance(data, ArrayDataset):
+            raise TypeError(f"dataset {self.name!r}: its loader returned a "
+                            f"{type(data).__name__}; an ImageDataset's load() returns a "
+                            "tern_jax.data.ArrayDataset")
         if (data.num_classes, data.image_shape) != (self.num_classes, tuple(self.input_shape)):
             raise ValueError(
                 f"dataset {self.name!r} declares {self.num_classes} classes of "
@@ -153,6 +157,10 @@ class ImageDataset(Dataset):
         for split in ("train", "test"):
             images = np.asarray(getattr(data, f"{split}_images"))
             labels = np.asarray(getattr(data, f"{split}_labels"))
+            if len(images) != len(labels) or not len(images):
+                raise ValueError(f"dataset {self.name!r} loaded {len(images)} {split} images "
+                                 f"and {len(labels)} {split} labels; give one label per image "
+                                 "and at least one of each split")
             if images.dtype != np.uint8:
                 scaled = (" in [0, 1]: return (images * 255).round().astype(np.uint8)"
                           if images.size and 0 <= images.min() and images.max() <= 1 else "")

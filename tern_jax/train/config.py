@@ -422,6 +422,9 @@ def override(config: Config, changes) -> Config:
     if isinstance(changes, dict):
         items = list(changes.items())
         parse = False
+    elif isinstance(changes, str) or not isinstance(changes, (list, tuple)):
+        raise TypeError(f"override: changes must be a list of 'path=value' strings or a dict "
+                        f"of dotted paths, got {changes!r}; e.g. ['data.batch_size=8']")
     else:
         items = []
         for item in changes:
@@ -468,6 +471,12 @@ def load_config(name_or_path: str | None) -> Config:
         candidate = Path("experiments") / "configs" / f"{name_or_path}.py"
         if candidate.exists():
             path = candidate
+    if path.is_dir():
+        raise ValueError(f"config {name_or_path!r} is a folder; give a Python file with "
+                         "get_config() in it")
+    if path.is_file() and path.suffix != ".py":
+        raise ValueError(f"config {name_or_path!r} is not a Python file (.py); a config is "
+                         "Python code with get_config()")
     if not path.is_file():
         raise FileNotFoundError(
             f"config {name_or_path!r} not found; give a path to a Python file with get_config() "

@@ -228,10 +228,21 @@ def _check_outputs(task, config: Config) -> None:
     alone before a run writes anything; a task that declares no ``example_batch`` is not."""
     if not hasattr(task, "example_batch"):
         return
-    variables = jax.eval_shape(task.init, jax.random.key(0))
-    outputs, _ = jax.eval_shape(
-        lambda v: task.apply(v["params"], v["model_state"], task.example_batch(), train=False),
-        variables)
+    try:
+        variables = jax.eval_shape(task.init, jax.random.key(0))
+        outputs, _ = jax.eval_shape(
+            lambda v: task.apply(v["params"], v["model_state"], task.example_batch(),
+                                 train=False), variables)
+    except Exception as e:  # noqa: BLE001 - the user's model: say what it failed on
+        from tern_jax._imports import where_it_failed
+
+        raise ValueError(
+            f"model {config.model.name!r} cannot be initialized and run on one example of "
+            f"dataset {config.data.dataset!r} ({where_it_failed(e)}); it must have parameters "
+            "and return one array of logits per example") from e
+    if not hasattr(outputs, "shape") or not outputs.shape:
+        raise ValueError(f"model {config.model.name!r} returns {type(outputs).__name__}, not "
+                         "an array of logits per example")
     if outputs.shape[-1] != task.num_outputs:
         raise ValueError(
             f"model {config.model.name!r} gives {outputs.shape[-1]} outputs per example, but "

@@ -123,6 +123,14 @@ class RunFolder:
         folder whose ``config.json`` is gone, or no longer parses, is named as such."""
         if self.path.exists() and not self.path.is_dir():
             raise fs.NotOwnedError(f"workdir {self.path} is a file; give a folder for the run")
+        if self.path.is_symlink() and not self.path.exists():
+            raise fs.NotOwnedError(f"workdir {self.path} is a link to {self.path.readlink()}, "
+                                   "which does not exist; give a folder, or create its target")
+        inside = next((p for p in self.path.parents if p.name == "checkpoints"
+                       and RunFolder(p.parent).config_file.is_file()), None)
+        if inside is not None:
+            raise fs.NotOwnedError(f"workdir {self.path} is inside the checkpoints of the run "
+                                   f"in {inside.parent}; give a folder outside it")
         if self.path.is_dir():
             names = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
             run_files = bool({METRICS_FILE, "checkpoints", *STAGES} & set(names))
