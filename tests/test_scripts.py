@@ -182,7 +182,9 @@ def test_collect_recollects_a_committed_row(tmp_path):
         assert (out / "finetune_half" / "finetune" / name).is_file()
 
 
-TEXT = b"".join(b"def h%d(z):\n    return z - %d\n\n" % (i, i) for i in range(120))
+# As long as test_lm_train's text, and the same run (model, batches, windows, optimizer): one
+# compiled program for both files in a session (the XLA cache of tests/conftest.py).
+TEXT = b"".join(b"def h%d(z):\n    return z - %d\n\n" % (i, i) for i in range(200))
 
 
 def _lm_config(text_file, changes=None):
@@ -194,8 +196,8 @@ def _lm_config(text_file, changes=None):
     config = Config(
         name="lm_recipe_scripts", seeds=(0,),
         model={"name": "transformer_tiny", "variants": ("fp", "tern")},
-        data={"dataset": "text", "text_path": str(text_file), "steps_per_epoch": 2,
-              "batch_size": 4, "seq_len": 16, "augment": False, "test_subset": 8,
+        data={"dataset": "text", "text_path": str(text_file), "steps_per_epoch": 4,
+              "batch_size": 8, "seq_len": 16, "augment": False, "test_subset": 16,
               "eval_batch_size": 8},
         optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
         schedule={"epochs": 1, "name": "constant"}, checkpointing={"every": 0},
@@ -205,7 +207,7 @@ def _lm_config(text_file, changes=None):
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
-    """A finished language-model run (fp and tern, one seed, one epoch of two steps)."""
+    """A finished language-model run (fp and tern, one seed, one epoch of four steps)."""
     root = tmp_path_factory.mktemp("lm_run")
     run(_lm_config(root / "code.py"), root / "runs" / "tiny", log=lambda *a: None)
     return root / "runs" / "tiny"
@@ -216,7 +218,7 @@ def test_lm_collect_writes_the_table_sizes_and_curves(lm_run, lm_benchmark, tmp_
     out = tmp_path / "lm"
     table = _python("experiments/lm_collect.py", lm_run, "--out", out, "--benchmark",
                     bench).stdout
-    assert "after 2 steps (128 training bytes per model), seeds [0]" in table
+    assert "after 4 steps (512 training bytes per model), seeds [0]" in table
     rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"| fp", "| tern"}
     figures = json.loads(bench.read_text())["variants"]
@@ -238,8 +240,8 @@ def test_lm_recipes_collect_runs_as_a_script(lm_run, tmp_path):
                     "--width", 32).stdout
     assert "| tiny | fp | 32 |" in table and "| tiny | tern | 32 |" in table
     rows = json.loads((out / "summary.json").read_text())
-    assert {(r["arm"], r["variant"], r["steps"]) for r in rows} == {("tiny", "fp", 2),
-                                                                   ("tiny", "tern", 2)}
+    assert {(r["arm"], r["variant"], r["steps"]) for r in rows} == {("tiny", "fp", 4),
+                                                                   ("tiny", "tern", 4)}
     assert (out / "curves.png").stat().st_size > 0
 
 
