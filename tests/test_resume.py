@@ -79,7 +79,7 @@ def test_more_epochs_of_a_cosine_run_are_refused_and_config_json_kept(one_epoch,
 
 def test_more_epochs_of_a_multistep_run_equal_a_run_started_with_them(one_epoch, tmp_path):
     """Multistep milestones are in epochs: extending 1 -> 2 epochs gives the metrics of a run
-    started with 2, so config.json may say epochs=2."""
+    started with 2, so config.json may say schedule.epochs=2."""
     config = _small({**MULTISTEP, "schedule.epochs": 2})
     extended = _copy(one_epoch, "multistep", tmp_path)
     train_and_evaluate(config, extended, resume=True, **QUIET)

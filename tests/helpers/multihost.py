@@ -62,11 +62,12 @@ def digits_config(changes: dict | None = None):
 
 
 def cifar_config(data_dir):
-    """The CIFAR folder streamed through grain (each process reads its share)."""
+    """The CIFAR folder streamed through grain (each process reads its share), 2 epochs, a
+    checkpoint every epoch."""
     return digits_config({"name": "cifar_stream", "data.dataset": "cifar10",
                           "data.data_dir": str(data_dir), "data.stream": True,
                           "data.eval_batch_size": 16, "data.train_subset": None,
-                          "data.test_subset": None, "checkpointing.every": 0})
+                          "data.test_subset": None})
 
 
 def _kill_after_saving(epoch: int) -> None:
@@ -119,20 +120,22 @@ def digits_args(workdir, *more: str) -> list[str]:
 
 
 def train_job(root: str, process_id: int = 0, num_processes: int = 1,
-              coordinator: str | None = None, cifar: bool = True, resume: bool = False,
-              kill_after_epoch: int | None = None) -> None:
-    """Trains the CIFAR stream (optional), then digits, in ``root``; one process of a job."""
+              coordinator: str | None = None, runs: tuple[str, ...] = ("cifar", "digits"),
+              resume: bool = False, kill_after_epoch: int | None = None) -> None:
+    """One process of a job: trains ``runs`` in ``root`` in turn (``cifar``: the streamed
+    CIFAR folder beside ``root``, ``digits``: device-resident digits); with
+    ``kill_after_epoch`` every process kills itself once that epoch's checkpoint is saved."""
     from tern_jax.train import distributed, train_and_evaluate
 
     root = Path(root)
+    configs = {"cifar": cifar_config(root.parent / "data"), "digits": digits_config()}
     if num_processes > 1:
         distributed.initialize(coordinator, num_processes, process_id, timeout=60)
+    if kill_after_epoch is not None:
+        _kill_after_saving(kill_after_epoch)
     with distributed.failures_end_the_job():
-        if cifar:
-            train_and_evaluate(cifar_config(root.parent / "data"), root / "cifar")
-        if kill_after_epoch is not None:
-            _kill_after_saving(kill_after_epoch)
-        train_and_evaluate(digits_config(), root / "digits", resume=resume)
+        for name in runs:
+            train_and_evaluate(configs[name], root / name, resume=resume)
 
 
 def join(coordinator: str, num_processes: int, process_id: int, timeout: float,

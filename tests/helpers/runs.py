@@ -40,13 +40,14 @@ def copy_run(folder, tmp_path):
     return target
 
 
-def data_parallel_losses(devices, steps: int = 4):
-    """Per-step losses (steps, models) and test accuracy of a run sharded over ``devices``."""
+def data_parallel_losses(changes: dict, devices=None, steps: int = 4):
+    """Per-step losses (steps, models) and test accuracy of the quickstart with ``changes``
+    (dotted paths) sharded over ``devices`` (default: all)."""
     import numpy as np
 
-    from tern_jax.train import Trainer
+    from tern_jax.train import Trainer, override, quickstart_config
 
-    trainer = Trainer(small_config(), devices=devices)
+    trainer = Trainer(override(quickstart_config(), changes), devices=devices)
     state = trainer.init_state()
     idx, keys = trainer.inputs.epoch_plan(0)
     out = []
@@ -57,17 +58,15 @@ def data_parallel_losses(devices, steps: int = 4):
     return np.stack(out), trainer.evaluate(state)["test_acc"]
 
 
-def compare_data_parallel() -> None:
-    """Prints the losses of one device and of all (8 fake) devices as JSON."""
+def print_data_parallel(changes: dict) -> None:
+    """Prints, as JSON, the device count and :func:`data_parallel_losses` over every device."""
     import json
 
     import jax
 
-    single, acc1 = data_parallel_losses(jax.devices()[:1])
-    sharded, acc8 = data_parallel_losses(jax.devices())
-    print(json.dumps({"devices": len(jax.devices()), "single": single.tolist(),
-                      "sharded": sharded.tolist(), "acc1": acc1.tolist(),
-                      "acc8": acc8.tolist()}))
+    losses, acc = data_parallel_losses(changes)
+    print(json.dumps({"devices": len(jax.devices()), "losses": losses.tolist(),
+                      "acc": acc.tolist()}))
 
 
 def killed_run(workdir: str, changes: dict, kill_at_step: int) -> None:
