@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.runs import lm_config
 from jax.sharding import Mesh
 
 from tern_jax.cli import main
@@ -37,16 +38,7 @@ def text_file(tmp_path_factory):
 
 
 def _config(text_file, changes: dict | None = None) -> Config:
-    config = Config(
-        name="lm_test", seeds=(0,),
-        model={"name": "transformer_tiny", "variants": ("fp", "tern")},
-        data={"dataset": "text", "text_path": str(text_file), "steps_per_epoch": 4,
-              "batch_size": 8, "seq_len": 16, "augment": False, "test_subset": 16,
-              "eval_batch_size": 8},
-        optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
-        schedule={"epochs": 2, "name": "constant"}, checkpointing={"every": 1},
-        progress=False)
-    return override(config, changes or {})
+    return lm_config(text_file, changes)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +141,7 @@ def test_the_transformer_presets_reach_the_trainer(text_file):
     assert tern_fl[0].method is None  # embeddings and head in full precision
 
 
+@pytest.mark.slow  # trains language models
 def test_a_language_model_trains_and_resumes_to_the_same_figures(text_file, trained,
                                                                    tmp_path):
     workdir, results, records = trained
@@ -168,6 +161,7 @@ def test_a_language_model_trains_and_resumes_to_the_same_figures(text_file, trai
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # trains language models
 def test_a_language_model_samples_and_exports(trained, tmp_path, capsys):
     workdir = str(trained[0])
     argv = ["sample", "--workdir", workdir, "--model", "tern/seed0", "--prompt", "def ",
@@ -203,6 +197,7 @@ def test_sampling_an_image_run_is_a_clear_error(tmp_path, capsys):
         capsys.readouterr().err)
 
 
+@pytest.mark.slow  # trains language models
 def test_a_language_model_distils_per_token_and_only_the_student_moves(text_file, trained,
                                                                        tmp_path):
     from tern_jax.train.step import _kl
@@ -256,6 +251,7 @@ def study(text_file, tmp_path_factory):
             "metrics": metrics}
 
 
+@pytest.mark.slow  # trains language models
 def test_the_recipe_study_collector_compares_each_arm_with_fp_seed_by_seed(study):
     out, metrics = study["out"], study["metrics"]
     rows = {(r["arm"], r["variant"]): r for r in json.loads((out / "summary.json").read_text())}
@@ -289,6 +285,7 @@ def test_the_recipe_study_collector_reads_the_width_from_the_models_keyword_argu
     assert collect._width({"model": {"name": "transformer_tiny", "kwargs": {}}}) == 32
 
 
+@pytest.mark.slow  # trains language models
 def test_a_two_stage_language_model_fine_tunes_ternary_from_the_fp_model_and_resumes(study):
     from tern_jax.train import restore_run, stage_configs
     from tern_jax.train.warm_start import from_run

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.runs import lm_config
 
 from tern_jax.train import load_config, override, run
 
@@ -97,6 +98,7 @@ def lm_benchmark(tmp_path_factory):
     return path, out
 
 
+@pytest.mark.slow  # trains (times) language models
 def test_lm_train_step_times_each_variant(lm_benchmark):
     path, out = lm_benchmark
     assert "transformer_tiny: d_model 32, 2 layers" in out and "(target <= 1.05" in out
@@ -188,21 +190,12 @@ TEXT = b"".join(b"def h%d(z):\n    return z - %d\n\n" % (i, i) for i in range(20
 
 
 def _lm_config(text_file, changes=None):
-    from tern_jax.train import Config
 
     text_file = Path(text_file)
     if not text_file.exists():
         text_file.write_bytes(TEXT)
-    config = Config(
-        name="lm_recipe_scripts", seeds=(0,),
-        model={"name": "transformer_tiny", "variants": ("fp", "tern")},
-        data={"dataset": "text", "text_path": str(text_file), "steps_per_epoch": 4,
-              "batch_size": 8, "seq_len": 16, "augment": False, "test_subset": 16,
-              "eval_batch_size": 8},
-        optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
-        schedule={"epochs": 1, "name": "constant"}, checkpointing={"every": 0},
-        progress=False)
-    return override(config, changes or {})
+    return lm_config(text_file, {"name": "lm_recipe_scripts", "schedule.epochs": 1,
+                                 "checkpointing.every": 0, **(changes or {})})
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +206,7 @@ def lm_run(tmp_path_factory):
     return root / "runs" / "tiny"
 
 
+@pytest.mark.slow  # trains (times) language models
 def test_lm_collect_writes_the_table_sizes_and_curves(lm_run, lm_benchmark, tmp_path):
     bench, _ = lm_benchmark
     out = tmp_path / "lm"
@@ -234,6 +228,7 @@ def test_lm_collect_writes_the_table_sizes_and_curves(lm_run, lm_benchmark, tmp_
         assert (out / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow  # trains (times) language models
 def test_lm_recipes_collect_runs_as_a_script(lm_run, tmp_path):
     out = tmp_path / "recipes"
     table = _python("experiments/lm_recipes_collect.py", lm_run.parent, "--out", out,

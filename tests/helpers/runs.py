@@ -29,6 +29,24 @@ def small_config(changes: dict | None = None):
     return override(base, changes or {})
 
 
+def lm_config(text_file, changes: dict | None = None):
+    """A tiny byte-level language-model run on ``text_file``: fp and tern, one seed, two epochs
+    of four steps of 8 windows of 16 bytes, a checkpoint every epoch; ``changes`` (dotted
+    paths) replace the rest. Tests that train it share one compiled program per session."""
+    from tern_jax.train import Config, override
+
+    config = Config(
+        name="lm_test", seeds=(0,),
+        model={"name": "transformer_tiny", "variants": ("fp", "tern")},
+        data={"dataset": "text", "text_path": str(text_file), "steps_per_epoch": 4,
+              "batch_size": 8, "seq_len": 16, "augment": False, "test_subset": 16,
+              "eval_batch_size": 8},
+        optimizer={"name": "adam", "learning_rate": 3e-3, "weight_decay": 0.0},
+        schedule={"epochs": 2, "name": "constant"}, checkpointing={"every": 1},
+        progress=False)
+    return override(config, changes or {})
+
+
 def copy_run(folder, tmp_path):
     """A copy of the run folder ``folder`` in ``tmp_path`` (same name), to damage or extend
     without touching a run other tests share."""
