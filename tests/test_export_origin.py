@@ -42,6 +42,7 @@ def lm_run(tmp_path_factory):
     return root, results
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_an_export_records_the_model_variant_seed_and_rules(lm_run):
     root, _ = lm_run
     origin = read_origin(root / "tern_seed0")
@@ -55,6 +56,7 @@ def test_an_export_records_the_model_variant_seed_and_rules(lm_run):
     assert read_origin(root / "fp_seed0")["variant"] == "fp"
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_an_export_without_an_origin_is_refused_naming_what_it_lacks(lm_run, tmp_path):
     """A packed file whose metadata lost its origin (save_ternary always writes one): nothing
     could be checked against it, so neither its origin nor its weights are read."""
@@ -73,6 +75,7 @@ def test_an_export_without_an_origin_is_refused_naming_what_it_lacks(lm_run, tmp
         32, 256)
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_sample_and_eval_refuse_the_export_of_another_variant_naming_both(lm_run, capsys,
                                                                           command):
@@ -84,6 +87,7 @@ def test_sample_and_eval_refuse_the_export_of_another_variant_naming_both(lm_run
     assert "holds fp/seed0 of transformer_tiny, not tern/seed0 of transformer_tiny" in err
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_eval_of_an_export_gives_the_figures_of_its_model(lm_run, capsys):
     root, results = lm_run
     workdir = str(root / "run")
@@ -98,6 +102,7 @@ def test_eval_of_an_export_gives_the_figures_of_its_model(lm_run, capsys):
     assert f"bits/byte {bits:.4f}" in row
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_eval_refuses_weights_of_another_architecture_naming_the_parameter(lm_run, capsys,
                                                                           tmp_path):
     """An export of the same model name, variant and seed at another width (as another
@@ -124,6 +129,7 @@ def test_eval_refuses_weights_of_another_architecture_naming_the_parameter(lm_ru
            "export)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_a_training_checkpoint_of_another_architecture_names_the_parameter(lm_run, tmp_path):
     root, _ = lm_run
     copy = tmp_path / "run"
@@ -141,6 +147,7 @@ def test_a_training_checkpoint_of_another_architecture_names_the_parameter(lm_ru
         restore_run(copy)
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_a_language_model_reports_bits_per_byte(lm_run, capsys):
     root, results = lm_run
     last = [json.loads(line) for line in (root / "run" / "metrics.jsonl").open()][-1]
@@ -156,6 +163,7 @@ def test_a_language_model_reports_bits_per_byte(lm_run, capsys):
     assert f"{saved['variants']['fp']['bits_per_byte']['mean']:9.4f}" in table
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_the_files_of_a_run_share_their_permissions(lm_run):
     root, _ = lm_run
     modes = {name: (root / "run" / name).stat().st_mode & 0o777
@@ -163,6 +171,7 @@ def test_the_files_of_a_run_share_their_permissions(lm_run):
     assert len(set(modes.values())) == 1, modes
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_exporting_a_full_precision_model_prints_no_infinite_ratio(lm_run, capsys, tmp_path):
     root, _ = lm_run
     assert main(["export", "--workdir", str(root / "run"), "--model", "fp/seed0",
@@ -172,6 +181,7 @@ def test_exporting_a_full_precision_model_prints_no_infinite_ratio(lm_run, capsy
     assert "exported fp/seed0 (transformer_tiny)" in out
 
 
+@pytest.mark.slow  # trains the module's language model (lm_run)
 def test_sample_refuses_the_export_of_another_model(lm_run, tmp_path, capsys):
     """The model name is compared too: a packed file of another model, same variant."""
     root, _ = lm_run

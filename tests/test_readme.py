@@ -6,6 +6,8 @@ import shlex
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from tern_jax import cli
 
 REPO = Path(__file__).parent.parent
@@ -76,6 +78,7 @@ def test_the_readme_figures_are_what_the_code_computes():
     assert len(variants) >= 6 and set(variants) <= set(PRESETS), set(variants) - set(PRESETS)
 
 
+@pytest.mark.slow  # the README's snippets train a model
 def test_the_api_snippets_run_as_written_in_sequence(tmp_path, monkeypatch, capsys):
     import warnings
 

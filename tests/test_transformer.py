@@ -163,6 +163,7 @@ def test_gradient_reaches_the_latent_weights_through_the_straight_through_estima
     assert float(jnp.abs(g["blocks"][0]["attn"]["query"]["kernel"]).sum()) > 0
 
 
+@pytest.mark.slow  # 30 steps
 def test_a_few_ternary_train_steps_lower_the_loss():
     model = Transformer(CONFIG, rngs=nnx.Rngs(3))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
