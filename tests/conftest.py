@@ -19,6 +19,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         shutil.rmtree(_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# XLA:CPU compiles without LLVM's optimizations (about half the compile time of the trainer
+# tests, whose tiny programs compile far longer than they run; their convolutions and matmuls
+# are library calls either way). Subprocesses inherit it: helpers add their flags to these.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
 from hypothesis import settings  # noqa: E402
 

@@ -197,7 +197,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint_usable(quickstart_run, 
 @pytest.mark.slow
 def test_eight_device_data_parallel_matches_one_device():
     """Eight (fake) devices in another process against one here: the same steps."""
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = dict(_env(), XLA_FLAGS=flags.strip())
     out = subprocess.run(command(f"print_data_parallel({SMALL!r})"), env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -572,13 +573,15 @@ def test_two_stage_config_checks():
 
 @pytest.mark.slow
 def test_scanned_chunks_match_single_steps_with_threshold_warmup(tmp_path):
-    """The GPU/TPU path (steps inside lax.scan, model axis vmapped) against the CPU path."""
-    single = train_and_evaluate(_small({**WARMUP, "scan_steps": 1, "model.axis": "unroll"}),
+    """The GPU/TPU path (steps inside lax.scan, model axis vmapped) against the CPU path: one
+    epoch of 3 steps, run as chunks of 2 and 1 (XLA:CPU runs a scanned step slowly)."""
+    base = {**WARMUP, "data.train_subset": 96, "schedule.epochs": 1}
+    single = train_and_evaluate(_small({**base, "scan_steps": 1, "model.axis": "unroll"}),
                                 tmp_path / "single", **QUIET)
-    scanned = train_and_evaluate(_small({**WARMUP, "scan_steps": 3, "model.axis": "vmap"}),
+    scanned = train_and_evaluate(_small({**base, "scan_steps": 2, "model.axis": "vmap"}),
                                  tmp_path / "scanned", **QUIET)
     a, b = read(tmp_path / "single"), read(tmp_path / "scanned")
-    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1]
     for m, n in zip(a[-1]["models"], b[-1]["models"]):
         np.testing.assert_allclose(m["train_loss"], n["train_loss"], rtol=1e-4)
     for v in ("fp", "tern"):

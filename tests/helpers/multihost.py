@@ -16,8 +16,9 @@ REPO = TESTS.parent
 
 
 def env(devices: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    """The environment of a process with ``devices`` CPU devices (the tests' XLA flags kept)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags.strip())
 
 
 def launch(call: str, devices: int, log: Path) -> subprocess.Popen:
