@@ -1,0 +1,42 @@
+#!/bin/sh
+# The tokenizer study: bytes against BPE-1024 and BPE-4096, fp and ternary in each run, then
+# the table.
+#
+#     nohup sh experiments/lm_tokenizer_study.sh > runs/lm_tokenizers.log 2>&1 &
+#
+# Resumable: the tokenizers and token files are made once, and each arm trains with --resume.
+# ROOT (default runs/lm_tokenizers) holds the data and one run folder per arm; OUT (default
+# experiments/results/lm_tokenizers) gets the table.
+set -e
+root=${ROOT:-runs/lm_tokenizers}
+out=${OUT:-experiments/results/lm_tokenizers}
+configs=experiments/configs
+data=$root/data
+mkdir -p "$data"
+
+for vocab in 1024 4096; do
+    if [ ! -f "$data/bpe$vocab.json" ]; then
+        echo "=== tokenizer $vocab $(date +%T)"
+        tern-jax tokenizer train --vocab $vocab --text python_stdlib --out "$data/bpe$vocab.json"
+    fi
+    if [ ! -f "$data/stdlib_bpe$vocab.tok" ]; then
+        echo "=== encode $vocab $(date +%T)"
+        tern-jax tokenizer encode --tokenizer "$data/bpe$vocab.json" --text python_stdlib \
+            --out "$data/stdlib_bpe$vocab.tok"
+    fi
+done
+
+export TOKENIZER_DATA="$data"  # where the BPE configs find their tokenizer and tokens
+arm() {  # arm NAME: trains experiments/configs/lm_tok_NAME.py, resuming a started run
+    resume=""
+    [ -f "$root/$1/config.json" ] && resume=--resume
+    echo "=== $1 $(date +%T)"
+    tern-jax train --config "$configs/lm_tok_$1.py" --workdir "$root/$1" $resume
+}
+arm bytes
+arm bpe1024
+arm bpe4096
+
+echo "=== collect $(date +%T)"
+python experiments/lm_tokenizers_collect.py "$root" --out "$out"
+echo "=== done $(date +%T)"
