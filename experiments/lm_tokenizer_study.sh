@@ -26,16 +26,19 @@ for vocab in 1024 4096; do
     fi
 done
 
-export TOKENIZER_DATA="$data"  # where the BPE configs find their tokenizer and tokens
-arm() {  # arm NAME: trains experiments/configs/lm_tok_NAME.py, resuming a started run
+arm() {  # arm NAME [--set ...]: trains lm_tok_bytes.py into ROOT/NAME, resuming a started run
+    name=$1
+    shift
     resume=""
-    [ -f "$root/$1/config.json" ] && resume=--resume
-    echo "=== $1 $(date +%T)"
-    tern-jax train --config "$configs/lm_tok_$1.py" --workdir "$root/$1" $resume
+    [ -f "$root/$name/config.json" ] && resume=--resume
+    echo "=== $name $(date +%T)"
+    tern-jax train --config "$configs/lm_tok_bytes.py" --workdir "$root/$name" $resume "$@"
 }
 arm bytes
-arm bpe1024
-arm bpe4096
+for vocab in 1024 4096; do
+    arm bpe$vocab --set name=lm_tok_bpe$vocab --set data.tokenizer="$data/bpe$vocab.json" \
+        --set data.text_path="$data/stdlib_bpe$vocab.tok"
+done
 
 echo "=== collect $(date +%T)"
 python experiments/lm_tokenizers_collect.py "$root" --out "$out"

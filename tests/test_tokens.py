@@ -367,6 +367,7 @@ def test_training_streams_a_token_file_larger_than_the_memory_cap(files, tmp_pat
                           cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     peak = int(done.stdout.split("peak_rss_kib")[1]) * 1024
+    print(f"streamed {corpus.stat().st_size / 2**30:.2f} GiB, peak resident {peak / 2**20:.0f} MiB")
     assert peak < 2**30, peak
     records = read(tmp_path / "run")
     assert records[-1]["models"][0]["test_bits_per_byte"] > 0

@@ -7,7 +7,11 @@ decay, a one-epoch warm-up and cosine decay, batch 16 windows of 128 tokens) on 
 standard library's sources, trained fp and ``tern`` together. Same width, depth, batch and
 window, so every model runs the same non-embedding FLOPs per step; only the embedding and the
 softmax head grow with the vocabulary. ``experiments/lm_tokenizer_study.sh`` trains the arms
-(it makes the tokenizers and token files the BPE arms read) and collects the table.
+and collects the table: this config as it is (bytes), and with ``--set
+data.tokenizer=.../bpeN.json --set data.text_path=.../stdlib_bpeN.tok --set
+name=lm_tok_bpeN`` for N = 1024 and 4096 (byte-level BPEs learnt from the training split by
+``tern-jax tokenizer train``, the corpus tokenized by ``tern-jax tokenizer encode``: the
+script makes both first).
 """
 
 from pathlib import Path
