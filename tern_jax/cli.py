@@ -9,6 +9,8 @@ Subcommands::
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
                     [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
+    tern-jax tokenizer train --vocab 4096 --text PATH|python_stdlib --out tok.json   a BPE
+    tern-jax tokenizer encode --tokenizer tok.json --text PATH --out corpus.tok   a token file
     tern-jax summary --model resnet20|transformer_small [--variant tern_t2]  size/sparsity table
     tern-jax plot RUN_DIR [RUN_DIR ...] --out curves.png          training curves
 
@@ -205,10 +207,12 @@ def _eval(args) -> int:
     result = trainer.evaluate(trainer.place(state))
     print(f"{restored.config.name}: epoch {restored.epoch}, {trainer.inputs.num_test} test "
           "examples" + (f", {args.model} from {args.packed}" if args.packed else ""))
-    loss = restored.resolved.family.loss_name
+    loss = restored.resolved.family.loss_name_of(restored.config)
     for i in shown:
+        per_byte = (f"  bits/byte {result['test_bits_per_byte'][i]:.4f}"
+                    if "test_bits_per_byte" in result else "")
         print(f"  {trainer.names[i]:20s} test acc {100 * result['test_acc'][i]:6.2f}%  "
-              f"{loss} {result['test_loss'][i]:.4f}  zeros "
+              f"{loss} {result['test_loss'][i]:.4f}{per_byte}  zeros "
               f"{100 * result['zero_fraction'][i]:.1f}%")
     return 0
 
@@ -370,10 +374,70 @@ def _sample(args) -> int:
     else:  # the command line's bytes as given, UTF-8 or not (os.fsencode undoes the decoding)
         prompt = os.fsencode(args.prompt)
     model = quantize_inputs(with_params(model, params), rules)  # 8-bit activations, if any
+    from tern_jax.train.language_model import tokenizer_of
+
+    tokenizer = tokenizer_of(restored.config)  # the run's copy (None: bytes)
     text = generate(model, prompt, steps=args.steps,
                     key=jax.random.key(args.seed), temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p)
+                    top_k=args.top_k, top_p=args.top_p, tokenizer=tokenizer)
     print((prompt + text).decode("utf-8", errors="replace"))
+    return 0
+
+
+def _tokenizer_out(args, what: str) -> Path:
+    """``--out`` checked before any text is read: not empty, not a folder, new (or
+    ``--overwrite``), in an existing folder."""
+    if not args.out.strip():
+        raise UsageError("--out is empty; give the path to write to")
+    out = Path(args.out).expanduser()
+    if args.out.endswith(("/", os.sep)) or out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give a file path such as "
+                         f"{out / what}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or "
+                         "choose another path")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out} already exists; pass --overwrite to replace it, or "
+                         "choose a new path")
+    return out
+
+
+def _tokenizer_text(text: str) -> str:
+    if text != "python_stdlib" and not Path(text).expanduser().exists():
+        raise UsageError(f"--text {text} does not exist; give a text file, a folder of text "
+                         "files, or python_stdlib (the standard library's sources)")
+    return text if text == "python_stdlib" else str(Path(text).expanduser())
+
+
+def _tokenizer_train(args) -> int:
+    from tern_jax import fs
+    from tern_jax.data.tokens import train_tokenizer
+
+    out = _tokenizer_out(args, "tokenizer.json")
+    text = _tokenizer_text(args.text)
+    if out.exists():
+        fs.check_replaceable(out, fs.owned_file, "a tokenizer (tern-jax tokenizer train)")
+    tokenizer = train_tokenizer(text, args.vocab)
+    fs.write_owned_text(out, tokenizer.json, what="a tokenizer (tern-jax tokenizer train)")
+    print(f"trained a byte-level BPE of {tokenizer.vocab_size:,} tokens on the training split "
+          f"of {args.text}; wrote {out} (sha256 {tokenizer.hash[:12]})")
+    return 0
+
+
+def _tokenizer_encode(args) -> int:
+    from tern_jax.data.tokens import encode_corpus, load_tokenizer
+
+    out = _tokenizer_out(args, "corpus.tok")
+    text = _tokenizer_text(args.text)
+    tokenizer = load_tokenizer(args.tokenizer)
+    header = encode_corpus(tokenizer, text, out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {out}: {header.dtype} tokens of {args.tokenizer} ({header.vocab_size:,} "
+          f"tokens, sha256 {header.tokenizer_hash[:12]})")
+    for split, info in header.splits.items():
+        print(f"  {split:10s} {info['tokens']:>12,} tokens covering {info['bytes']:>13,} bytes "
+              f"({info['bytes'] / info['tokens']:.2f} bytes a token)")
+    if header.replaced_bytes:
+        print(f"  {header.replaced_bytes:,} bytes that are not UTF-8 were read as U+FFFD")
     return 0
 
 
@@ -508,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the text to continue (its bytes as given, UTF-8 or not)")
     p.add_argument("--prompt-file", dest="prompt_file", default=None, metavar="PATH",
                    help="read the prompt's bytes from a file instead (any bytes)")
-    p.add_argument("--steps", type=_positive_int, default=200, help="bytes to generate")
+    p.add_argument("--steps", type=_positive_int, default=200,
+                   help="tokens to generate (bytes for a byte model)")
     p.add_argument("--temperature", type=float, default=0.8, help="0: the most likely byte")
     p.add_argument("--top_k", type=_positive_int, default=None,
                    help="sample among the k most likely bytes only (1: the most likely byte)")
@@ -521,6 +586,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample from this packed checkpoint (tern-jax export) of the model")
     p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_sample)
+
+    p = add("tokenizer", help="train a BPE tokenizer, or tokenize a corpus into a token file")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+    t = tsub.add_parser("train", parents=[common],
+                        help="learn a byte-level BPE (tokenizers package) from a text")
+    t.add_argument("--vocab", type=_positive_int, required=True,
+                   help="tokens in all: the 256 bytes, <|endoftext|> and the merges learnt")
+    t.add_argument("--text", required=True,
+                   help="a text file or folder (its training split: all but the last 10%% of "
+                        "a file, or the files whose crc32(path) %% 10 != 0), or python_stdlib")
+    t.add_argument("--out", required=True, help="the tokenizer.json to write")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a tokenizer this command wrote earlier")
+    t.set_defaults(fn=_tokenizer_train)
+    t = tsub.add_parser("encode", parents=[common],
+                        help="tokenize a corpus once into a memory-mapped token file")
+    t.add_argument("--tokenizer", required=True, help="a tokenizer.json")
+    t.add_argument("--text", required=True,
+                   help="a text file or folder (split as a byte corpus is), or python_stdlib")
+    t.add_argument("--out", required=True, help="the token file to write")
+    t.add_argument("--dtype", choices=("uint16", "uint32"), default=None,
+                   help="token width (default: uint16 for up to 65,536 tokens, else uint32)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a token file this command wrote earlier")
+    t.set_defaults(fn=_tokenizer_encode)
 
     p = add("summary", help="size/sparsity table of a model under a variant")
     p.add_argument("--model", default="resnet20")

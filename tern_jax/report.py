@@ -83,8 +83,9 @@ class Run(NamedTuple):
 
     @property
     def losses_in_bits(self) -> bool:
-        """Its losses are bits per byte (a byte language model: accuracy is next-byte)."""
-        return self.loss_name == "bits/byte"
+        """Its losses are bits (a language model: per byte, or per token of its tokenizer;
+        accuracy is next-token)."""
+        return self.loss_name in ("bits/byte", "bits/token")
 
 
 class Curve(NamedTuple):
@@ -316,8 +317,10 @@ def _axis_label(metric: str, runs) -> str:
     if metric == "test_acc":
         return "test accuracy (%)"
     which = "test" if metric == "test_loss" else "train"
-    if runs and all(r.losses_in_bits for r in runs):
+    if runs and all(r.loss_name == "bits/byte" for r in runs):
         return f"{which} bits per byte"
+    if runs and all(r.losses_in_bits for r in runs):
+        return f"{which} bits per token"
     return f"{which} loss"
 
 

@@ -38,6 +38,8 @@ SCRIPTS = {
     "experiments/lm_collect.py": "test_lm_collect_writes_the_table_sizes_and_curves",
     "experiments/lm_recipes_collect.py": "test_lm_recipes_collect_runs_as_a_script",
     "experiments/lm_recipe_study.sh": "test_the_lm_recipe_study_trains_every_arm",
+    "experiments/lm_tokenizers_collect.py": "test_lm_tokenizers_collect_runs_as_a_script",
+    "experiments/lm_tokenizer_study.sh": "test_the_lm_tokenizer_study_trains_every_arm",
     "experiments/cpu_proxy/run.sh": "test_the_cpu_proxy_scripts_train_their_configs",
     "experiments/cpu_proxy/run2.sh": "test_the_cpu_proxy_scripts_train_their_configs",
     "experiments/gpu/cifar_row.sh": "test_the_gpu_scripts_train_both_rows",
@@ -240,6 +242,19 @@ def test_lm_recipes_collect_runs_as_a_script(lm_run, tmp_path):
     assert (out / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains (times) language models
+def test_lm_tokenizers_collect_runs_as_a_script(lm_run, tmp_path):
+    out = tmp_path / "tokenizers"
+    table = _python("experiments/lm_tokenizers_collect.py", lm_run.parent, "--out", out).stdout
+    rows = {(r["arm"], r["variant"]): r for r in json.loads((out / "summary.json").read_text())}
+    assert set(rows) == {("tiny", "fp"), ("tiny", "tern")}
+    fp, tern = rows["tiny", "fp"], rows["tiny", "tern"]
+    assert fp["vocab"] == 256 and fp["bytes_per_token"] == pytest.approx(1.0)
+    assert tern["gap"] == pytest.approx([tern["bits_per_byte"][0] - fp["bits_per_byte"][0]])
+    assert fp["gap"] is None and "| tiny | tern | 256 |" in table
+    assert (out / "tiny" / "metrics.jsonl").exists() and not list(out.rglob("checkpoints"))
+
+
 # -- shell scripts: every training command they would run --------------------------------
 
 STUB = """#!/bin/sh
@@ -315,6 +330,41 @@ def test_the_lm_recipe_study_trains_every_arm(stubbed, tmp_path):
     collect = commands()[-1]
     assert collect[1:] == ["experiments/lm_recipes_collect.py", str(tmp_path / "study"),
                            "--out", str(tmp_path / "collected")]
+
+
+def test_the_lm_tokenizer_study_trains_every_arm(stubbed, tmp_path):
+    pytest.importorskip("tokenizers")
+    from tern_jax.data import tokens
+
+    env, commands = stubbed
+    root = tmp_path / "study"
+    data = root / "data"
+    data.mkdir(parents=True)
+    text = tmp_path / "code.py"
+    text.write_bytes(b"def f(x):\n    return x + 1\n\n" * 200)
+    for vocab in (1024, 4096):  # made already: the script makes them only when missing
+        tokens.train_tokenizer(str(text), 300).save(data / f"bpe{vocab}.json")
+        tokens.encode_corpus(tokens.load_tokenizer(data / f"bpe{vocab}.json"), str(text),
+                             data / f"stdlib_bpe{vocab}.tok")
+    env = {**env, "ROOT": str(root), "OUT": str(tmp_path / "collected")}
+    _run(["sh", "experiments/lm_tokenizer_study.sh"], env=env)
+    trained = _train_configs(commands())
+    arms = {Path(args.workdir).name: config for args, config in trained}
+    assert list(arms) == ["bytes", "bpe1024", "bpe4096"] and not any(a.resume for a, _ in trained)
+    assert arms["bytes"].data.tokenizer is None
+    assert arms["bpe4096"].data.tokenizer == str(data / "bpe4096.json")
+    assert arms["bpe4096"].data.text_path == str(data / "stdlib_bpe4096.tok")
+    # each arm's config is the one its results were collected from (the data where it was)
+    results = REPO / "experiments" / "results" / "lm_tokenizers"
+    for name, config in arms.items():
+        mine = json.loads(config.to_json())
+        if name != "bytes":
+            mine["data"]["tokenizer"] = f"runs/lm_tokenizers/data/{name}.json"
+            mine["data"]["text_path"] = f"runs/lm_tokenizers/data/stdlib_{name}.tok"
+        assert mine == json.loads((results / name / "config.json").read_text()), name
+    collect = commands()[-1]
+    assert collect[1:] == ["experiments/lm_tokenizers_collect.py", str(root), "--out",
+                           str(tmp_path / "collected")]
 
 
 def test_the_cpu_proxy_scripts_train_their_configs(stubbed, tmp_path):

@@ -158,3 +158,82 @@ def test_tiny_shakespeare_without_tensorflow_datasets_is_a_clear_error(monkeypat
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     with pytest.raises(FileNotFoundError, match="tiny_shakespeare needs tensorflow_datasets"):
         load_text("tiny_shakespeare", data_dir="/nonexistent/tfds")
+
+
+def _token_file(path, train, validation, vocab=1000, lengths=None):
+    from tern_jax.data.tokens import open_token_file, write_token_file
+
+    write_token_file(path, {"train": [train], "validation": [validation]},
+                     tokenizer_hash="test", vocab_size=vocab, token_lengths=lengths,
+                     overwrite=True)
+    return open_token_file(path)
+
+
+@settings(max_examples=12, deadline=None)  # each example reads its windows through grain
+@given(size=st.integers(2, 60), data=st.data())
+def test_every_streamed_window_is_a_slice_of_the_token_file_within_it(tmp_path_factory, size,
+                                                                       data):
+    """Whatever the sizes, each window a token file's stream yields is
+    ``tokens[s : s + seq_len + 1]`` with ``s + seq_len < count``, per model seed, for every
+    step of two epochs; the rows of two processes are the rows of one."""
+    from tern_jax.data.inputs import StreamedText
+
+    seq_len = data.draw(st.integers(1, size - 1), label="seq_len")
+    batch = 2 * data.draw(st.integers(1, 3), label="half batch")
+    steps = data.draw(st.integers(1, 3), label="steps")
+    seeds = data.draw(st.lists(st.integers(0, 1000), min_size=1, max_size=3), label="seeds")
+    tokens = np.asarray(data.draw(st.lists(st.integers(0, 999), min_size=size, max_size=size),
+                                  label="tokens"))
+    path = tmp_path_factory.mktemp("tokens") / "corpus.tok"
+    opened = _token_file(path, tokens, tokens)
+    np.testing.assert_array_equal(opened.train, tokens)
+    assert isinstance(opened.train, np.memmap) and not opened.train.flags.writeable
+    inputs = StreamedText(opened, seeds=seeds, seq_len=seq_len, batch_size=batch,
+                          eval_batch_size=4, steps_per_epoch=steps, test_subset=None,
+                          mesh=MESH)
+    assert inputs.num_train == size - seq_len and inputs.streamed and inputs.per_model
+    for epoch in (0, 1):
+        windows = inputs._windows.at_epoch(epoch)
+        got = [np.asarray(b["tokens"]) for b in inputs.train_batches(epoch)]
+        assert len(got) == steps
+        for step, batch_tokens in enumerate(got):
+            assert batch_tokens.shape == (len(seeds), batch, seq_len + 1)
+            for m, seed in enumerate(seeds):
+                starts = windows.starts(seed, step)
+                assert np.all(starts >= 0) and np.all(starts + seq_len < size), (starts, size)
+                expected = np.stack([tokens[s: s + seq_len + 1] for s in starts])
+                np.testing.assert_array_equal(batch_tokens[m], expected)
+            halves = [windows.__class__(str(path), windows.offset, size, "uint16", seeds,
+                                        seq_len, batch, p, batch // 2, epoch)(step)
+                      for p in (0, 1)]
+            np.testing.assert_array_equal(np.concatenate(halves, axis=1), batch_tokens)
+
+
+def test_a_token_file_too_short_for_a_window_or_a_vocabulary_is_refused(tmp_path):
+    from tern_jax.data.inputs import StreamedText
+    from tern_jax.data.tokens import open_token_file, write_token_file
+
+    opened = _token_file(tmp_path / "short.tok", np.arange(5), np.arange(40))
+    with pytest.raises(ValueError, match=r"short.tok: the training split holds 5 tokens, "
+                                         r"fewer than one window of data.seq_len=8 \+ 1"):
+        StreamedText(opened, seeds=(0,), seq_len=8, batch_size=2, eval_batch_size=4,
+                     steps_per_epoch=1, test_subset=None, mesh=MESH)
+    with pytest.raises(ValueError, match="holds tokens of a 1,000-token vocabulary, but the "
+                                         "model's vocab_size is 256"):
+        open_token_file(tmp_path / "short.tok", vocab_size=256)
+    out = tmp_path / "wide.tok"
+    with pytest.raises(ValueError, match="more than uint16 holds"):
+        write_token_file(out, {"train": [np.arange(4)], "validation": [np.arange(4)]},
+                         tokenizer_hash="x", vocab_size=70_000, dtype="uint16")
+    with pytest.raises(ValueError, match="the validation split of the text holds 1 tokens"):
+        write_token_file(out, {"train": [np.arange(4)], "validation": [np.arange(1)]},
+                         tokenizer_hash="x", vocab_size=10)
+    assert not out.exists() and not list(tmp_path.glob(".wide.tok.*"))  # nothing left
+    wide = write_token_file(out, {"train": [np.arange(4) * 20_000], "validation": [[1, 2]]},
+                            tokenizer_hash="x", vocab_size=70_000)
+    assert wide.dtype == "uint32" and open_token_file(out).train.tolist() == [0, 20_000,
+                                                                               40_000, 60_000]
+    data = bytearray(out.read_bytes())
+    out.write_bytes(bytes(data[:-3]))  # truncated
+    with pytest.raises(ValueError, match="wide.tok: a damaged token file header .*truncated"):
+        open_token_file(out)

@@ -10,8 +10,13 @@ Each :class:`~tern_jax.data.specs.Dataset` builds its :class:`~tern_jax.train.ta
   model sees the same batch. With several processes each reads only its share
   (``batch_size / process_count`` rows of every global batch) and the global batch is
   assembled on the devices with ``jax.make_array_from_process_local_data``;
-* :class:`DeviceText` (byte corpora): the training split in device memory, every step's
-  windows drawn at random starts per model seed and gathered on the device.
+* :class:`DeviceText` (byte corpora, and corpora tokenized in memory): the training split in
+  device memory, every step's windows drawn at random starts per model seed and gathered on
+  the device;
+* :class:`StreamedText` (token files, :mod:`tern_jax.data.tokens`): the training split stays
+  on the disk, memory-mapped; grain reads each step's windows on the host (random starts per
+  model seed, each process only its rows of the global batch), so no part of the corpus but
+  the windows is read.
 
 All give padded evaluation batches with a mask, so one compiled eval step fits every batch.
 The placement helpers (:func:`global_batch`, :func:`global_batches`, :func:`constrain_batch`)
@@ -30,10 +35,10 @@ from jax.sharding import PartitionSpec as P
 
 from tern_jax.data.augment import epoch_permutation, random_crop_flip
 from tern_jax.data.streams import device_eval_batches, iterate_batches
-from tern_jax.data.text import check_tokens, eval_windows
+from tern_jax.data.text import VOCAB_SIZE, check_tokens, eval_windows
 
-__all__ = ["DeviceImages", "DeviceText", "StreamedImages", "constrain_batch", "epoch_plan",
-           "global_batch", "global_batches", "window_starts"]
+__all__ = ["DeviceImages", "DeviceText", "StreamedImages", "StreamedText", "constrain_batch",
+           "epoch_plan", "eval_arrays", "global_batch", "global_batches", "window_starts"]
 
 
 # -- placement --------------------------------------------------------------------------------
@@ -182,14 +187,31 @@ def _close(stream) -> None:
         close()
 
 
+def eval_arrays(validation, seq_len: int, test_subset: int | None, *,
+                vocab_size: int = VOCAB_SIZE, token_lengths=None, check: bool = True) -> dict:
+    """The evaluation windows of a validation split (:func:`~tern_jax.data.text.eval_windows`)
+    as a batch: ``{"tokens": int32 (n, seq_len + 1)}``, and with ``token_lengths`` (the bytes
+    each token id stands for) ``"bytes"``: float32 ``(n,)``, the bytes the window's scored
+    tokens (all but its first) cover, from which the validation loss in bits per byte is
+    computed."""
+    windows = eval_windows(validation, seq_len, test_subset, vocab_size=vocab_size, check=check)
+    arrays = {"tokens": windows.astype(np.int32)}
+    if token_lengths is not None:
+        lengths = np.asarray(token_lengths)
+        arrays["bytes"] = lengths[windows[:, 1:]].sum(1).astype(np.float32)
+    return arrays
+
+
 class DeviceText:
-    """A token corpus (a :class:`~tern_jax.data.text.TextDataset`) in device memory, batched
-    as random windows there.
+    """A token corpus (a :class:`~tern_jax.data.text.TextDataset`, or a
+    :class:`~tern_jax.data.tokens.TokenCorpus`) in device memory, batched as random windows
+    there.
 
     An *epoch* is ``steps_per_epoch`` steps (evaluation and checkpoints happen between
     epochs), or one pass over the training tokens when that is None. Evaluation:
     ``test_subset`` non-overlapping windows of ``seq_len + 1`` tokens evenly spaced over the
-    validation split (all of them when None), in padded batches with a mask.
+    validation split (all of them when None), in padded batches with a mask; a corpus of a
+    tokenizer (``token_lengths``) gives each window's bytes too.
     """
 
     streamed = False
@@ -200,7 +222,8 @@ class DeviceText:
         self.batch_size = batch_size
         self.mesh = mesh
         self.seeds = np.asarray(seeds, np.int32)
-        check_tokens(data.train, f"{data.name}'s training split")
+        vocab = getattr(data, "vocab_size", VOCAB_SIZE)
+        check_tokens(data.train, f"{data.name}'s training split", vocab)
         size = int(data.train.size)
         self.description = f"{size:,} training tokens"  # what the log says it trains on
         if size < seq_len + 1:
@@ -211,10 +234,10 @@ class DeviceText:
         self.steps_per_epoch = steps_per_epoch or max(size // (batch_size * seq_len), 1)
         replicated = NamedSharding(mesh, P())
         self.arrays = {"tokens": jax.device_put(np.asarray(data.train), replicated)}
-        windows = eval_windows(data.validation, seq_len, test_subset)
-        self.num_test = int(windows.shape[0])
-        self._test = device_eval_batches({"tokens": windows.astype(np.int32)},
-                                          eval_batch_size, replicated)
+        arrays = eval_arrays(data.validation, seq_len, test_subset, vocab_size=vocab,
+                             token_lengths=getattr(data, "token_lengths", None))
+        self.num_test = int(arrays["tokens"].shape[0])
+        self._test = device_eval_batches(arrays, eval_batch_size, replicated)
         self.epoch_plan = jax.jit(self._epoch_plan)
 
     def _draw(self, key):
@@ -232,6 +255,107 @@ class DeviceText:
         offsets = jnp.arange(self.seq_len + 1)
         tokens = arrays["tokens"][idx[..., None] + offsets].astype(jnp.int32)
         return constrain_batch({"tokens": tokens}, self.mesh)
+
+    def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
+        return iterate_batches(*self._test)
+
+
+class _Windows:
+    """Step ``k`` of an epoch -> this process's windows ``(M, b, seq_len + 1)`` int32 of every
+    model; runs where grain runs it, the token file opened there (never pickled open).
+
+    The global batch of step ``k`` of epoch ``e`` for model seed ``s`` starts its windows at
+    ``default_rng([s, e, k]).integers(0, size - seq_len, batch_size)``; process ``p`` takes
+    rows ``[p·b, (p+1)·b)`` of it, so the global batch does not depend on the process count.
+    """
+
+    def __init__(self, path: str, offset: int, size: int, dtype: str, seeds, seq_len: int,
+                 batch_size: int, process: int, local: int, epoch: int = 0):
+        self.path, self.offset, self.size, self.dtype = path, offset, size, dtype
+        self.seeds, self.seq_len, self.batch_size = [int(s) for s in seeds], seq_len, batch_size
+        self.process, self.local, self.epoch = process, local, epoch
+        self._tokens = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokens": None}
+
+    def at_epoch(self, epoch: int) -> _Windows:
+        new = _Windows.__new__(_Windows)
+        new.__dict__.update({**self.__dict__, "epoch": int(epoch)})
+        return new
+
+    def starts(self, seed: int, step: int) -> np.ndarray:
+        """This process's window starts of ``step`` for model seed ``seed``."""
+        rng = np.random.default_rng([seed, self.epoch, int(step)])
+        starts = rng.integers(0, self.size - self.seq_len, self.batch_size)
+        return starts[self.process * self.local: (self.process + 1) * self.local]
+
+    def __call__(self, step: int) -> np.ndarray:
+        if self._tokens is None:
+            from tern_jax.data.tokens import _DTYPES
+
+            self._tokens = np.memmap(self.path, _DTYPES[self.dtype], "r", self.offset,
+                                     (self.size,))
+        out = np.empty((len(self.seeds), self.local, self.seq_len + 1), np.int32)
+        rows: dict[int, np.ndarray] = {}
+        for m, seed in enumerate(self.seeds):
+            if seed not in rows:
+                rows[seed] = np.stack([self._tokens[s: s + self.seq_len + 1]
+                                       for s in self.starts(seed, step)])
+            out[m] = rows[seed]
+        return out
+
+
+class StreamedText:
+    """A token file's training split streamed as random windows (see the module docstring).
+
+    Every model's windows come from its own seed, as :class:`DeviceText`'s do (models of one
+    seed see the same windows); a host batch carries the model axis (``per_model``). A resumed
+    run restarts at an epoch boundary (where checkpoints are saved) and draws exactly the
+    windows the uninterrupted run drew: a step's windows depend only on the seed, the epoch
+    and the step. Evaluation windows are read from the memory-mapped validation split, only
+    those used, with the bytes each covers.
+    """
+
+    streamed = True
+    per_model = True
+
+    def __init__(self, tokens, *, seeds, seq_len: int, batch_size: int, eval_batch_size: int,
+                 steps_per_epoch: int | None, test_subset: int | None, mesh: Mesh,
+                 token_lengths=None):
+        header = tokens.header
+        size = int(header.splits["train"]["tokens"])
+        if size < seq_len + 1:
+            raise ValueError(f"{tokens.path}: the training split holds {size} tokens, fewer "
+                             f"than one window of data.seq_len={seq_len} + 1; use a shorter "
+                             "window or more text")
+        self.seq_len, self.batch_size, self.mesh = seq_len, batch_size, mesh
+        self.size = size
+        self.num_train = size - seq_len
+        self.steps_per_epoch = steps_per_epoch or max(size // (batch_size * seq_len), 1)
+        self.description = (f"{size:,} training tokens ({header.splits['train']['bytes']:,} "
+                            f"bytes of text) streamed from {tokens.path}")
+        processes = jax.process_count()
+        self._windows = _Windows(str(tokens.path), int(header.splits["train"]["offset"]), size,
+                                 header.dtype, seeds, seq_len, batch_size,
+                                 jax.process_index(), batch_size // processes)
+        arrays = eval_arrays(tokens.validation, seq_len, test_subset, check=False,
+                             token_lengths=token_lengths)
+        self.num_test = int(arrays["tokens"].shape[0])
+        self._test = device_eval_batches(arrays, eval_batch_size, NamedSharding(mesh, P()))
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        from tern_jax.data.pipeline import _grain, batch_iterator
+
+        grain = _grain()
+        dataset = grain.MapDataset.range(self.steps_per_epoch).map(
+            self._windows.at_epoch(epoch))
+        stream = batch_iterator(dataset, num_workers=0)
+        sharding = NamedSharding(self.mesh, P(None, "data"))
+        try:
+            yield from global_batches(({"tokens": w} for w in stream), sharding)
+        finally:
+            _close(stream)
 
     def test_batches(self) -> Iterator[tuple[dict, jax.Array]]:
         return iterate_batches(*self._test)

@@ -11,7 +11,9 @@ the training loop consumes (:meth:`Dataset.inputs`). Three kinds, one class each
   returns a function ``batches(train, batch_size, *, seed=0, start_epoch=0)`` of host batches
   ``(images, labels)`` for training, ``(images, labels, mask)`` padded for evaluation;
 * :class:`TokenDataset`: a token corpus; ``load`` returns a
-  :class:`~tern_jax.data.text.TextDataset`. ``num_classes`` is its vocabulary.
+  :class:`~tern_jax.data.text.TextDataset`. ``num_classes`` is its vocabulary (the 256 bytes);
+  a run with a tokenizer (``data.tokenizer``) tokenizes it in memory, and a ``data.text_path``
+  that is a token file (:mod:`tern_jax.data.tokens`) is streamed from the disk instead.
 
 ``load`` is called with the config fields the dataset reads (``fields``: dotted paths such as
 ``data.data_dir``, passed by their last name). Restoring a run's weights builds the models from
@@ -44,7 +46,7 @@ from tern_jax.data.imagenet import (
     IMAGENET_VAL_SIZE,
     imagenet_batches,
 )
-from tern_jax.data.inputs import DeviceImages, DeviceText, StreamedImages
+from tern_jax.data.inputs import DeviceImages, DeviceText, StreamedImages, StreamedText
 from tern_jax.data.pipeline import ArraySource, batch_dataset, batch_iterator
 from tern_jax.data.text import VOCAB_SIZE, load_text
 
@@ -230,16 +232,36 @@ class StreamedImageDataset(Dataset):
 @dataclasses.dataclass(frozen=True, eq=False)
 class TokenDataset(Dataset):
     """A token corpus (see the module docstring): random training windows of the task's
-    ``seq_len`` on the devices."""
+    ``seq_len`` on the devices, or streamed from a token file."""
 
     kind: ClassVar[str] = TOKENS
 
     def inputs(self, config, task, mesh):
-        return DeviceText(self.open(config), seeds=[s.seed for s in config.slots],
-                          seq_len=task.seq_len, batch_size=config.data.batch_size,
-                          eval_batch_size=config.data.eval_batch_size,
-                          steps_per_epoch=config.data.steps_per_epoch,
-                          test_subset=config.data.test_subset, mesh=mesh)
+        from tern_jax.data.tokens import is_token_file, load_tokenizer, open_token_file
+
+        tokenizer = (load_tokenizer(config.data.tokenizer) if config.data.tokenizer is not None
+                     else None)
+        model = getattr(task, "config", None)
+        vocab = getattr(model, "vocab_size", self.num_classes)
+        common = {"seeds": [s.seed for s in config.slots], "seq_len": task.seq_len,
+                  "batch_size": config.data.batch_size,
+                  "eval_batch_size": config.data.eval_batch_size,
+                  "steps_per_epoch": config.data.steps_per_epoch,
+                  "test_subset": config.data.test_subset, "mesh": mesh}
+        path = config.data.text_path if "data.text_path" in self.fields else None
+        if path is not None and is_token_file(path):
+            if tokenizer is None:
+                raise ValueError(f"data.text_path {path} is a token file, which holds a "
+                                 "tokenizer's tokens; set data.tokenizer to the tokenizer.json "
+                                 "that made it")
+            return StreamedText(open_token_file(path, tokenizer, vocab),
+                                token_lengths=tokenizer.token_lengths, **common)
+        data = self.open(config)
+        if tokenizer is not None:
+            from tern_jax.data.tokens import tokenize_text
+
+            data = tokenize_text(data, tokenizer)
+        return DeviceText(data, **common)
 
 
 def _imagenet_stream(data_dir=None):

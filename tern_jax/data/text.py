@@ -273,16 +273,18 @@ def load_text(name: str = "python_stdlib", *, text_path: str | os.PathLike | Non
     return dataset
 
 
-def check_tokens(data, what: str) -> None:
-    """Integer tokens in ``[0, 256)``; their values only when known (not under ``jit``)."""
+def check_tokens(data, what: str, vocab_size: int = VOCAB_SIZE) -> None:
+    """Integer tokens in ``[0, vocab_size)`` (the 256 bytes by default); their values only when
+    known (not under ``jit``)."""
+    kind = "byte tokens" if vocab_size == VOCAB_SIZE else "tokens"
     if not jnp.issubdtype(data.dtype, jnp.integer):
-        raise TypeError(f"{what} must hold integer byte tokens (e.g. uint8), got dtype "
+        raise TypeError(f"{what} must hold integer {kind} (e.g. uint8), got dtype "
                         f"{data.dtype}")
     if isinstance(data, jax.core.Tracer) or data.size == 0:
         return
     low, high = int(data.min()), int(data.max())
-    if low < 0 or high >= VOCAB_SIZE:
-        raise ValueError(f"{what} must hold byte tokens in [0, {VOCAB_SIZE}), got values in "
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{what} must hold {kind} in [0, {vocab_size}), got values in "
                          f"[{low}, {high}]; a token outside the vocabulary has no embedding "
                          "(NaN logits, or a negative one wraps round)")
 
@@ -296,16 +298,20 @@ def _check_length(data_size: int, length: int, what: str) -> None:
                          "sequence length or more text")
 
 
-def eval_windows(data: np.ndarray, length: int, max_windows: int | None = None) -> np.ndarray:
+def eval_windows(data: np.ndarray, length: int, max_windows: int | None = None, *,
+                 vocab_size: int = VOCAB_SIZE, check: bool = True) -> np.ndarray:
     """Non-overlapping windows of ``length + 1`` tokens covering ``data``: int32 ``(n, length+1)``.
 
     Window ``j`` starts at ``j·length``, so every byte after the first is a target exactly
     once and the mean loss over the windows is the split's cross entropy. With ``max_windows``
     (fewer than fit) the windows are that many of these, evenly spaced over the whole split
-    (deterministic), so a capped evaluation still samples every part of the text.
+    (deterministic), so a capped evaluation still samples every part of the text. Only the
+    windows are read from ``data`` (an ``np.memmap`` of a token file stays on disk); ``check``
+    reads every value of it (tokens in ``[0, vocab_size)``).
     """
     data = np.asarray(data)
-    check_tokens(data, "data")
+    if check:
+        check_tokens(data, "data", vocab_size)
     _check_length(data.size, length, "validation split")
     n = (data.size - 1) // length
     picked = np.arange(n)

@@ -370,8 +370,12 @@ def _sample(graphdef, state, window, length, key, temperature, top_p, *, steps, 
 
 def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
              temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None) -> bytes:
-    """Samples ``steps`` bytes after ``prompt`` with the model's weights; returns them as bytes.
+             top_p: float | None = None, tokenizer=None) -> bytes:
+    """Samples ``steps`` tokens after ``prompt`` with the model's weights; returns their bytes.
+
+    A byte model's tokens are bytes. A model of a tokenizer's tokens takes ``tokenizer`` (a
+    :class:`tern_jax.data.tokens.Tokenizer`, e.g. ``load_tokenizer(RUN / "tokenizer.json")``),
+    which encodes a str or bytes prompt and decodes the tokens sampled.
 
     Deterministic for a given ``key``: token ``i`` is drawn with ``fold_in(key, i)`` from
     ``softmax(logits / temperature)``, restricted to the ``top_k`` most likely tokens and to the
@@ -384,9 +388,11 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
         nnx.update(model, tern_jax.load_ternary(path)); generate(model, ...)
 
     Args:
-      model: a byte-level :class:`Transformer` (``vocab_size <= 256``).
-      prompt: bytes, a str (encoded as UTF-8) or a 1-D integer array; at least one token.
-      steps: number of bytes to generate (>= 1).
+      model: a :class:`Transformer`: byte-level (``vocab_size <= 256``), or of the
+        tokenizer's vocabulary.
+      prompt: bytes, a str (encoded as UTF-8, or by ``tokenizer``) or a 1-D integer array of
+        token ids; at least one token.
+      steps: number of tokens to generate (>= 1): bytes for a byte model.
       key: a ``jax.random`` key.
       temperature: >= 0.
       top_k: sample among the ``top_k`` most likely tokens only, ``1 <= top_k <= vocab_size``
@@ -394,14 +400,24 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
       top_p: sample from the nucleus, the fewest most likely tokens whose probability adds up
         to at least ``top_p``, ``0 < top_p <= 1`` (a tiny one: greedy); ``None`` or 1: every
         token.
+      tokenizer: the model's tokenizer (its vocabulary size must be the model's); ``None``:
+        bytes.
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be a tern_jax Transformer, got {type(model).__name__}")
-    if model.config.vocab_size > 256:
-        raise ValueError(f"generate samples bytes; the model has vocab_size="
-                         f"{model.config.vocab_size} > 256")
+    if tokenizer is not None:
+        if getattr(tokenizer, "vocab_size", None) != model.config.vocab_size:
+            raise ValueError(f"tokenizer has {getattr(tokenizer, 'vocab_size', None)} tokens but "
+                             f"the model's vocab_size is {model.config.vocab_size}; pass the "
+                             "tokenizer the model was trained with (its run's tokenizer.json)")
+        if isinstance(prompt, (str, bytes, bytearray)):
+            prompt = tokenizer.encode(prompt)
+    elif model.config.vocab_size > 256:
+        raise ValueError(f"generate samples bytes without a tokenizer; the model has "
+                         f"vocab_size={model.config.vocab_size} > 256: pass tokenizer= (its "
+                         "run's tokenizer.json, tern_jax.data.tokens.load_tokenizer)")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive integer (bytes to generate), got {steps!r}")
+        raise ValueError(f"steps must be a positive integer (tokens to generate), got {steps!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
             temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
@@ -420,4 +436,6 @@ def generate(model: Transformer, prompt, *, steps: int, key: jax.Array,
     out = _sample(graphdef, state, jnp.asarray(window), jnp.int32(tokens.size), key,
                   jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p),
                   steps=int(steps), top_k=None if top_k is None else int(top_k))
+    if tokenizer is not None:
+        return tokenizer.decode(np.asarray(out))
     return np.asarray(out, np.uint8).tobytes()

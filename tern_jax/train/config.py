@@ -126,7 +126,10 @@ class DataConfig(_Section):
         user's own ``Dataset``.
       data_dir: where the dataset's files are (datasets that read files).
       text_path: a language model's local text file or folder (None: the Python standard
-        library's sources).
+        library's sources), or a token file (``tern-jax tokenizer encode``), streamed.
+      tokenizer: a language model's ``tokenizer.json`` (``tokenizers`` package; ``tern-jax
+        tokenizer train`` makes one): the model's vocabulary is its tokens (None: the 256
+        bytes).
       train_subset, test_subset: use only this many training / test examples (cheap proxies;
         for text, test windows).
       augment: pad-4 random crop and flip (the CIFAR recipe), on device.
@@ -140,6 +143,7 @@ class DataConfig(_Section):
     dataset: str = "digits"
     data_dir: str | None = None
     text_path: str | None = None
+    tokenizer: str | None = None
     train_subset: Annotated[int | None, _NONE_NOTE] = None
     test_subset: Annotated[int | None, _NONE_NOTE] = None
     augment: bool = True

@@ -78,6 +78,9 @@ class ModelFamily:
       check: ``check(config)``: what a config of this family needs beyond the common checks
         (its model's keyword arguments, ...), before anything is written.
       loss_name: what its loss is called in tables and plots.
+      loss_names: ``loss_names(config) -> str``: the loss's name for one run when it depends
+        on the run (a language model's tokens: bits per byte or per token); else
+        ``loss_name``.
       results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
       exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`).
       samples: whether ``tern-jax sample`` generates text with it.
@@ -94,6 +97,11 @@ class ModelFamily:
     results: tuple[str, ...] = (ACCURACY,)
     exports: tuple[str, ...] = (PACKED,)
     samples: bool = False
+    loss_names: Callable[..., str] | None = None
+
+    def loss_name_of(self, config) -> str:
+        """What the loss of a run of ``config`` is called (:attr:`loss_name` by default)."""
+        return self.loss_name if self.loss_names is None else self.loss_names(config)
 
     def task(self, config, dataset: Dataset) -> Task:
         """The task ``config`` trains on ``dataset`` (no data is read)."""
@@ -143,12 +151,13 @@ IMAGE_CLASSIFIER = ModelFamily(
     ("optimizer.label_smoothing", "data.augment", "data.stream", "data.train_subset",
      "stages.pretrained"),
     _image_classification, _check_image_model)
-#: Byte-level transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`).
+#: Transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`) of bytes, or of
+#: a tokenizer's tokens (``data.tokenizer``): their loss in bits per byte or per token.
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
-    ("data.seq_len", "data.steps_per_epoch"), _language_model, language_model.check_config,
-    loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY), exports=(PACKED, GGUF),
-    samples=True)
+    ("data.seq_len", "data.steps_per_epoch", "data.tokenizer"), _language_model,
+    language_model.check_config, loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY),
+    exports=(PACKED, GGUF), samples=True, loss_names=language_model.loss_name)
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)

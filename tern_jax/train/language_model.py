@@ -10,9 +10,15 @@ sources; ``"tiny_shakespeare"``: TFDS), and its variants are the transformer rul
 (:data:`tern_jax.presets.TRANSFORMER_RULES`). The vocabulary is the dataset's.
 
 A batch is ``{"tokens": int32 (B, seq_len + 1)}``: the model reads ``tokens[:, :-1]`` and
-predicts ``tokens[:, 1:]``. The loss is the mean cross entropy in **bits per byte** (nats /
-ln 2), in training and in evaluation, so every loss the trainer reports (``train_loss``,
-``test_loss`` of ``metrics.jsonl``) is bits per byte; ``accuracy`` is next-byte accuracy.
+predicts ``tokens[:, 1:]``. The loss is the mean cross entropy in bits per token (nats /
+ln 2), in training and in evaluation. For bytes (the default) a token is a byte, so every loss
+the trainer reports (``train_loss``, ``test_loss`` of ``metrics.jsonl``) is **bits per byte**;
+``accuracy`` is next-byte accuracy. With a tokenizer (``data.tokenizer``, a ``tokenizer.json``
+of the ``tokenizers`` package: :mod:`tern_jax.data.tokens`) the vocabulary is the
+tokenizer's, the losses are bits per token (``loss_name`` ``bits/token``), and an evaluation
+batch also holds the bytes each window's scored tokens cover (``"bytes"``), so the validation
+loss is reported in bits per byte too (``test_bits_per_byte``: the total bits over the total
+bytes), the figure that compares models of different tokenizers.
 
 The trainer keeps parameters as plain nested dicts (stacked over its model axis); the task
 turns them into a module with ``nnx.merge`` inside the compiled step, so the model is an
@@ -33,16 +39,43 @@ from flax import nnx
 from tern_jax.activations import active_rules, quantize_inputs
 from tern_jax.models.transformer import Transformer, TransformerConfig, transformer_config
 
-__all__ = ["LanguageModel", "check_config", "model_config", "seq_len"]
+__all__ = ["LanguageModel", "check_config", "loss_name", "model_config", "seq_len",
+           "tokenizer_of"]
 
 _LN2 = math.log(2.0)
 
 
+def tokenizer_of(config):
+    """The run's :class:`~tern_jax.data.tokens.Tokenizer` (``data.tokenizer``), or ``None``
+    for bytes."""
+    if config.data.tokenizer is None:
+        return None
+    from tern_jax.data.tokens import load_tokenizer
+
+    return load_tokenizer(config.data.tokenizer)
+
+
+def loss_name(config) -> str:
+    """``bits/byte`` for a byte model; ``bits/token`` for a model of a tokenizer's tokens
+    (its validation bits per byte are reported beside)."""
+    return "bits/byte" if config.data.tokenizer is None else "bits/token"
+
+
 def model_config(config, dataset) -> TransformerConfig:
     """The transformer a run config names: its named size, ``model.kwargs`` over it, the
-    ``model.compute_dtype`` and the dataset's vocabulary (``num_classes`` of a token set)."""
+    ``model.compute_dtype`` and the vocabulary: the tokenizer's (``data.tokenizer``), else the
+    dataset's (``num_classes`` of a token set, the 256 bytes)."""
     kwargs = {"vocab_size": dataset.num_classes, "dtype": config.model.compute_dtype,
               **config.model.kwargs}
+    tokenizer = tokenizer_of(config)
+    if tokenizer is not None:
+        given = config.model.kwargs.get("vocab_size")
+        if given is not None and given != tokenizer.vocab_size:
+            raise ValueError(
+                f"model.kwargs.vocab_size={given} conflicts with data.tokenizer "
+                f"{config.data.tokenizer}, which has {tokenizer.vocab_size} tokens; leave "
+                "model.kwargs.vocab_size out (the model's vocabulary follows the tokenizer)")
+        kwargs["vocab_size"] = tokenizer.vocab_size
     return transformer_config(config.model.name, **kwargs)
 
 
@@ -123,5 +156,8 @@ class LanguageModel:
         bits = self._cross_entropy(outputs, batch)
         weight = jnp.broadcast_to(mask[:, None], bits.shape)
         correct = jnp.argmax(outputs, -1) == batch["tokens"][:, 1:]
-        return {"loss": jnp.sum(bits * weight), "correct": jnp.sum(correct * weight),
+        sums = {"loss": jnp.sum(bits * weight), "correct": jnp.sum(correct * weight),
                 "count": jnp.sum(weight)}
+        if "bytes" in batch:  # a tokenizer's windows: the bytes their scored tokens cover
+            sums["bytes"] = jnp.sum(batch["bytes"] * mask)
+        return sums

@@ -50,6 +50,9 @@ __all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_
 #: see :func:`check_same_run`.
 SAFE_TO_CHANGE = frozenset({"progress", "checkpointing.every", "checkpointing.keep",
                             "data.eval_batch_size", "data.data_dir"})
+#: Paths a resumed run may change when what they name stays the same: the tokenizer (its
+#: hash is held against the run folder's copy, :meth:`RunFolder.check_tokenizer`).
+SAME_CONTENT = frozenset({"data.tokenizer"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,9 +125,11 @@ class Trainer:
         return jax.lax.scan(body, state, (idx, keys, steps))
 
     def _streamed_step(self, state, batch, step):
-        """One step on a host batch that every model sees: broadcast over the model axis."""
+        """One step on a host batch that every model sees, broadcast over the model axis (or
+        one that holds every model's rows already: inputs with ``per_model``)."""
         m = self.stack.num_models
-        batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape), batch)
+        if not getattr(self.inputs, "per_model", False):
+            batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape), batch)
         batch = constrain_batch(batch, self.mesh)
         return step_lib.train_step(self.stack, state, batch, step)
 
@@ -218,9 +223,12 @@ class Trainer:
         if totals is None:
             raise ValueError("the test set yielded no batch; check the data")
         count = np.asarray(totals["count"])
-        return {"test_loss": np.asarray(totals["loss"]) / count,
-                "test_acc": np.asarray(totals["correct"]) / count,
-                "zero_fraction": np.asarray(self.zero_fractions(state))}
+        out = {"test_loss": np.asarray(totals["loss"]) / count,
+               "test_acc": np.asarray(totals["correct"]) / count,
+               "zero_fraction": np.asarray(self.zero_fractions(state))}
+        if "bytes" in totals:  # a loss in bits over the bytes the scored tokens cover
+            out["test_bits_per_byte"] = np.asarray(totals["loss"]) / np.asarray(totals["bytes"])
+        return out
 
 
 def _check_outputs(task, config: Config) -> None:
@@ -280,7 +288,7 @@ def check_same_run(saved: Config, config: Config, done: int, where, *,
     changed = []
     for name, (old, new) in differences(saved, config).items():
         why = ""
-        if name in SAFE_TO_CHANGE:
+        if name in SAFE_TO_CHANGE or (name in SAME_CONTENT and None not in (old, new)):
             continue
         if name == "schedule.epochs":
             if epochs_fixed:
@@ -366,7 +374,7 @@ def _train_epoch(trainer: Trainer, folder: RunFolder, manager, state, epoch: int
     record = metrics_lib.epoch_record(
         epoch + 1, float(trainer.schedule((epoch + 1) * trainer.steps_per_epoch - 1)),
         seconds, trainer.stack.slots, train_loss, train_acc, evaluation,
-        trainer.resolved.family.loss_name)
+        trainer.resolved.family.loss_name_of(config))
     if main:
         metrics_lib.append(folder.metrics_file, record)
     if progress is not None:
@@ -414,10 +422,13 @@ def _train(config: Config, folder: RunFolder, resume: bool, devices, log, resolv
     previous = _check_resumable(folder, config, resume)
     log(f"{config.name}: loading {config.data.dataset} and building the models")
     trainer = Trainer(config, devices=devices, resolved=resolved)
+    if previous is not None:  # a resumed run reads the tokenizer it was trained with
+        folder.check_tokenizer(config)
     distributed.barrier(f"built {folder.path}")  # a process that failed to start stops all
     start_epoch, state = _initial_state(trainer, folder, config, previous, log, verify)
     if main:
         folder.write_config(config)
+        folder.write_tokenizer(config)
         metrics_lib.truncate(folder.metrics_file, start_epoch)
 
     what = getattr(trainer.inputs, "description", f"{trainer.inputs.num_train:,} training "

@@ -40,6 +40,8 @@ def epoch_record(epoch, lr, seconds, slots, train_loss, train_acc, evaluation,
             "test_acc": _number(evaluation["test_acc"][i]),
             "zero_fraction": _number(evaluation["zero_fraction"][i]),
         })
+        if "test_bits_per_byte" in evaluation:  # a tokenizer's model: bits over bytes covered
+            models[-1]["test_bits_per_byte"] = _number(evaluation["test_bits_per_byte"][i])
     return {"epoch": int(epoch), "lr": float(lr), "seconds": float(seconds),
             "loss_name": loss_name, "models": models}
 
@@ -105,7 +107,7 @@ def final_results(path, config, family: ModelFamily) -> dict:
     """
     records = read(path)
     if not records:
-        return {"name": config.name, "epochs": 0, "loss_name": family.loss_name,
+        return {"name": config.name, "epochs": 0, "loss_name": family.loss_name_of(config),
                 "variants": {}}
     last = records[-1]
     variants = {}
@@ -120,10 +122,16 @@ def final_results(path, config, family: ModelFamily) -> dict:
                                             if m["variant"] == variant])),
         }
         if BITS_PER_BYTE in family.results:
-            bits = [m["test_loss"] for m in last["models"] if m["variant"] == variant]
+            mine = [m for m in last["models"] if m["variant"] == variant]
+            bits = [m.get("test_bits_per_byte", m["test_loss"]) for m in mine]
             variants[variant]["bits_per_byte"] = {"per_seed": bits, **_spread(bits)}
+            if any("test_bits_per_byte" in m for m in mine):  # a tokenizer's: per token too
+                per_token = [m["test_loss"] for m in mine]
+                variants[variant]["bits_per_token"] = {"per_seed": per_token,
+                                                       **_spread(per_token)}
     return {"name": config.name, "model": config.model.name, "dataset": config.data.dataset,
-            "loss_name": family.loss_name, "epochs": last["epoch"], "seeds": list(config.seeds),
+            "loss_name": family.loss_name_of(config), "epochs": last["epoch"],
+            "seeds": list(config.seeds),
             "train_seconds": float(sum(r["seconds"] for r in records)), "variants": variants}
 
 

@@ -7,6 +7,9 @@ Layout (all paths relative, so a folder copied or moved elsewhere still resumes)
     metrics.jsonl    one line per epoch (tern_jax.train.metrics)
     results.json     final-epoch results, written atomically
     checkpoints/N/   orbax checkpoint of epoch N, with integrity.json inside
+    tokenizer.json   a copy of the run's tokenizer (data.tokenizer), when it has one: the
+                     config reads it from here (sample, eval, export), and a resume holds
+                     the tokenizer it is given against it (by hash)
 
 Every checkpoint carries a SHA-256 per file and per array (``integrity.json``), checked on
 restore (files before orbax reads them, arrays after): a damaged latest checkpoint (flipped
@@ -29,6 +32,7 @@ from pathlib import Path
 import jax
 
 from tern_jax import fs
+from tern_jax.data.tokens import TOKENIZER_FILE
 from tern_jax.integrity import (
     IntegrityError,
     check_files,
@@ -154,7 +158,14 @@ class RunFolder:
         if not self.config_file.is_file():
             return None
         try:
-            return from_json(self.config_file.read_text())
+            text = self.config_file.read_text()
+            if self.tokenizer_file.is_file():  # the run's copy, wherever the original went
+                data = json.loads(text)
+                if isinstance(data, dict) and isinstance(data.get("data"), dict) and \
+                        data["data"].get("tokenizer") is not None:
+                    data["data"]["tokenizer"] = str(self.tokenizer_file)
+                    text = json.dumps(data)
+            return from_json(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{self.config_file} is not valid JSON (line {e.lineno}, column "
                              f"{e.colno}: {e.msg}); it was edited or damaged: restore it as "
@@ -162,6 +173,42 @@ class RunFolder:
         except (ValueError, TypeError) as e:
             raise ValueError(f"{self.config_file}: {e}; restore it as tern-jax train wrote "
                              "it") from None
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    def write_tokenizer(self, config: Config) -> None:
+        """Copies the config's tokenizer (``data.tokenizer``) into the folder, atomically."""
+        if config.data.tokenizer is None:
+            return
+        from tern_jax.data.tokens import load_tokenizer
+        from tern_jax.fs import write_text_atomic
+
+        source = Path(config.data.tokenizer).expanduser().resolve()
+        if source == self.tokenizer_file.resolve():
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.tokenizer_file, load_tokenizer(source).json)
+
+    def check_tokenizer(self, config: Config) -> None:
+        """Refuses to resume the run with another tokenizer than its copy's (by hash), or
+        with none when it had one."""
+        if not self.tokenizer_file.is_file():
+            return
+        from tern_jax.data.tokens import load_tokenizer
+
+        if config.data.tokenizer is None:
+            raise ValueError(f"{self.path} was trained with the tokenizer {self.tokenizer_file}; "
+                             "this config reads bytes (data.tokenizer is None). Resume with "
+                             f"--set data.tokenizer={self.tokenizer_file}")
+        given, saved = load_tokenizer(config.data.tokenizer), load_tokenizer(self.tokenizer_file)
+        if given.hash != saved.hash:
+            raise ValueError(
+                f"--resume of {self.path} with another tokenizer: data.tokenizer "
+                f"{config.data.tokenizer} (sha256 {given.hash[:12]}) is not the run's "
+                f"{self.tokenizer_file} (sha256 {saved.hash[:12]}); resume with the run's "
+                "tokenizer, or start a new run in another --workdir")
 
     def write_config(self, config: Config) -> None:
         from tern_jax.fs import write_text_atomic

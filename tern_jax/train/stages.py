@@ -133,6 +133,7 @@ def run(config: Config, workdir, *, resume: bool = False, devices=None, log=prin
             distributed.barrier(f"checked {folder.path}")  # every process read the folder
             if distributed.is_main():  # several processes: process 0 writes and prints
                 folder.write_config(config)
+                folder.write_tokenizer(config)
             log = distributed.main_log(log)
             first, second = (c.schedule.epochs for c, _ in stages)
             log(f"{config.name}: two stages, {_epochs(first)} full precision "
