@@ -60,7 +60,7 @@ __all__ = ["FAMILIES", "IMAGE_CLASSIFIER", "LANGUAGE_MODEL", "ModelFamily", "Res
 #: validation loss of a byte-level language model).
 ACCURACY, BITS_PER_BYTE = "accuracy", "bits_per_byte"
 #: Export formats (``tern-jax export --format``).
-PACKED, GGUF = "packed", "gguf"
+PACKED, GGUF, HF = "packed", "gguf", "hf"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -79,7 +79,7 @@ class ModelFamily:
         (its model's keyword arguments, ...), before anything is written.
       loss_name: what its loss is called in tables and plots.
       results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
-      exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`).
+      exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`, :data:`HF`).
       samples: whether ``tern-jax sample`` generates text with it.
     """
 
@@ -147,7 +147,7 @@ IMAGE_CLASSIFIER = ModelFamily(
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
     ("data.seq_len", "data.steps_per_epoch"), _language_model, language_model.check_config,
-    loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY), exports=(PACKED, GGUF),
+    loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY), exports=(PACKED, GGUF, HF),
     samples=True)
 
 #: Every built-in family.
