@@ -221,6 +221,7 @@ def main(argv=None) -> dict:
         result["gguf_file_bytes"] = gguf_path.stat().st_size
         strings = lines + ADVERSARIAL
         if args.dump:
+            tok.save(str(gguf_path.parent / "tokenizer.json"))
             fs.write_owned_text(gguf_path.parent / "parity_inputs.json", json.dumps({
                 "strings": strings, "ids": [tok.encode(s).ids for s in strings],
                 "windows": inputs.tolist(), "targets": targets.tolist(),

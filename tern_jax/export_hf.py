@@ -28,6 +28,11 @@ or per-head scales, ``t_ex > 1``, block-wise activations (``int8_block``), a qua
 input, a ternary and a full-precision block linear side by side, a GELU MLP, output widths
 that are not multiples of 4. A model without ternary weights is a plain LLaMA (float32).
 
+Loading a ternary folder needs ``accelerate`` too (transformers' BitNet loader asks for it).
+transformers' ``BitLinear`` passes three small functions through ``torch.compile``: the first
+forward pass compiles them (C++, minutes on a small CPU); ``TORCH_COMPILE_DISABLE=1`` runs
+them eagerly, the same arithmetic.
+
 ``latent_dtype="bfloat16"`` (or ``"float32"``) writes the latent weights instead, unquantized:
 a plain LLaMA without ``quantization_config``, to train further in PyTorch.
 

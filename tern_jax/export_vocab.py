@@ -10,7 +10,8 @@ that the program running the model splits text into the same tokens:
   regular expression splitting text into words before the merges. The ``tokenizer.json``
   must be one llama.cpp reproduces: a BPE model without dropout, subword prefixes or byte
   fallback; no normalizer; a ``ByteLevel`` pre-tokenizer with GPT-2's expression and without
-  an added prefix space (llama.cpp adds none), which is llama.cpp's ``gpt-2``; a
+  an added prefix space (llama.cpp adds none), which llama.cpp runs for its ``gpt-2`` and
+  ``trillion`` pre-tokenizers (the file names ``trillion``: :data:`GPT2_PRE`); a
   ``ByteLevel`` decoder; and no post-processor other than ``ByteLevel`` or a template adding
   a BOS token. Anything else is one clear error naming the field.
 * Hugging Face (:func:`byte_tokenizer`, used by :func:`tern_jax.export_hf.to_hf`): the BPE
@@ -37,6 +38,12 @@ __all__ = ["GGUFVocabulary", "byte_tokenizer", "byte_symbols", "gguf_vocabulary"
 #: GPT-2's pre-tokenizer expression (``tokenizers``' ``ByteLevel(use_regex=True)``), which
 #: llama.cpp runs for ``tokenizer.ggml.pre = "gpt-2"``.
 GPT2_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+#: The ``tokenizer.ggml.pre`` written for it. llama.cpp's ``gpt-2`` and ``trillion`` split text
+#: with that same expression (the same code: tokenization is the same); ``gpt-2`` also "cleans
+#: up" spaces when llama.cpp detokenizes a sequence (``a != b`` comes back as ``a!= b``,
+#: `` 'x'`` as ``'x'``), ``trillion`` gives the bytes back as they are, as the ``tokenizers``
+#: decoder does. So the file names ``trillion``.
+GPT2_PRE = "trillion"
 _END_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 _BEGIN_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 #: llama.cpp's token types (``gguf.TokenType``: NORMAL 1, USER_DEFINED 4, CONTROL 3).
@@ -194,7 +201,7 @@ def _pre(spec: dict, merges: list[str]) -> str:
     if decoder.get("type") != "ByteLevel":
         raise _refuse(f"decoder is {decoder.get('type')!r}, not ByteLevel",
                       "set tokenizer.decoder = decoders.ByteLevel()")
-    return "gpt-2"
+    return GPT2_PRE
 
 
 def _added_bos(spec: dict) -> int | None:

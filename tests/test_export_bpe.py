@@ -49,7 +49,7 @@ def test_the_gguf_vocabulary_is_the_tokenizers(tok, model, tmp_path):
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     assert len(merges) > 50 and _strings(fields["tokenizer.ggml.merges"]) == merges
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
-    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert fields["tokenizer.ggml.pre"].contents() == "trillion"
     types = fields["tokenizer.ggml.token_type"].contents()
     end = vocab["<|endoftext|>"]
     assert types[end] == gguf.TokenType.CONTROL
@@ -153,5 +153,5 @@ def test_a_bos_template_is_added_by_llama_cpp_too(tok):
 
 def test_the_byte_tokenizer_has_a_gguf_vocabulary_of_its_bytes():
     vocab = gguf_vocabulary(byte_tokenizer())
-    assert vocab.tokens == byte_symbols() and vocab.pre == "gpt-2"
+    assert vocab.tokens == byte_symbols() and vocab.pre == "trillion"
     assert np.unique(vocab.types).tolist() == [1] and vocab.eos == 0
