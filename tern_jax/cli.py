@@ -8,6 +8,7 @@ Subcommands::
     tern-jax eval --workdir DIR [--model tern/seed0 --packed PATH]   test accuracy (bits/byte)
     tern-jax export --workdir DIR --model tern/seed0 --out PATH   packed ternary checkpoint
                     [--format gguf --type tq2_0|tq1_0|f16]        or a GGUF file for llama.cpp
+                    [--format hf [--dtype bfloat16]]              or a transformers folder
     tern-jax sample --workdir DIR --model tern/seed0 --prompt "def "  text from a language model
     tern-jax tokenizer train --vocab 4096 --text PATH|python_stdlib --out tok.json   a BPE
     tern-jax tokenizer encode --tokenizer tok.json --text PATH --out corpus.tok   a token file
@@ -267,9 +268,13 @@ def _export(args) -> int:
                          f"{', '.join(GGUF_TYPES)}")
     if args.format is None:  # a GGUF type names the format
         args.format = "gguf" if args.type is not None else "packed"
-    if args.format == "packed" and args.type is not None:
-        raise UsageError(f"--type {args.type} is a GGUF type, but --format packed writes a "
-                         "packed checkpoint; drop --type, or pass --format gguf")
+    if args.format != "gguf" and args.type is not None:
+        raise UsageError(f"--type {args.type} is a GGUF type, but --format {args.format} "
+                         "writes no GGUF file; drop --type, or pass --format gguf")
+    if args.format != "hf" and args.dtype is not None:
+        raise UsageError(f"--dtype {args.dtype} chooses the latent weights of a Hugging Face "
+                         f"export, but --format is {args.format}; drop --dtype, or pass "
+                         "--format hf")
     args.type = args.type or "tq2_0"
     _check_run_workdir(args.workdir)
     if not args.out.strip():
@@ -302,13 +307,27 @@ def _export(args) -> int:
     rules = family.rules(slot.variant)
     rules = () if is_full_precision_rules(rules) else rules
     params = jax.tree.map(lambda a: a[i], restored.state.params)
+    tokenizer = _run_tokenizer(args.workdir, restored.config)
+    vocabulary = "the 256 bytes" if tokenizer is None else f"the tokenizer {tokenizer}"
     if args.format == "gguf":  # for llama.cpp (tern_jax/export.py)
         from tern_jax.export import to_gguf
 
         path = to_gguf(out, params, restored.stack.task.config, rules, type=args.type,
-                       overwrite=args.overwrite, name=f"{restored.config.name}-{slot}")
+                       overwrite=args.overwrite, name=f"{restored.config.name}-{slot}",
+                       tokenizer=tokenizer)
         print(f"exported {slot} ({model}) as GGUF {args.type.upper()} to "
-              f"{path}: {path.stat().st_size:,} bytes")
+              f"{path}: {path.stat().st_size:,} bytes; vocabulary: {vocabulary}")
+        return 0
+    if args.format == "hf":  # for Hugging Face transformers (tern_jax/export_hf.py)
+        from tern_jax.export_hf import to_hf
+
+        path = to_hf(out, params, restored.stack.task.config, rules, tokenizer=tokenizer,
+                     latent_dtype=args.dtype, overwrite=args.overwrite)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        what = "ternary (BitNet format)" if args.dtype is None else \
+            f"latent weights in {args.dtype}"
+        print(f"exported {slot} ({model}) for Hugging Face transformers, {what}, to {path}: "
+              f"{size:,} bytes; vocabulary: {vocabulary}")
         return 0
     stats = jax.tree.map(lambda a: a[i], restored.state.model_state)
     tree = {"params": params, "batch_stats": stats}
@@ -322,6 +341,16 @@ def _export(args) -> int:
     print(summary)
     print(f"exported {slot} ({model}) to {path}: {size:,} bytes on disk")
     return 0
+
+
+def _run_tokenizer(workdir, config):
+    """The run's tokenizer: the ``tokenizer.json`` in its folder, else the config's
+    ``data.tokenizer`` path; ``None`` for the 256-byte vocabulary."""
+    kept = Path(workdir).expanduser() / "tokenizer.json"
+    if kept.is_file():
+        return kept
+    named = getattr(config.data, "tokenizer", None)
+    return None if named is None else Path(named).expanduser()
 
 
 def _pick_model(restored, name: str, workdir):
@@ -556,12 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export (never anything else)")
-    p.add_argument("--format", choices=("packed", "gguf"), default=None,
-                   help="packed ternary checkpoint (the default), or a GGUF file for "
-                        "llama.cpp (the default when --type is given)")
+    p.add_argument("--format", choices=("packed", "gguf", "hf"), default=None,
+                   help="packed ternary checkpoint (the default), a GGUF file for "
+                        "llama.cpp (the default when --type is given), or a folder for "
+                        "Hugging Face transformers (language models; the run's "
+                        "tokenizer.json, if any, goes with GGUF and hf)")
     p.add_argument("--type", default=None,
                    help="GGUF type of the ternary kernels: a name of "
                         "tern_jax.export.GGUF_TYPES, default tq2_0; implies --format gguf")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                   help="--format hf: write the latent weights unquantized in this dtype (a "
+                        "plain LLaMA to train further) instead of the ternary model")
     p.add_argument("--unverified", **unverified)
     p.set_defaults(fn=_export)
 

@@ -27,7 +27,9 @@ The query and key output features of each head are reordered ``[0, half, 1, half
 so that llama.cpp's pairs are tern_jax's pairs; attention scores are unchanged by a common
 permutation of the query and key features, so the model computes the same function.
 
-The vocabulary is the 256 bytes as a byte-level BPE (``tokenizer.ggml.model = "gpt2"``)
+The vocabulary is a byte-level BPE tokenizer's (``tokenizer=``: its tokens, merges and
+pre-tokenizer in llama.cpp's ``gpt2`` layout, :mod:`tern_jax.export_vocab`), or without one
+the 256 bytes as a byte-level BPE (``tokenizer.ggml.model = "gpt2"``)
 without merges: token ``b`` is GPT-2's printable stand-in for byte ``b``, which llama.cpp
 decodes back to the byte, so detokenizing gives the exact bytes, and any text tokenizes to its
 bytes. No BOS is added; byte 0 (NUL) is the end-of-generation token.
@@ -50,6 +52,7 @@ import numpy as np
 from tern_jax import fs
 from tern_jax._args import argument_error, check_bool, check_path, unwritable_path_error
 from tern_jax.core import NON_FINITE_FIX, TernaryCodes, decode, non_finite
+from tern_jax.export_vocab import gguf_vocabulary
 from tern_jax.integrity import check_shapes
 from tern_jax.models.transformer import NORM_EPSILON, ROPE_BASE, TransformerConfig
 from tern_jax.packing import SUPER_BLOCK
@@ -220,9 +223,16 @@ def _check_config(config) -> None:
             f"{config.mlp!r}. Train a model with TransformerConfig(mlp='swiglu') (in a run "
             "config model.kwargs mlp='swiglu', on the command line --set "
             "model.kwargs.mlp=swiglu; transformer_llama has it) to export it")
-    if config.vocab_size != 256:
-        raise ValueError(f"the GGUF vocabulary is the 256 bytes; this model has vocab_size="
-                         f"{config.vocab_size}")
+
+
+def _check_vocab_size(config, vocab) -> None:
+    size = 256 if vocab is None else len(vocab.tokens)
+    if config.vocab_size != size:
+        what = ("the 256 bytes (no tokenizer given)" if vocab is None else
+                f"the tokenizer's {size} tokens")
+        raise ValueError(f"the GGUF vocabulary is {what}; this model has vocab_size="
+                         f"{config.vocab_size}. Pass the tokenizer the model was trained with"
+                         " (tokenizer=, on the command line the run's tokenizer.json)")
 
 
 def _tensors(params, config, rules, type_: str):
@@ -269,7 +279,7 @@ def _order(path: str):
 
 
 def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = "tq2_0",
-            overwrite: bool = False, name: str = "tern_jax") -> Path:
+            overwrite: bool = False, name: str = "tern_jax", tokenizer=None) -> Path:
     """Writes a :class:`Transformer`'s weights as a GGUF file llama.cpp loads; returns the path.
 
     Args:
@@ -278,7 +288,8 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
       params: the model's ``nnx.Param`` weights (nested dict or ``nnx.State``: a run's latent
         weights, or ``load_ternary(path, codes=True)["params"]`` whose ternary leaves are
         :class:`TernaryCodes` already).
-      config: the model's :class:`TransformerConfig` (``mlp="swiglu"``, ``vocab_size=256``).
+      config: the model's :class:`TransformerConfig` (``mlp="swiglu"``; ``vocab_size`` 256,
+        or the tokenizer's).
       rules: the rules it was trained with; the float leaves they ternarize are encoded with
         them (``None``: only leaves given as :class:`TernaryCodes` are ternary).
       type: a name of :data:`GGUF_TYPES`: ``"tq2_0"``, ``"tq1_0"`` (exact ternary), ``"q8_0"``
@@ -286,14 +297,18 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
         ternary kernels; others are F16, norm scales F32.
       overwrite: replace an earlier export of tern_jax at ``path``.
       name: the model name in the file's metadata.
+      tokenizer: the model's byte-level BPE tokenizer (a ``tokenizers.Tokenizer`` or the path
+        of its ``tokenizer.json``), written as llama.cpp's ``gpt2`` vocabulary
+        (:func:`tern_jax.export_vocab.gguf_vocabulary`); ``None``: the 256 bytes.
 
     Raises before anything is written: ``ValueError`` naming what llama.cpp cannot represent
-    (see the module docstring), a parameter that does not fit ``config`` or one holding NaN or
-    Inf (with the count), or an empty ``path``; ``IsADirectoryError`` for a ``path`` that is a
-    folder or ends in a separator (a GGUF export is one file); ``NotADirectoryError`` when a
-    folder on the way is a file, ``FileNotFoundError`` when the folder does not exist,
-    ``PermissionError`` when it cannot be written (each naming ``path`` and the cause);
-    ``FileExistsError`` for an existing ``path`` without ``overwrite``;
+    (see the module docstring) or a tokenizer it cannot reproduce, a vocabulary size other
+    than the tokenizer's (256 without one), a parameter that does not fit ``config`` or one
+    holding NaN or Inf (with the count), or an empty ``path``; ``IsADirectoryError`` for a
+    ``path`` that is a folder or ends in a separator (a GGUF export is one file);
+    ``NotADirectoryError`` when a folder on the way is a file, ``FileNotFoundError`` when the
+    folder does not exist, ``PermissionError`` when it cannot be written (each naming ``path``
+    and the cause); ``FileExistsError`` for an existing ``path`` without ``overwrite``;
     :class:`tern_jax.fs.NotOwnedError` when ``path`` is not a file tern_jax wrote.
     """
     given = path
@@ -321,6 +336,8 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
         raise unwritable
     _check_config(config)
     gguf = _gguf()
+    vocab = None if tokenizer is None else gguf_vocabulary(tokenizer)
+    _check_vocab_size(config, vocab)
     tensors = _tensors(params, config, rules, type)
 
     writer_path = None
@@ -330,7 +347,7 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
                                              dir=path.parent, delete=False) as tmp:
                 writer_path = Path(tmp.name)
             writer = gguf.GGUFWriter(writer_path, "llama")
-            _write_metadata(writer, gguf, config, name, type)
+            _write_metadata(writer, gguf, config, name, type, vocab)
             for tensor_name, array, qtype in tensors:
                 writer.add_tensor(tensor_name, array, raw_dtype=qtype)
             writer.write_header_to_file()
@@ -348,7 +365,8 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
     return path
 
 
-def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: str) -> None:
+def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: str,
+                    vocab=None) -> None:
     writer.add_name(name)
     writer.add_file_type(getattr(gguf.LlamaFileType, GGUF_TYPES[type_].file_type))
     writer.add_vocab_size(config.vocab_size)
@@ -362,6 +380,15 @@ def _write_metadata(writer, gguf, config: TransformerConfig, name: str, type_: s
     writer.add_rope_freq_base(ROPE_BASE)
     writer.add_layer_norm_rms_eps(NORM_EPSILON)
     writer.add_tokenizer_model("gpt2")
+    if vocab is not None:  # a byte-level BPE tokenizer's
+        writer.add_tokenizer_pre(vocab.pre)
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.types)
+        writer.add_token_merges(vocab.merges)
+        writer.add_add_bos_token(vocab.add_bos)
+        writer.add_bos_token_id(vocab.bos)
+        writer.add_eos_token_id(vocab.eos)
+        return
     writer.add_tokenizer_pre("default")
     writer.add_token_list(byte_vocabulary())
     writer.add_token_types([gguf.TokenType.NORMAL] * 256)

@@ -39,6 +39,8 @@ __all__ = [
     "MANIFEST",
     "check_replaceable",
     "owned_file",
+    "owned_folder",
+    "own_folder",
     "remove_tree",
     "staging_dir",
     "swap_in",
@@ -218,6 +220,29 @@ def write_owned_bytes(path, data: bytes, *, what: str = "an output file") -> Pat
     write_text_atomic(path.parent / MANIFEST, json.dumps(
         {"format": _MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True))
     return path
+
+
+def own_folder(folder) -> None:
+    """Records every plain file of ``folder`` (and its subfolders), with its SHA-256, in the
+    folder's manifest: the folder is then :func:`owned_folder` while nobody changes it."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.is_symlink() and p.name != MANIFEST}
+    write_text_atomic(folder / MANIFEST, json.dumps(
+        {"format": _MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True))
+
+
+def owned_folder(folder) -> bool:
+    """True when ``folder`` holds exactly the files its manifest lists (:func:`own_folder`),
+    each with the bytes recorded: a folder tern_jax wrote whole and nobody changed."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    files = _read_manifest(folder)
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+               if not p.is_dir() and p.name != MANIFEST}
+    return bool(files) and present == set(files) and all(
+        file_digest(folder / name) == digest for name, digest in files.items())
 
 
 def write_owned_text(path, text: str, *, what: str = "an output file") -> Path:

@@ -42,6 +42,9 @@ The presets (:data:`TRANSFORMER_RULES`), one changed setting each against ``"ter
                precision" for AlexNet): one line, :data:`EMBEDDINGS_AND_HEAD_FP`
 ``tern_a8``    ``tern`` with 8-bit layer inputs in llama.cpp's ``Q8_K`` blocks (W1.58A8:
                :mod:`tern_jax.activations`), what an exported ``TQ1_0``/``TQ2_0`` file computes
+``tern_hf``    ``tern`` with 8-bit inputs of one scale per token for the block linears, the
+               head's input in full precision: what transformers' BitNet format computes
+               (:func:`tern_jax.export_hf.to_hf`)
 =============  ==========================================================================
 
 Keeping the embedding and head in full precision is one rule placed first (the first match
@@ -135,6 +138,7 @@ TRANSFORMER_RULES: Presets = {
     "absmean": (Rule(WEIGHTS, method="absmean"),),
     "tern_fl": (EMBEDDINGS_AND_HEAD_FP, Rule(WEIGHTS)),
     "tern_a8": (Rule(WEIGHTS, activations="int8_block"),),
+    "tern_hf": (Rule(EMBEDDINGS_AND_HEAD), Rule(WEIGHTS, activations="int8")),
 }
 
 

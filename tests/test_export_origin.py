@@ -245,3 +245,14 @@ def test_init_from_a_run_of_another_architecture_names_the_parameter(tmp_path):
                                              r"parameter '.*' has shape"):
             train_and_evaluate(small_config({**start, **changes}), tmp_path / name,
                                log=lambda *a: None)
+
+
+@pytest.mark.slow  # trains the module's language model (lm_run)
+def test_the_hf_export_refuses_a_gelu_model_before_writing(lm_run, capsys, tmp_path):
+    """transformers' llama has a gated MLP: named before any file (or import of torch)."""
+    root, _ = lm_run
+    out = tmp_path / "hf"
+    assert main(["export", "--workdir", str(root / "run"), "--model", "tern/seed0",
+                 "--format", "hf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gated MLP" in err and "mlp='gelu'" in err and not out.exists()

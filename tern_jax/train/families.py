@@ -60,7 +60,7 @@ __all__ = ["FAMILIES", "IMAGE_CLASSIFIER", "LANGUAGE_MODEL", "ModelFamily", "Res
 #: validation loss of a byte-level language model).
 ACCURACY, BITS_PER_BYTE = "accuracy", "bits_per_byte"
 #: Export formats (``tern-jax export --format``).
-PACKED, GGUF = "packed", "gguf"
+PACKED, GGUF, HF = "packed", "gguf", "hf"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,7 +82,7 @@ class ModelFamily:
         on the run (a language model's tokens: bits per byte or per token); else
         ``loss_name``.
       results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
-      exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`).
+      exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`, :data:`HF`).
       samples: whether ``tern-jax sample`` generates text with it.
     """
 
@@ -157,7 +157,7 @@ LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
     ("data.seq_len", "data.steps_per_epoch", "data.tokenizer"), _language_model,
     language_model.check_config, loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY),
-    exports=(PACKED, GGUF), samples=True, loss_names=language_model.loss_name)
+    exports=(PACKED, GGUF, HF), samples=True, loss_names=language_model.loss_name)
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)
