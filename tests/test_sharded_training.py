@@ -80,11 +80,12 @@ def test_every_mesh_trains_as_one_device(eight, model):
         assert got["init_equal"], where  # the same random draws, created sharded
         assert got["kept_sharding"], where  # the step's outputs lie where the rules say
         loss = np.asarray(got["loss_rel"])  # (steps, models)
-        assert loss[0].max() < LOSS_RTOL, (where, got)  # the same weights: one forward pass
         for i, name_i in enumerate(result["models"]):
             a8 = name_i.startswith("tern_a8")
             loss_tol, params_tol = (A8_LOSS_RTOL, A8_PARAMS_RTOL) if a8 else (LOSS_RTOL,
                                                                               PARAMS_RTOL)
+            # the first step: the same weights (8-bit activations measured up to 8.9e-6)
+            assert loss[0, i] < (10 * LOSS_RTOL if a8 else LOSS_RTOL), (where, name_i, got)
             assert loss[:, i].max() < loss_tol, (where, name_i, got)
             for part in ("params_rel", "opt_rel", "model_state_rel"):  # LM: no model state
                 assert not got[part] or got[part][i] < params_tol, (where, name_i, part, got)
