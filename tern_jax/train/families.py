@@ -50,6 +50,7 @@ from tern_jax.presets import (
     preset_rules,
 )
 from tern_jax.rules import Rule
+from tern_jax.sharding import CNN_SHARDING, TRANSFORMER_SHARDING
 from tern_jax.train import language_model
 from tern_jax.train.task import ImageClassification, Task
 
@@ -84,6 +85,9 @@ class ModelFamily:
       results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
       exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`, :data:`HF`).
       samples: whether ``tern-jax sample`` generates text with it.
+      sharding: its default sharding rules (:mod:`tern_jax.sharding`), for a run whose
+        ``sharding.rules`` is None; a dimension they do not divide stays whole. None:
+        every parameter replicated.
     """
 
     task_name: str
@@ -102,6 +106,7 @@ class ModelFamily:
     def loss_name_of(self, config) -> str:
         """What the loss of a run of ``config`` is called (:attr:`loss_name` by default)."""
         return self.loss_name if self.loss_names is None else self.loss_names(config)
+    sharding: tuple | None = None
 
     def task(self, config, dataset: Dataset) -> Task:
         """The task ``config`` trains on ``dataset`` (no data is read)."""
@@ -150,14 +155,15 @@ IMAGE_CLASSIFIER = ModelFamily(
     "image classification", IMAGES, MODEL_NAMES, PRESETS,
     ("optimizer.label_smoothing", "data.augment", "data.stream", "data.train_subset",
      "stages.pretrained"),
-    _image_classification, _check_image_model)
+    _image_classification, _check_image_model, sharding=CNN_SHARDING)
 #: Transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`) of bytes, or of
 #: a tokenizer's tokens (``data.tokenizer``): their loss in bits per byte or per token.
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
     ("data.seq_len", "data.steps_per_epoch", "data.tokenizer"), _language_model,
     language_model.check_config, loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY),
-    exports=(PACKED, GGUF, HF), samples=True, loss_names=language_model.loss_name)
+    exports=(PACKED, GGUF, HF), samples=True, loss_names=language_model.loss_name,
+    sharding=TRANSFORMER_SHARDING)
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)
