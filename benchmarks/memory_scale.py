@@ -219,7 +219,9 @@ def _table(rows: list[dict], with_flags: bool = False) -> list[str]:
              "fits 16 / 80 GiB", "compile s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r["size"], f"{r.get('params', 0) / 1e6:,.0f}M" if "params" in r else "-",
+        params = r.get("params")
+        cells = [r["size"], "-" if params is None else f"{params / 1e6:,.0f}M"
+                 if params >= 1e7 else f"{params / 1e6:.2f}M",
                  str(r["devices"]), r["strategy"]]
         mesh = _mesh_sizes(r["strategy"], r["devices"])
         cells.append(f"{mesh['data']} x {mesh['fsdp']} x {mesh['tensor']}")

@@ -110,6 +110,7 @@ def test_lm_train_step_times_each_variant(lm_benchmark):
     assert figures["variants"]["fp"]["ratio_to_fp"] == 1.0
 
 
+@pytest.mark.slow  # compiles six train steps for 8 simulated devices
 def test_memory_scale_compiles_every_layout(tmp_path):
     """The tiny shape on 8 simulated devices: DP, FSDP and FSDP x TP, and the four settings of
     scan_layers and remat; sharding divides the state, remat the temporaries."""
