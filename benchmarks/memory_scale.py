@@ -64,6 +64,8 @@ def _parse_args(argv):
     parser.add_argument("--variant", default="tern", help="a TRANSFORMER_RULES preset")
     parser.add_argument("--out", default="experiments/results/scale",
                         help="folder for memory.md and memory.json")
+    parser.add_argument("--append", action="store_true",
+                        help="add to (and replace rows of) the memory.json already in --out")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -197,10 +199,10 @@ def _run_child(n: int, jobs: list[dict]) -> list[dict]:
     if done.returncode != 0 or len(rows) != len(jobs):
         tail = done.stderr.strip().splitlines()[-3:]
         why = " | ".join(tail) or f"exit {done.returncode}"
-        seen = {json.dumps({k: r[k] for k in jobs[0]}, sort_keys=True) for r in rows}
+        seen = {tuple(r[k] for k in _KEY) for r in rows}
         rows += [{**j, "error": f"the compiling process died: {why}"} for j in jobs
-                 if json.dumps(j, sort_keys=True) not in seen]
-    return rows
+                 if tuple(j[k] for k in _KEY) not in seen]
+    return [{**r, "xla_flags": flags} for r in rows]
 
 
 def _gib(x: int) -> str:
@@ -232,7 +234,8 @@ def _table(rows: list[dict], with_flags: bool = False) -> list[str]:
         else:
             cells += [_gib(r["argument"]), _gib(r["output"]), _gib(r["alias"]), _gib(r["temp"]),
                       _gib(r["peak"]), _fits(r["peak"]),
-                      f"{r['lower_s'] + r['compile_s']:.1f}"]
+                      f"{r['lower_s'] + r['compile_s']:.1f}" + (
+                          " (O0)" if "optimization_level=0" in r.get("xla_flags", "") else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -270,37 +273,73 @@ def main(argv=None) -> int:
         rows += [r for r in found if not r.get("ablation")]
         ablation += [r for r in found if r.get("ablation")]
     if args.ablation and args.ablation in sizes and "fsdp" in strategies:
-        ablation += [r for r in rows if r["size"] == args.ablation and r["devices"] ==
-                     min(counts) and r["strategy"] == "fsdp"]
-    ablation.sort(key=lambda r: (r["scan"], r["remat"]))
+        ablation += [{**r, "ablation": True} for r in rows if r["size"] == args.ablation
+                     and r["devices"] == min(counts) and r["strategy"] == "fsdp"]
+    flags = os.environ.get("XLA_FLAGS", "").strip()
+    command = " ".join(["PYTHONPATH=.", *([f"XLA_FLAGS={flags!r}"] if flags else []),
+                        "python benchmarks/memory_scale.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    out = Path(args.out)
+    previous = {"rows": [], "ablation": [], "commands": []}
+    if args.append and (out / "memory.json").is_file():
+        previous = json.loads((out / "memory.json").read_text())
+    figures = {"rows": _merge(previous["rows"], rows),
+               "ablation": _merge(previous["ablation"], ablation),
+               "commands": [c for c in previous["commands"] if c != command] + [command]}
+    lines = _document(figures, args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.md").write_text("\n".join(lines))
+    (out / "memory.json").write_text(json.dumps(figures, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+_KEY = ("size", "devices", "strategy", "scan", "remat", "seq_len", "variant")
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows with ``new`` ones added (a new row replaces an old one of the same key),
+    in table order: size, devices, layout, scan_layers, remat."""
+    rows = {tuple(r[k] for k in _KEY): r for r in old + new}
+    order = list(SIZES)
+    return sorted(rows.values(), key=lambda r: (order.index(r["size"]), r["devices"],
+                                                STRATEGIES.index(r["strategy"]), r["scan"],
+                                                r["remat"]))
+
+
+def _document(figures: dict, args) -> list[str]:
     import jax
 
+    rows, ablation = figures["rows"], figures["ablation"]
     specs = next((r["specs"] for r in rows + ablation if "specs" in r), "-")
+    seq = sorted({r["seq_len"] for r in rows + ablation})
     lines = [
         "# Memory per device of the ternary train step (compiled, not run)",
         "",
-        f"Ternary (`{args.variant}`) train step of LLaMA-shaped transformers: ternarize + "
+        f"Ternary (`{args.variant}`) train step of LLaMA-shaped transformers (gated MLP of "
+        "3·d_model, multi-head attention, 32000-token vocabulary, untied head): ternarize + "
         "forward + backward + Adam, state donated; "
-        f"{args.seq_len}-token windows, one per device (global batch = devices); parameters "
-        f"and Adam states placed by `{specs}`; scan_layers and remat on unless said. "
-        "Bytes per device from XLA:CPU's `compiled.memory_analysis()` on simulated devices "
-        f"(jax {jax.__version__}); peak = arguments + outputs - aliased + temporaries. Compile "
-        "times on this machine's CPU (2 cores, shared), each in a process of its device count.",
+        f"{'/'.join(map(str, seq))}-token windows, one per device (global batch = devices); "
+        f"parameters and Adam states placed by `{specs}`, the batch split over data x fsdp; "
+        "scan_layers and remat on unless said. Bytes per device (GiB) from XLA:CPU's "
+        "`compiled.memory_analysis()` on simulated devices "
+        f"(jax {jax.__version__}); peak = arguments + outputs - aliased + temporaries; "
+        "\"fits\" compares the peak with 16 and 80 GiB. Compile seconds (lowering + "
+        "compiling) on this machine's CPU (2 cores, shared with other work), each device count "
+        "in its own process; (O0): compiled with `--xla_backend_optimization_level=0` (LLVM's "
+        "optimizations off: the same buffers, a shorter compile).",
         "",
         *_table(rows),
     ]
-    if ablation:
-        lines += ["", f"## scan_layers and remat ({args.ablation}, fsdp, {min(counts)} devices)",
-                  "", *_table(ablation, with_flags=True)]
-    command = "PYTHONPATH=. python benchmarks/memory_scale.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]))
-    lines += ["", "Rebuilt by:", "", f"    {command.strip()}", ""]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.md").write_text("\n".join(lines))
-    (out / "memory.json").write_text(json.dumps({"rows": rows, "ablation": ablation}, indent=1))
-    print("\n".join(lines))
-    return 0
+    groups = sorted({(r["size"], r["devices"]) for r in ablation},
+                    key=lambda g: (list(SIZES).index(g[0]), g[1]))
+    for size, n in groups:
+        lines += ["", f"## scan_layers and remat ({size}, fsdp, {n} devices)", "",
+                  *_table([r for r in ablation if (r["size"], r["devices"]) == (size, n)],
+                          with_flags=True)]
+    lines += ["", "Rebuilt by (in this order; `--append` adds to the table):", "",
+              *(f"    {c}" for c in figures["commands"]), ""]
+    return lines
 
 
 if __name__ == "__main__":
