@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     flags = os.environ.get("XLA_FLAGS", "").strip()
     command = " ".join(["PYTHONPATH=.", *([f"XLA_FLAGS={flags!r}"] if flags else []),
                         "python benchmarks/memory_scale.py",
-                        *(argv if argv is not None else sys.argv[1:])])
+                        *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     previous = {"rows": [], "ablation": [], "commands": []}
     if args.append and (out / "memory.json").is_file():
