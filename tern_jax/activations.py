@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import threading
 from collections.abc import Iterator
 
@@ -56,7 +57,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from tern_jax.packing import SUPER_BLOCK
-from tern_jax.rules import ACTIVATION_MODES, Unused, check_unused, first_match, report_unused
+from tern_jax.rules import (
+    ACTIVATION_MODES,
+    Unused,
+    check_unused,
+    first_match,
+    layer_leaf,
+    report_unused,
+)
 
 __all__ = ["ACTIVATION_MODES", "quantize_activations", "quantized_dot_general",
            "quantize_inputs", "quantized_activations", "active_rules", "uses_activations"]
@@ -164,12 +172,18 @@ def quantize_inputs(model, rules, *, unused: Unused = "warn"):
     ours = scope is None or rules is not scope.rules
     matching = _Matching(rules) if ours else scope.matching
     model = nnx.merge(*nnx.split(model))
+    scanned = getattr(model, "scanned", None)  # layers stacked for a scan: match one layer
+    scanned = None if not isinstance(scanned, str) else re.compile(scanned)
     for path, module in nnx.iter_graph(model):
         if not isinstance(module, nnx.Module):
             continue
         if not (hasattr(module, "kernel") and hasattr(module, "dot_general")):
             continue
-        mode = matching.mode("/".join([*(str(k) for k in path), "kernel"]), module.kernel)
+        kernel_path = "/".join([*(str(k) for k in path), "kernel"])
+        kernel = module.kernel
+        if scanned is not None and scanned.fullmatch(kernel_path):
+            kernel = layer_leaf(kernel)
+        mode = matching.mode(kernel_path, kernel)
         if mode is not None:
             if getattr(module, "dot_general_cls", None) is not None:
                 raise NotImplementedError(

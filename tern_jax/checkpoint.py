@@ -136,7 +136,7 @@ def _writable_parent(path: Path) -> None:
 
 
 def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="warn",
-                 origin: dict | None = None) -> Path:
+                 origin: dict | None = None, scanned: str | None = None) -> Path:
     """Writes ``params`` with rule-matched tensors packed densely; returns the path.
 
     Args:
@@ -153,6 +153,9 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
       origin: what the weights are, recorded in the metadata for :func:`read_origin`, e.g.
         ``{"model": "resnet20", "variant": "tern", "seed": 0}`` (``tern-jax export`` writes
         these); a dict of JSON values with string keys. The rules are recorded always.
+      scanned: the paths stacked over layers (a model with ``scan_layers=True``: its
+        ``scanned``), ternarized layer by layer as in training (:func:`tern_jax.match_params`);
+        their codes keep the stacked layout, one scale per layer.
 
     Raises, before anything is written: ``TypeError`` for a path that is not a str/PathLike,
     a non-bool ``overwrite`` or a leaf that is not a numeric array (naming the leaf);
@@ -181,7 +184,7 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
             )
         fs.check_replaceable(path, _is_checkpoint, "a ternary checkpoint (save_ternary)")
     _writable_parent(path)
-    matches, _ = match_params(params, rules, unused=unused)
+    matches, _ = match_params(params, rules, unused=unused, scanned=scanned)
     key_paths = [kp for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for m in matches:
         if hasattr(m.leaf, "dtype") and np.issubdtype(np.dtype(m.leaf.dtype), np.inexact):
@@ -196,7 +199,7 @@ def save_ternary(path, params, rules=None, *, overwrite: bool = False, unused="w
         name = f"leaf_{i:05d}"
         entry = {"path": m.path, "keys": [_key_entry(k) for k in key_path], "name": name}
         if m.quantized:
-            rule = m.rule
+            rule = m.quantizer  # per layer for a leaf stacked over layers
             levels, scales = rule.codes(m.leaf)  # compiled once per shape in core
             levels = np.asarray(levels).astype(np.int16)
             scales = np.asarray(scales, np.float32)

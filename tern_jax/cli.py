@@ -349,11 +349,13 @@ def _export(args) -> int:
     stats = jax.tree.map(lambda a: a[i], restored.state.model_state)
     tree = {"params": params, "batch_stats": stats}
     scoped = [dataclasses.replace(r, pattern="params/" + r.pattern) for r in rules]
+    scanned = getattr(restored.stack.task, "scanned", None)  # layers stacked for a scan
+    scanned = None if scanned is None else "params/" + scanned
     origin = {"model": model, "variant": slot.variant, "seed": slot.seed,
               "run": restored.config.name, "epoch": restored.epoch}
     path = tern_jax.save_ternary(args.out, tree, scoped, overwrite=args.overwrite,
-                                 unused="ignore", origin=origin)
-    summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore")
+                                 unused="ignore", origin=origin, scanned=scanned)
+    summary = tern_jax.summary(tree, scoped, print_fn=None, unused="ignore", scanned=scanned)
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     print(summary)
     print(f"exported {slot} ({model}) to {path}: {size:,} bytes on disk")

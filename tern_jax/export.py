@@ -289,7 +289,9 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
         weights, or ``load_ternary(path, codes=True)["params"]`` whose ternary leaves are
         :class:`TernaryCodes` already).
       config: the model's :class:`TransformerConfig` (``mlp="swiglu"``; ``vocab_size`` 256,
-        or the tokenizer's).
+        or the tokenizer's). With ``scan_layers=True`` the params are stacked over layers; they
+        are unstacked (:func:`tern_jax.models.transformer.unstack_layers`) and each layer
+        ternarized on its own, so the file is the one the unscanned model writes.
       rules: the rules it was trained with; the float leaves they ternarize are encoded with
         them (``None``: only leaves given as :class:`TernaryCodes` are ternary).
       type: a name of :data:`GGUF_TYPES`: ``"tq2_0"``, ``"tq1_0"`` (exact ternary), ``"q8_0"``
@@ -335,6 +337,13 @@ def to_gguf(path, params, config: TransformerConfig, rules=None, *, type: str = 
     if unwritable is not None:
         raise unwritable
     _check_config(config)
+    if config.scan_layers:  # the file holds numbered layers: each ternarized on its own
+        import dataclasses
+
+        from tern_jax.models.transformer import unstack_layers
+
+        params = unstack_layers(params)
+        config = dataclasses.replace(config, scan_layers=False, remat=False)
     gguf = _gguf()
     vocab = None if tokenizer is None else gguf_vocabulary(tokenizer)
     _check_vocab_size(config, vocab)

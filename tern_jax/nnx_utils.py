@@ -56,13 +56,15 @@ def ternarized(model: nnx.Module, rules=None, *, unused: str = "warn",
     weights through the straight-through estimator. ``rules``, ``unused`` and
     ``threshold_scale`` are those of :func:`tern_jax.quantize_params` (``rules=None``: every
     float kernel of rank >= 2); a rule with ``t_ex > 1`` gives the folded kernel
-    ``Σ_k Ŵ_k``, which the unmodified layers consume.
+    ``Σ_k Ŵ_k``, which the unmodified layers consume. A model whose layers are stacked for a
+    scan (``TransformerConfig(scan_layers=True)``; any module with a ``scanned`` attribute
+    naming those paths) is ternarized layer by layer, one ``Δ``/``α`` per layer.
     """
     _check_module(model, "ternarized")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # the rules' activations are applied here, by quantize_inputs: no warning that they are not
     quantized = quantize_params(params, rules, unused=unused, threshold_scale=threshold_scale,
-                                activations_applied=True)
+                                activations_applied=True, scanned=getattr(model, "scanned", None))
     return quantize_inputs(nnx.merge(graphdef, quantized, rest), rules, unused=unused)
 
 

@@ -29,9 +29,11 @@ __all__ = [
     "ActivationsNotAppliedWarning",
     "path_to_str",
     "first_match",
+    "layer_leaf",
     "check_unused",
     "report_unused",
     "match_params",
+    "per_layer",
     "quantize_params",
     "Match",
 ]
@@ -189,10 +191,23 @@ class Match:
     path: str
     leaf: Any
     rule: Rule | None
+    #: the leaf is stacked over layers on its leading axis (``scanned=`` of
+    #: :func:`match_params`): ``rule`` governs each layer's slice
+    layers: bool = False
 
     @property
     def quantized(self) -> bool:
         return self.rule is not None and self.rule.method is not None
+
+    @property
+    def quantizer(self) -> Rule | None:
+        """The rule that ternarizes the whole leaf: :attr:`rule`, or for a leaf stacked over
+        layers the same rule with the layer axis as one more channel axis, so that every
+        layer keeps its own ``Δ``/``α`` (per tensor, or per channel of that layer), exactly
+        as in the unstacked model."""
+        if not self.layers or not self.quantized:
+            return self.rule
+        return per_layer(self.rule, tuple(self.leaf.shape[1:]))
 
 
 def _eligible(leaf) -> bool:
@@ -264,6 +279,38 @@ def _check_tree(params) -> None:
         )
 
 
+def per_layer(rule: Rule, layer_shape: tuple[int, ...]) -> Rule:
+    """``rule`` for a weight stacked over layers on a new leading axis, each layer's slice of
+    shape ``layer_shape``: the layer axis joins the rule's channel axes (shifted by one), so
+    ``per_layer(rule, s).apply(stack)[i] == rule.apply(stack[i])`` for every layer ``i``."""
+    if rule.method is None:
+        return rule
+    axes = core.normalize_axis(rule.axis, shape=layer_shape)
+    axes = () if axes is None else (axes,) if isinstance(axes, int) else axes
+    return dataclasses.replace(rule, axis=(0, *(a + 1 for a in axes)))
+
+
+def _check_scanned(scanned, func: str):
+    """``None`` or a compiled regular expression of the paths stacked over layers."""
+    if scanned is None:
+        return None
+    if not isinstance(scanned, str):
+        raise argument_error(TypeError, func, "scanned", "a regular expression of the paths "
+                             "stacked over layers (e.g. tern_jax.models.transformer.SCANNED) "
+                             "or None", type(scanned).__name__)
+    try:
+        return re.compile(scanned)
+    except re.error as e:
+        raise ValueError(f"{func}: scanned={scanned!r} is not a valid regex: {e}") from None
+
+
+def layer_leaf(leaf):
+    """What the rules see of a leaf stacked over layers: one layer's shape and dtype."""
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) or not leaf.shape:
+        return leaf
+    return jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype)
+
+
 def first_match(path: str, leaf, rules: Sequence[Rule]) -> int | None:
     """The index in ``rules`` of the rule that governs ``leaf`` at ``path`` (``None``: no rule).
 
@@ -325,7 +372,7 @@ def report_unused(patterns: Sequence[str], unused: Unused, *, what: str = "param
     warnings.warn(message, UnusedRuleWarning, stacklevel=stacklevel + 1)
 
 
-def match_params(params, rules=None, *, unused: Unused = "warn"):
+def match_params(params, rules=None, *, unused: Unused = "warn", scanned: str | None = None):
     """Pairs every leaf of ``params`` with its governing rule, checking everything first.
 
     Returns ``(matches, treedef)``: a list of :class:`Match` in leaf order and the treedef to
@@ -333,8 +380,16 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
     naming the path when a strict rule matches a non-float or rank-0/1 leaf; reports rules
     that matched nothing as ``unused`` says (``"error"``, ``"warn"`` with
     :class:`UnusedRuleWarning`, or ``"ignore"``).
+
+    ``scanned``: a regular expression of the paths whose leaves are stacked over layers on a
+    leading axis (a model whose layers run in a scan, as
+    ``TransformerConfig(scan_layers=True)``: :data:`tern_jax.models.transformer.SCANNED`).
+    Such a leaf is matched as one layer's slice (its rank and channel axes without the layer
+    axis) and marked :attr:`Match.layers`; :attr:`Match.quantizer` ternarizes it layer by
+    layer.
     """
     check_unused(unused, "match_params")
+    pattern = _check_scanned(scanned, "match_params")
     _check_tree(params)
     rules = _normalize_rules(rules)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -342,16 +397,18 @@ def match_params(params, rules=None, *, unused: Unused = "warn"):
     matches = []
     for key_path, leaf in leaves:
         path = path_to_str(key_path)
-        i = first_match(path, leaf, rules)
+        layers = pattern is not None and pattern.fullmatch(path) is not None
+        i = first_match(path, layer_leaf(leaf) if layers else leaf, rules)
         if i is not None:
             used[i] = True
-        matches.append(Match(path, leaf, None if i is None else rules[i]))
+        matches.append(Match(path, leaf, None if i is None else rules[i], layers))
     report_unused([r.pattern for r, u in zip(rules, used) if not u], unused, stacklevel=3)
     return matches, treedef
 
 
 def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: bool = False,
-                    threshold_scale=None, activations_applied: bool = False):
+                    threshold_scale=None, activations_applied: bool = False,
+                    scanned: str | None = None):
     """The same pytree with every rule-matched weight ternarized (STE gradient to the latent).
 
     ``rules=None`` uses :data:`DEFAULT_RULES` (every float kernel of rank >= 2, first and last
@@ -392,13 +449,19 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
     ``quantized_activations`` of these rules, ``activations_applied=True`` says the caller
     quantizes the inputs itself, or ``unused="ignore"`` silences what takes no effect.
 
+    ``scanned`` (a regex of paths, as in :func:`match_params`) names the leaves stacked over
+    layers on a leading axis (``TransformerConfig(scan_layers=True)``: pass
+    ``model.scanned``): each layer of such a leaf is ternarized on its own, one ``Δ``/``α``
+    per layer (and per channel of a layer), as in the model without the stacking. Without it,
+    a per-tensor rule would share one ``Δ``/``α`` over all the layers.
+
     Outside ``jit`` (concrete leaves) a ternarized weight holding NaN or ±Inf is refused with
     ``ValueError`` naming its path and the count; under ``jit`` it turns NaN (see
     :mod:`tern_jax.core`).
     """
     check_bool(stacked, "stacked", "quantize_params")
     check_bool(activations_applied, "activations_applied", "quantize_params")
-    matches, treedef = match_params(params, rules, unused=unused)
+    matches, treedef = match_params(params, rules, unused=unused, scanned=scanned)
     if not activations_applied and unused != "ignore":
         _warn_activations_not_applied(matches)
     out = []
@@ -410,10 +473,13 @@ def quantize_params(params, rules=None, *, unused: Unused = "warn", stacked: boo
         if bad is not None:
             raise ValueError(f"quantize_params: parameter {m.path!r} holds {bad}; "
                              f"{core.NON_FINITE_FIX}")
-        if stacked and m.rule.t_ex > 1:
-            out.append(m.rule.expand(m.leaf, threshold_scale))
+        rule = m.quantizer
+        if stacked and rule.t_ex > 1:
+            branches = rule.expand(m.leaf, threshold_scale)  # (t_ex, *shape)
+            # stacked over layers: (layers, t_ex, ...), so that a layer's slice is its stack
+            out.append(jnp.moveaxis(branches, 0, 1) if m.layers else branches)
         else:
-            out.append(m.rule.apply(m.leaf, threshold_scale))
+            out.append(rule.apply(m.leaf, threshold_scale))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -185,7 +185,10 @@ class Summary:
         return "\n".join(out)
 
 
-def _layer(path, leaf, rule) -> LayerSummary:
+def _layer(path, leaf, rule, quantizer=None, layers: bool = False) -> LayerSummary:
+    """One row; ``quantizer`` encodes the leaf (:attr:`Match.quantizer`: per layer for a leaf
+    stacked over layers, ``layers``)."""
+    quantizer = rule if quantizer is None else quantizer
     shape = tuple(int(d) for d in np.shape(leaf))
     count = int(np.prod(shape)) if shape else 1
     dtype = str(getattr(leaf, "dtype", type(leaf).__name__))
@@ -197,7 +200,7 @@ def _layer(path, leaf, rule) -> LayerSummary:
         return LayerSummary(path, shape, dtype, count, None, 0, (), (), 8.0 * itemsize,
                             4 * count, itemsize * count, 0, 0, 0, activations)
     try:
-        levels, scales = rule.codes(leaf)
+        levels, scales = quantizer.codes(leaf)
     except (TypeError, ValueError) as e:
         raise type(e)(f"parameter {path!r}: {e}") from None
     levels = np.asarray(levels)
@@ -208,9 +211,11 @@ def _layer(path, leaf, rule) -> LayerSummary:
     nonzero = [int(np.sum(magnitude >= k)) for k in range(1, t + 1)]
     per_branch_scales = tuple(float(np.mean(scales[k])) for k in range(t))
     bytes_packed = packing.packed_nbytes(count, rule.levels) + 4 * scales.size
+    layer_shape = shape[1:] if layers else shape  # counted per layer, times the layers
     channel_axes = () if rule.axis is None else np.atleast_1d(rule.axis)
-    out_channels = int(np.prod([shape[a] for a in channel_axes])) if rule.axis is not None \
-        else shape[-1]
+    out_channels = int(np.prod([layer_shape[a] for a in channel_axes])) \
+        if rule.axis is not None else layer_shape[-1]
+    out_channels *= shape[0] if layers else 1
     return LayerSummary(
         path=path, shape=shape, dtype=dtype, count=count, method=rule.method, t_ex=t,
         zero_fraction=zero_fraction, scales=per_branch_scales,
@@ -221,7 +226,7 @@ def _layer(path, leaf, rule) -> LayerSummary:
 
 
 def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = print,
-            unused="warn") -> Summary:
+            unused="warn", scanned: str | None = None) -> Summary:
     """Per tensor and in total: shape, method, ``t_ex``, zeros per branch, scales, storage,
     and (a column ``inputs``, when a rule asks for them) the layers' 8-bit inputs.
 
@@ -230,11 +235,15 @@ def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = prin
     :func:`tern_jax.packing.bits_per_weight` plus the float32 scales. The table is printed with
     ``print_fn`` (``None`` to stay quiet) and the figures are returned as a :class:`Summary`.
 
+    ``scanned``: the paths stacked over layers (:func:`tern_jax.match_params`); each such
+    tensor is one row for all its layers, ternarized layer by layer (its scales the mean over
+    the layers).
+
     Raises ``TypeError`` when ``params`` is not a parameter pytree, when one of its leaves is
     not a numeric array (naming the leaf) or when ``print_fn`` is neither callable nor None.
     """
     check_callable(print_fn, "print_fn", "summary", optional=True)
-    matches, _ = match_params(params, rules, unused=unused)
+    matches, _ = match_params(params, rules, unused=unused, scanned=scanned)
     for m in matches:
         leaf = m.leaf
         if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")
@@ -247,7 +256,8 @@ def summary(params, rules=None, *, print_fn: Callable[[str], None] | None = prin
                 f"summary: params leaf {m.path!r} is {what} ({leaf!r:.40}), not a numeric "
                 "array; pass the model's parameters only (e.g. variables['params'])"
             )
-    result = Summary(tuple(_layer(m.path, m.leaf, m.rule) for m in matches))
+    result = Summary(tuple(_layer(m.path, m.leaf, m.rule, m.quantizer, m.layers)
+                           for m in matches))
     if print_fn is not None:
         print_fn(str(result))
     return result

@@ -31,7 +31,9 @@ SCRIPTS = {
     "benchmarks/gguf_parity.py": "test_the_gguf_benchmarks_take_their_flags",
     "benchmarks/gguf_speed.py": "test_the_gguf_benchmarks_take_their_flags",
     "benchmarks/input_pipeline.py": "test_input_pipeline_times_every_pipeline",
+    "benchmarks/lm_throughput.py": "test_lm_throughput_times_every_contender",
     "benchmarks/lm_train_step.py": "test_lm_train_step_times_each_variant",
+    "benchmarks/memory_scale.py": "test_memory_scale_compiles_every_layout",
     "benchmarks/quantize_overhead.py": "test_quantize_overhead_times_both_steps",
     "benchmarks/train_step.py": "test_train_step_times_the_variants",
     "experiments/collect.py": "test_collect_recollects_a_committed_row",
@@ -108,6 +110,47 @@ def test_lm_train_step_times_each_variant(lm_benchmark):
     assert figures["model"] == "transformer_tiny" and figures["tokens_per_step"] == 2 * 32
     assert set(figures["variants"]) == {"fp", "tern"}
     assert figures["variants"]["fp"]["ratio_to_fp"] == 1.0
+
+
+@pytest.mark.slow  # compiles six train steps for 8 simulated devices
+def test_memory_scale_compiles_every_layout(tmp_path):
+    """The tiny shape on 8 simulated devices: DP, FSDP and FSDP x TP, and the four settings of
+    scan_layers and remat; sharding divides the state, remat the temporaries."""
+    out = tmp_path / "scale"
+    printed = _python("benchmarks/memory_scale.py", "--sizes", "tiny", "--devices", 8,
+                      "--ablation", "tiny", "--seq_len", 32, "--out", out).stdout
+    figures = json.loads((out / "memory.json").read_text())
+    rows = {r["strategy"]: r for r in figures["rows"]}
+    assert set(rows) == {"dp", "fsdp", "fsdp_tp"}
+    assert not [r for r in figures["rows"] + figures["ablation"] if "error" in r]
+    assert rows["dp"]["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert rows["fsdp"]["argument"] < rows["dp"]["argument"] / 3  # the state is split
+    assert rows["fsdp_tp"]["mesh"] == {"data": 1, "fsdp": 2, "tensor": 4}
+    settings = {(r["scan"], r["remat"]): r for r in figures["ablation"]}
+    assert set(settings) == {(False, False), (False, True), (True, False), (True, True)}
+    assert settings[(True, True)]["argument"] == settings[(False, False)]["argument"]
+    assert (out / "memory.md").read_text() in printed + "\n"
+    assert "| tiny |" in printed and "fits 16 / 80 GiB" in printed
+
+
+def test_lm_throughput_times_every_contender(tmp_path):
+    path = tmp_path / "throughput.json"
+    out = _python("benchmarks/lm_throughput.py", "--steps", 1, "--rounds", 1, "--json",
+                  path).stdout
+    figures = json.loads(path.read_text())
+    assert figures["contenders"]["tern_jax fp"]["ratio_to_jax_fp"] == 1.0
+    assert "tern_jax ternary / fp:" in out
+    expected = {"tern_jax fp", "tern_jax tern"}
+    if importlib.util.find_spec("torch") is not None:
+        expected |= {"PyTorch fp", "PyTorch BitLinear"}
+    else:
+        assert "skipped: PyTorch is not installed" in out
+    if importlib.util.find_spec("tern_jax.sharding") is not None:
+        expected |= {"8 devices, dp", "8 devices, fsdp"}
+        assert "8 simulated devices, FSDP / DP:" in out
+    else:
+        assert "has no tern_jax.sharding" in out
+    assert set(figures["contenders"]) == expected
 
 
 def test_input_pipeline_times_every_pipeline():

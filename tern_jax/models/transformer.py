@@ -22,6 +22,24 @@ and BitNet); positions are rotary (RoPE, Su et al. 2021), so there is no positio
 Initialization as GPT-2: every kernel and the embedding ``N(0, 0.02)``, the residual outputs
 (``attn/out``, ``mlp/down``) ``N(0, 0.02/sqrt(2·num_layers))``.
 
+For large models, two options change how the blocks run, not what they compute:
+
+* ``scan_layers=True``: the blocks' weights are stacked on a leading layer axis under
+  ``blocks/`` (``blocks/attn/query/kernel`` of shape ``(num_layers, d, heads, head_dim)``, no
+  layer number in the path) and run by one ``jax.lax.scan``, so the compiled program holds one
+  block whatever the depth: compile time no longer grows with ``num_layers``. The weights are
+  initialized as the unscanned model's, layer by layer (:func:`stack_layers` and
+  :func:`unstack_layers` convert between the two layouts). Rules that ternarize per tensor
+  then need one ``Δ``/``α`` per layer, not one over the stack: the trainer and
+  :func:`tern_jax.nnx_utils.ternarized` take that from :attr:`Transformer.scanned`; the pytree
+  functions (:func:`tern_jax.quantize_params`, :func:`tern_jax.summary`,
+  :func:`tern_jax.save_ternary`) take it as ``scanned=`` (:data:`SCANNED`). Every layer
+  shares the rules of the stacked tensor: a rule naming one layer (``blocks/0/...``) matches
+  nothing there (and is reported as unused).
+* ``remat=True``: each block is rematerialized (``jax.checkpoint``): the backward pass keeps
+  only every block's input and recomputes what is inside, so activation memory is one block's
+  instead of ``num_layers`` blocks', for about one more forward pass of compute.
+
 Example::
 
     config = transformer_config("transformer_tiny")
@@ -49,12 +67,15 @@ __all__ = [
     "MLP_KINDS",
     "NORM_EPSILON",
     "ROPE_BASE",
+    "SCANNED",
     "TRANSFORMER_CONFIGS",
     "Transformer",
     "TransformerConfig",
     "generate",
+    "stack_layers",
     "transformer_config",
     "truncate_logits",
+    "unstack_layers",
 ]
 
 # nnx.List (flax >= 0.12) marks a list of submodules as part of the graph; older flax took a
@@ -69,6 +90,9 @@ _POSITIVE = Range(1)
 ROPE_BASE = 10000.0
 #: The ``ε`` of every RMSNorm, ``x / sqrt(mean(x²) + ε)``.
 NORM_EPSILON = 1e-6
+#: The parameter paths of a model with ``scan_layers=True`` whose leaves are stacked over the
+#: layers (leading axis): the ``scanned=`` of :func:`tern_jax.quantize_params`.
+SCANNED = r"blocks/.*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +114,10 @@ class TransformerConfig:
       tie_embeddings: the output head is the embedding's transpose (no ``head/kernel``).
       dtype: computation dtype (``"float32"``, ``"bfloat16"``); parameters stay float32 and
         logits come back float32.
+      scan_layers: stack the blocks' weights on a leading layer axis and run them with one
+        ``jax.lax.scan`` (compile time independent of depth); see the module docstring.
+      remat: rematerialize each block in the backward pass (activation checkpointing:
+        ``jax.checkpoint``, saving only the block's input).
     """
 
     vocab_size: Annotated[int, _POSITIVE] = 256
@@ -102,6 +130,8 @@ class TransformerConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     num_kv_heads: Annotated[int | None, _POSITIVE] = None
     mlp: Literal[MLP_KINDS] = "gelu"
+    scan_layers: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         check_fields(self, owner="TransformerConfig")
@@ -251,7 +281,9 @@ class Transformer(nnx.Module):
         dtype = jnp.dtype(config.dtype)
         self.embed = nnx.Embed(config.vocab_size, config.d_model, embedding_init=_init,
                                dtype=dtype, rngs=rngs)
-        self.blocks = _ModuleList([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        blocks = [Block(config, rngs=rngs) for _ in range(config.num_layers)]
+        # scanned: the same weights (drawn layer by layer, as unscanned), stacked
+        self.blocks = _stack_blocks(blocks) if config.scan_layers else _ModuleList(blocks)
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=NORM_EPSILON, dtype=dtype, rngs=rngs)
         if not config.tie_embeddings:
             self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
@@ -271,11 +303,102 @@ class Transformer(nnx.Module):
         if not isinstance(tokens, jax.core.Tracer):  # under jit the values are unknown
             _check_token_range(np.asarray(tokens), self.config.vocab_size, "tokens")
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        x = self._run_blocks(x)
         x = self.final_norm(x)
         logits = self.embed.attend(x) if self.config.tie_embeddings else self.head(x)
         return logits.astype(jnp.float32)
+
+    @property
+    def scanned(self) -> str | None:
+        """:data:`SCANNED` when the blocks are stacked over layers (``scan_layers``), else
+        ``None``: what ``scanned=`` of :func:`tern_jax.quantize_params` takes."""
+        return SCANNED if self.config.scan_layers else None
+
+    def _run_blocks(self, x: jax.Array) -> jax.Array:
+        def apply(graphdef, state, x):
+            return nnx.merge(graphdef, state)(x)
+
+        if not self.config.scan_layers:
+            for block in self.blocks:
+                if self.config.remat:
+                    graphdef, state = nnx.split(block)
+                    x = jax.checkpoint(functools.partial(apply, graphdef))(state, x)
+                else:
+                    x = block(x)
+            return x
+        graphdef, state = nnx.split(self.blocks)  # every leaf (num_layers, ...)
+        layer = functools.partial(apply, graphdef)
+        if self.config.remat:  # inside a scan, CSE cannot undo the rematerialization
+            layer = jax.checkpoint(layer, prevent_cse=False)
+
+        def body(x, layer_state):
+            return layer(layer_state, x), None
+
+        x, _ = jax.lax.scan(body, x, state)
+        return x
+
+
+def _stack_blocks(blocks: list[Block]) -> Block:
+    """One :class:`Block` whose every weight stacks those of ``blocks`` on a leading axis."""
+    graphdef, first = nnx.split(blocks[0])
+    states = [first] + [nnx.split(b)[1] for b in blocks[1:]]
+    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+def _layer_keys(params) -> list:
+    if not hasattr(params, "items") or "blocks" not in params:
+        raise ValueError("params hold no 'blocks'; pass a Transformer's parameters (a pure "
+                         "dict such as tern_jax.nnx_utils.param_dict(model))")
+    return list(params["blocks"])
+
+
+def stack_layers(params) -> dict:
+    """A Transformer's parameters (pure nested dict) in the ``scan_layers=True`` layout:
+    ``blocks/<i>/...`` stacked into ``blocks/...`` with a leading layer axis. Leaves may be
+    arrays or :class:`tern_jax.core.TernaryCodes` (their levels and scales stacked)."""
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    keys = _layer_keys(params)
+    if not all(str(k).isdigit() for k in keys):
+        raise ValueError(f"params['blocks'] has keys {keys[:4]}, not layer numbers: are they "
+                         "stacked already?")
+    layers = [params["blocks"][k] for k in sorted(keys, key=int)]
+    stacked = jax.tree.map(_stack_leaves, *layers, is_leaf=_is_codes)
+    return {**params, "blocks": stacked}
+
+
+def unstack_layers(params) -> dict:
+    """The inverse of :func:`stack_layers`: ``blocks/...`` stacked over layers into
+    ``blocks/<i>/...``, the layout of ``scan_layers=False`` (what GGUF export writes)."""
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    keys = _layer_keys(params)
+    if any(str(k).isdigit() for k in keys):
+        raise ValueError("params['blocks'] are numbered layers already (scan_layers=False)")
+    leaves = jax.tree_util.tree_leaves(params["blocks"], is_leaf=_is_codes)
+    first = leaves[0].levels if _is_codes(leaves[0]) else leaves[0]
+    count = int(np.shape(first)[0])
+
+    def pick(i):
+        return lambda leaf: (type(leaf)(leaf.levels[i], leaf.scales[:, i]) if _is_codes(leaf)
+                             else leaf[i])
+
+    blocks = {i: jax.tree.map(pick(i), params["blocks"], is_leaf=_is_codes)
+              for i in range(count)}
+    return {**params, "blocks": blocks}
+
+
+def _is_codes(x) -> bool:
+    from tern_jax.core import TernaryCodes
+
+    return isinstance(x, TernaryCodes)
+
+
+def _stack_leaves(*leaves):
+    if _is_codes(leaves[0]):
+        return type(leaves[0])(jnp.stack([c.levels for c in leaves]),
+                               jnp.stack([c.scales for c in leaves], axis=1))
+    return jnp.stack(leaves)
 
 
 def _prompt_tokens(prompt, vocab_size: int) -> np.ndarray:

@@ -124,6 +124,13 @@ class LanguageModel:
         return nnx.split(abstract)[0]
 
     @property
+    def scanned(self) -> str | None:
+        """The parameter paths stacked over layers (``scan_layers``; ``None``: none)."""
+        from tern_jax.models.transformer import SCANNED
+
+        return SCANNED if self.config.scan_layers else None
+
+    @property
     def num_outputs(self) -> int:
         """Logits per position: one per token of the vocabulary."""
         return self.config.vocab_size

@@ -45,17 +45,17 @@ class TrainState:
     opt_state: Any
 
 
-def _apply_rules(params, rules, threshold_scale=None, stacked=False):
+def _apply_rules(params, rules, threshold_scale=None, stacked=False, scanned=None):
     if is_full_precision_rules(rules):  # nothing to ternarize: the params as they are
         return params
     return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale,
-                           stacked=stacked)
+                           stacked=stacked, scanned=scanned)
 
 
-def _zero_fraction(params, rules) -> jax.Array:
+def _zero_fraction(params, rules, scanned=None) -> jax.Array:
     """Fraction of zeros in the weights the rules ternarize (0 for full precision)."""
-    matches, _ = match_params(params, rules, unused="ignore")
-    quantized = [m.rule.apply(m.leaf) for m in matches if m.quantized]
+    matches, _ = match_params(params, rules, unused="ignore", scanned=scanned)
+    quantized = [m.quantizer.apply(m.leaf) for m in matches if m.quantized]
     if not quantized:
         return jnp.float32(0.0)
     zeros = sum(jnp.sum(q == 0) for q in quantized)
@@ -101,6 +101,12 @@ class ModelStack:
         if not self.slots:
             raise ValueError("a model stack needs at least one slot")
         self.teacher_index  # noqa: B018 (a distilling stack fails here, not in the step)
+
+    @property
+    def scanned(self) -> str | None:
+        """The task's parameter paths stacked over layers (``scan_layers``), if any: each
+        layer of them is ternarized on its own (:func:`tern_jax.quantize_params`)."""
+        return getattr(self.task, "scanned", None)
 
     @functools.cached_property
     def variants(self) -> tuple[str, ...]:
@@ -165,13 +171,15 @@ class ModelStack:
         """Params as the forward pass of variant number ``variant`` (traced) sees them."""
         stacked = self.branches == "vmapped"
         return self.per_variant(
-            lambda rules, p: _apply_rules(p, rules, threshold_scale, stacked), variant, params)
+            lambda rules, p: _apply_rules(p, rules, threshold_scale, stacked, self.scanned),
+            variant, params)
 
     def apply(self, params, model_state, batch, variant, *, train, threshold_scale=None):
         """One model's forward pass on its ternarized (per its variant) parameters."""
         if any(uses_activations(r) for r in self.rule_sets):  # 8-bit inputs: per variant
             def forward(rules, params):
-                q = _apply_rules(params, rules, threshold_scale, self.branches == "vmapped")
+                q = _apply_rules(params, rules, threshold_scale, self.branches == "vmapped",
+                                 self.scanned)
                 with quantized_activations(rules):
                     return self._apply_quantized(q, model_state, batch, train)
             return self.per_variant(forward, variant, params)
@@ -186,7 +194,8 @@ class ModelStack:
 
     def zero_fraction(self, params, variant) -> jax.Array:
         """Fraction of zero weights among those the variant's rules ternarize."""
-        return self.per_variant(lambda rules, p: _zero_fraction(p, rules), variant, params)
+        return self.per_variant(lambda rules, p: _zero_fraction(p, rules, self.scanned),
+                                variant, params)
 
     def over_models(self, fn, in_axes=0):
         """``fn`` mapped over the model axis: ``jax.vmap``, or an unrolled loop stacked after."""
