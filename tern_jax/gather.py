@@ -21,9 +21,12 @@ fewer), plus the scale from one all-reduce.
 
 The result is :func:`tern_jax.ternarize` of the whole tensor: the same codes, ``α`` to float
 tolerance. Its gradient (``jax.custom_vjp``) is the straight-through estimator of
-:mod:`tern_jax.core`, ``∂L/∂W = t_ex·∂L/∂Ŵ·[|W| < 1]``, computed on the shard: the
-replicated gradient is reduce-scattered back to ``W``'s sharding (a sharding constraint; XLA
-emits the reduce-scatter that an fp32 gather's transpose would).
+:mod:`tern_jax.core`, ``∂L/∂W = t_ex·∂L/∂Ŵ·[|W| < 1]``, constrained to ``W``'s sharding: the
+partial sums of the replicated ``∂L/∂Ŵ`` are reduced and split back to ``W``'s shards by the
+same collectives as in plain FSDP, where they are the transpose of the fp32 gather (in the
+compiled step on XLA:CPU: one all-reduce of the kernel-sized gradient, each device keeping
+its slice, in both cases; a backend that rewrites that pair as a reduce-scatter does so for
+both).
 
 Supported: the three methods (``paper``, ``twn``, ``absmean``), residual expansion
 (``t_ex``, folded or stacked), per-channel scales (the channel axes keep their statistics;
@@ -63,7 +66,9 @@ __all__ = [
     "GatherPlan",
     "HloGather",
     "all_gathers",
+    "COLLECTIVES",
     "bits_per_level",
+    "collectives",
     "gather_bytes_by_dtype",
     "gathered_ternarize",
     "pack_levels",
@@ -284,8 +289,8 @@ def _gathered_bwd(layout, thresholds, axis, method, fold, mode, residuals, g):
     t = 1 if thresholds is None else len(thresholds)
     g_total = g * t if fold else jnp.sum(g, axis=0)
     grad = g_total.astype(w.dtype) * core.ste_mask(w)
-    # back to the latent weight's shards: XLA reduce-scatters the partial sums of the
-    # replicated gradient instead of all-reducing them
+    # back to the latent weight's shards: XLA reduces the partial sums of the replicated
+    # gradient and keeps each device's slice, as for the transpose of an fp32 gather
     grad = jax.lax.with_sharding_constraint(grad, NamedSharding(layout.mesh, layout.spec))
     g_scale = None if threshold_scale is None else jnp.zeros_like(threshold_scale)
     return grad, g_scale
@@ -431,17 +436,19 @@ def quantize_params_gathered(params, rules, plan: GatherPlan, *, threshold_scale
 
 # -- reading the gathers of a compiled program -------------------------------------------------
 class HloGather(NamedTuple):
-    """One all-gather of an HLO module: what each device sends and ends up with."""
+    """One collective of an HLO module (an all-gather, all-reduce, reduce-scatter): what each
+    device holds before (its operands) and after (its results)."""
 
     dtype: str                         # the HLO element type: f32, s8, u8, ...
     operand_shapes: tuple[tuple[int, ...], ...]
     result_shapes: tuple[tuple[int, ...], ...]
-    operand_bytes: int                 # per device: its own shard(s)
-    result_bytes: int                  # per device: the gathered array(s)
+    operand_bytes: int                 # per device
+    result_bytes: int                  # per device
 
     @property
     def received_bytes(self) -> int:
-        """Bytes each device receives from the others: the result less its own shard."""
+        """For an all-gather, the bytes each device receives from the others: the result less
+        its own shard."""
         return self.result_bytes - self.operand_bytes
 
 
@@ -469,50 +476,63 @@ def _operands(line: str, op: str) -> str:
         depth += {"(": 1, ")": -1}.get(line[i], 0)
         if depth == 0:
             return line[start:i]
-    raise ValueError(f"all_gathers: unbalanced parentheses in: {line.strip()[:200]}")
+    raise ValueError(f"collectives: unbalanced parentheses in: {line.strip()[:200]}")
 
 
-def all_gathers(hlo_text: str) -> list[HloGather]:
-    """Every all-gather of a compiled HLO module (``jax.jit(f).lower(...).compile()
-    .as_text()``): element type, operand and result shapes and bytes, per device.
+#: The collectives :func:`collectives` reads.
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter")
+
+
+def collectives(hlo_text: str, op: str = "all-gather") -> list[HloGather]:
+    """Every ``op`` (one of :data:`COLLECTIVES`) of a compiled HLO module
+    (``jax.jit(f).lower(...).compile().as_text()``): element type, operand and result shapes
+    and bytes, per device.
 
     Operand types are read where the line prints them, else from the operand's definition in
-    the module. Async pairs count once (their ``all-gather-start``). Raises ``ValueError`` when
-    an all-gather cannot be read (an HLO form this parser does not know), rather than
-    undercount.
+    the module. Async pairs count once (their ``-start``). Raises ``ValueError`` when such an
+    op cannot be read (an HLO form this parser does not know), rather than undercount.
     """
+    func = "collectives"
     if not isinstance(hlo_text, str):
-        raise TypeError(f"all_gathers: hlo_text must be the str of compile().as_text(), got "
+        raise TypeError(f"{func}: hlo_text must be the str of compile().as_text(), got "
                         f"{type(hlo_text).__name__}")
+    if op not in COLLECTIVES:
+        raise ValueError(f"{func}: op must be one of {COLLECTIVES}, got {op!r}")
+    start_op = f"{op}-start"
     types = {}
-    gathers = []
+    found_ops = []
     for line in hlo_text.splitlines():
         found = _DEFINITION.match(line)
         if found is not None:
             types[found.group(1)] = found.group(2)
-            if found.group(3) in ("all-gather", "all-gather-start"):
-                gathers.append((line, found.group(2), found.group(3)))
-        elif " all-gather(" in line or " all-gather-start(" in line:
-            raise ValueError(f"all_gathers: cannot read this HLO line: {line.strip()[:200]}")
+            if found.group(3) in (op, start_op):
+                found_ops.append((line, found.group(2), found.group(3)))
+        elif f" {op}(" in line or f" {start_op}(" in line:
+            raise ValueError(f"{func}: cannot read this HLO line: {line.strip()[:200]}")
     out = []
-    for line, result_type, op in gathers:
-        operand_text = _operands(line, op)
+    for line, result_type, name_op in found_ops:
+        operand_text = _operands(line, name_op)
         operands = _arrays(operand_text)
         if not operands:  # names only: look their definitions up
             for name in _NAME.findall(operand_text):
                 if name not in types:
-                    raise ValueError(f"all_gathers: operand {name} of this all-gather is not "
-                                     f"defined in the module: {line.strip()[:200]}")
+                    raise ValueError(f"{func}: operand {name} of this {op} is not defined in "
+                                     f"the module: {line.strip()[:200]}")
                 operands += _arrays(types[name])
         results = _arrays(result_type)
-        if op == "all-gather-start":  # an async start returns (operands, results)
+        if name_op == start_op:  # an async start returns (operands, results)
             results = results[len(operands):] or results
         if not operands or not results:
-            raise ValueError(f"all_gathers: cannot read the shapes of: {line.strip()[:200]}")
+            raise ValueError(f"{func}: cannot read the shapes of: {line.strip()[:200]}")
         dtypes = {t for t, _ in results}
         out.append(HloGather("/".join(sorted(dtypes)), tuple(s for _, s in operands),
                              tuple(s for _, s in results), _nbytes(operands), _nbytes(results)))
     return out
+
+
+def all_gathers(hlo_text: str) -> list[HloGather]:
+    """``collectives(hlo_text, "all-gather")``: every all-gather of a compiled HLO module."""
+    return collectives(hlo_text, "all-gather")
 
 
 def gather_bytes_by_dtype(gathers: Sequence[HloGather]) -> dict[str, int]:
