@@ -2,7 +2,9 @@
 
 The annotation is the rule: ``bool``, ``str`` (non-empty), ``int``, ``float`` (finite),
 ``Literal[...]`` (the choices), ``X | None``, ``tuple[int, ...]`` / ``tuple[str, ...]``
-(distinct values), ``tuple[tuple[int, float], ...]`` (``(epoch, factor)`` pairs), ``dict``
+(distinct values), ``tuple[tuple[int, float], ...]`` (``(epoch, factor)`` pairs),
+``tuple[tuple[str, ...], ...]`` (``(pattern, spec)`` pairs, the spec left to the section's
+own check), ``dict``
 (keyword arguments: names to JSON values), and a :class:`Range` in ``Annotated[int, Range(1)]``
 for the accepted values. A field whose annotation is itself a dataclass (a config section) is
 left to that dataclass's own check. :func:`check_fields` checks a dataclass instance (the
@@ -117,7 +119,20 @@ def _check_value(name: str, hint, value) -> None:
         raise TypeError(f"{name}: no check for the annotation {base!r}")
 
 
+def _is_pattern_pairs(item) -> bool:
+    """``tuple[str, ...]`` items of a ``tuple[...]`` field: ``(pattern, spec)`` pairs."""
+    return typing.get_origin(item) is tuple and typing.get_args(item)[:1] == (str,)
+
+
 def _check_tuple(name: str, item, bounds: Range | None, value) -> None:
+    if _is_pattern_pairs(item):  # (pattern, spec) pairs; the section checks the specs
+        pairs_ok = isinstance(value, (tuple, list)) and all(
+            isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str)
+            for p in value)
+        if not pairs_ok:
+            raise TypeError(f"{name} must be (pattern, spec) pairs, e.g. "
+                            f"(('.*/kernel', ('fsdp', None)),); got {value!r}")
+        return
     if typing.get_origin(item) is tuple:  # (epoch, factor) pairs
         pairs_ok = isinstance(value, (tuple, list)) and all(
             isinstance(p, (tuple, list)) and len(p) == 2 and _is_int(p[0]) and p[0] >= 1
@@ -177,6 +192,13 @@ def parse_value(value: str, annotation):
         return None
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
+        if _is_pattern_pairs(item):  # JSON: [["pattern", ["fsdp", null]], ...]
+            try:
+                pairs = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("expected JSON (pattern, spec) pairs such as "
+                                 '[[".*/kernel", ["fsdp", null]]]') from None
+            return _tuples(pairs)
         if typing.get_origin(item) is tuple:
             try:
                 pairs = [p.split(":") for p in text.replace(" ", "").split(",") if p]
@@ -206,6 +228,13 @@ def parse_value(value: str, annotation):
         except ValueError:
             raise ValueError("expected a number") from None
     return text
+
+
+def _tuples(value):
+    """JSON lists as tuples, nested."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def parse_json_value(value: str):

@@ -28,7 +28,7 @@ expressions on their paths::
     stage{i}_block{j}/bn1/{scale,bias}
     stage{i}_block{j}/conv2/kernel
     stage{i}_block{j}/bn2/{scale,bias}
-    head/kernel                      (64, num_classes)
+    head/kernel                      (64, num_classes)   (width 16; 4·width in general)
     head/bias                        (num_classes,)
 
 The models know nothing about ternarization; quantizers act on the parameter
@@ -115,6 +115,8 @@ class CifarResNet(nn.Module):
         depth: 20, 32, 44, 56, 110, ... (any ``6n + 2``).
         num_classes: size of the classifier output.
         dtype: computation dtype (parameters stay float32).
+        width: filters of the stem and the first stage (the paper's 16); the second and
+            third stages have ``2·width`` and ``4·width``.
 
     Call ``model.apply(variables, x, train)`` with ``x`` of shape ``(N, H, W, 3)``
     (32x32 for CIFAR; any size works thanks to global pooling). Returns logits
@@ -125,6 +127,7 @@ class CifarResNet(nn.Module):
     depth: int = 20
     num_classes: int = 10
     dtype: Dtype = jnp.float32
+    width: int = CIFAR_STAGE_WIDTHS[0]
 
     def __post_init__(self) -> None:  # fail at construction for a bad depth
         blocks_per_stage(self.depth)
@@ -135,9 +138,10 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         n = blocks_per_stage(self.depth)
         x = jnp.asarray(x, self.dtype)
-        x = conv(CIFAR_STAGE_WIDTHS[0], 3, 1, 1, dtype=self.dtype, name="stem_conv")(x)
+        widths = [w * self.width // CIFAR_STAGE_WIDTHS[0] for w in CIFAR_STAGE_WIDTHS]
+        x = conv(widths[0], 3, 1, 1, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="stem_bn")(x))
-        for i, width in enumerate(CIFAR_STAGE_WIDTHS, start=1):
+        for i, width in enumerate(widths, start=1):
             for j in range(n):
                 stride = 2 if (i > 1 and j == 0) else 1
                 x = CifarBasicBlock(

@@ -29,6 +29,7 @@ from tern_jax.train.config import (
     ModelConfig,
     OptimizerConfig,
     ScheduleConfig,
+    ShardingConfig,
     Slot,
     StagesConfig,
     load_config,
@@ -46,7 +47,8 @@ from tern_jax.train.task import ImageClassification, Inputs, Task
 
 __all__ = ["CheckpointConfig", "CheckpointDamaged", "Config", "DamagedCheckpointWarning",
            "DataConfig", "ImageClassification", "Inputs", "ModelConfig", "ModelFamily",
-           "ModelStack", "OptimizerConfig", "Resolved", "Restored", "ScheduleConfig", "Slot",
+           "ModelStack", "OptimizerConfig", "Resolved", "Restored", "ScheduleConfig",
+           "ShardingConfig", "Slot",
            "StagesConfig", "Task", "TrainState", "Trainer", "TrainingDiverged", "eval_step",
            "latest_checkpoint", "load_config", "override", "quickstart_config", "resolve",
            "restore_run", "run", "stage_configs", "train_and_evaluate", "train_step"]

@@ -8,7 +8,7 @@ presets (:mod:`tern_jax.presets`): several variants and seeds of one architectur
 together in one program, vmapped over a leading model axis.
 
 A config has two top-level values (``name``, ``seeds``), two switches of how it runs
-(``scan_steps``, ``progress``) and six sections, each a frozen dataclass:
+(``scan_steps``, ``progress``) and seven sections, each a frozen dataclass:
 
 =================  =========================================================================
 ``model``          :class:`ModelConfig`: which model (a built-in name or an import path), its
@@ -20,6 +20,8 @@ A config has two top-level values (``name``, ``seeds``), two switches of how it 
 ``checkpointing``  :class:`CheckpointConfig`: how often to evaluate and save, what to keep
 ``stages``         :class:`StagesConfig`: where models start (another run, torchvision), a
                    second fine-tuning stage, distillation
+``sharding``       :class:`ShardingConfig`: the device mesh (``data`` x ``fsdp`` x ``tensor``)
+                   and the rules placing the parameters on it
 =================  =========================================================================
 
 A section may be given as its dataclass or as a dict of its fields
@@ -46,8 +48,8 @@ from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
 from tern_jax.train.families import check_config
 
 __all__ = ["CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimizerConfig",
-           "ScheduleConfig", "Slot", "StagesConfig", "config_from", "differences", "flatten",
-           "from_json", "load_config", "override", "quickstart_config"]
+           "ScheduleConfig", "ShardingConfig", "Slot", "StagesConfig", "config_from",
+           "differences", "flatten", "from_json", "load_config", "override", "quickstart_config"]
 
 
 _NONE_NOTE = Range(1, note=" (None: the whole set)")
@@ -241,10 +243,55 @@ class StagesConfig(_Section):
     distill_temperature: Annotated[float, _POSITIVE] = 4.0
 
 
+#: One dimension's entry of a sharding rule's spec: a mesh axis, several, or None (not split).
+SpecEntry = str | tuple[str, ...] | None
+#: A stack's model axis split over a mesh axis, or not (None).
+MeshAxis = Literal["data", "fsdp", "tensor"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig(_Section):
+    """How the devices form a mesh and where the parameters lie on it
+    (:mod:`tern_jax.sharding`). The defaults are plain data parallelism.
+
+    Attributes:
+      data: devices on the ``data`` axis (data parallel); 0: every device left over after
+        ``fsdp`` x ``tensor``.
+      fsdp: devices on the ``fsdp`` axis: the batch is split over it as over ``data``, and
+        the parameters and optimizer states too (fully sharded data parallel).
+      tensor: devices on the ``tensor`` axis (tensor parallel: weights split along their
+        heads or hidden features).
+      rules: ``(pattern, spec)`` pairs placing each parameter (a regular expression over its
+        path; one mesh axis, a tuple of them, or None per dimension, not counting the stacked
+        model axis; or spec None: replicated), the first that applies wins; on the command
+        line as JSON: ``--set 'sharding.rules=[[".*/kernel", ["fsdp", null]]]'``. None: the
+        model family's defaults (:data:`tern_jax.sharding.TRANSFORMER_SHARDING`,
+        :data:`tern_jax.sharding.CNN_SHARDING`).
+      model_axis: the mesh axis the stacked models (variants x seeds) are split over; None:
+        every device holds every model.
+
+    The product ``data x fsdp x tensor`` is the device count (every process's together).
+    """
+
+    data: Annotated[int, Range(0, note=" (0: the devices left over)")] = 0
+    fsdp: Annotated[int, _AT_LEAST_1] = 1
+    tensor: Annotated[int, _AT_LEAST_1] = 1
+    rules: tuple[tuple[str, tuple[SpecEntry, ...] | None], ...] | None = None
+    model_axis: MeshAxis | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rules is not None:
+            from tern_jax.sharding import check_rules
+
+            object.__setattr__(self, "rules", check_rules(self.rules, what="sharding.rules"))
+
+
 #: The sections of a :class:`Config`, by field name.
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
-    "schedule": ScheduleConfig, "checkpointing": CheckpointConfig, "stages": StagesConfig}
+    "schedule": ScheduleConfig, "checkpointing": CheckpointConfig, "stages": StagesConfig,
+    "sharding": ShardingConfig}
 _SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
 
 
@@ -265,6 +312,7 @@ class Config:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     checkpointing: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
     # steps per compiled call; 0 = a whole epoch as one lax.scan on GPU/TPU, single steps on CPU
     scan_steps: Annotated[int, _AT_LEAST_0] = 0
     progress: bool = True

@@ -50,6 +50,7 @@ from tern_jax.presets import (
     preset_rules,
 )
 from tern_jax.rules import Rule
+from tern_jax.sharding import CNN_SHARDING, TRANSFORMER_SHARDING
 from tern_jax.train import language_model
 from tern_jax.train.task import ImageClassification, Task
 
@@ -81,6 +82,9 @@ class ModelFamily:
       results: its result metrics (:data:`ACCURACY`, :data:`BITS_PER_BYTE`).
       exports: the export formats it writes (:data:`PACKED`, :data:`GGUF`).
       samples: whether ``tern-jax sample`` generates text with it.
+      sharding: its default sharding rules (:mod:`tern_jax.sharding`), for a run whose
+        ``sharding.rules`` is None; a dimension they do not divide stays whole. None:
+        every parameter replicated.
     """
 
     task_name: str
@@ -94,6 +98,7 @@ class ModelFamily:
     results: tuple[str, ...] = (ACCURACY,)
     exports: tuple[str, ...] = (PACKED,)
     samples: bool = False
+    sharding: tuple | None = None
 
     def task(self, config, dataset: Dataset) -> Task:
         """The task ``config`` trains on ``dataset`` (no data is read)."""
@@ -142,13 +147,13 @@ IMAGE_CLASSIFIER = ModelFamily(
     "image classification", IMAGES, MODEL_NAMES, PRESETS,
     ("optimizer.label_smoothing", "data.augment", "data.stream", "data.train_subset",
      "stages.pretrained"),
-    _image_classification, _check_image_model)
+    _image_classification, _check_image_model, sharding=CNN_SHARDING)
 #: Byte-level transformer language models (:data:`tern_jax.models.TRANSFORMER_CONFIGS`).
 LANGUAGE_MODEL = ModelFamily(
     "language model", TOKENS, tuple(TRANSFORMER_CONFIGS), TRANSFORMER_RULES,
     ("data.seq_len", "data.steps_per_epoch"), _language_model, language_model.check_config,
     loss_name="bits/byte", results=(BITS_PER_BYTE, ACCURACY), exports=(PACKED, GGUF),
-    samples=True)
+    samples=True, sharding=TRANSFORMER_SHARDING)
 
 #: Every built-in family.
 FAMILIES: tuple[ModelFamily, ...] = (IMAGE_CLASSIFIER, LANGUAGE_MODEL)
