@@ -32,7 +32,8 @@ Supported: the three methods (``paper``, ``twn``, ``absmean``), residual expansi
 (``t_ex``, folded or stacked), per-channel scales (the channel axes keep their statistics;
 scales of a gathered channel axis are gathered too, as float32, one per channel), a traced
 ``threshold_scale`` (threshold warm-up), and other sharded dimensions (a ``tensor`` axis:
-the statistics reduce over it too, and the output stays sharded over it). For ``twn`` and
+the statistics reduce over it too, and the output stays sharded over it; a dimension split
+over ``fsdp`` together with another axis is gathered whole, in codes). For ``twn`` and
 ``absmean`` the threshold itself is a mean, so a code can differ from the one-device code
 when a weight lies within float rounding of the threshold. Exactly one dimension may be
 split over the gathered axes.
@@ -61,6 +62,7 @@ from tern_jax import core
 from tern_jax.rules import Rule, match_params, path_to_str
 
 __all__ = [
+    "BASELINE_MODE",
     "GATHER_MODES",
     "GatherMode",
     "GatherPlan",
@@ -81,6 +83,10 @@ __all__ = [
 #: to a byte.
 GatherMode = Literal["weights", "codes", "packed"]
 GATHER_MODES: tuple[str, ...] = get_args(GatherMode)
+#: The baseline of the byte counts, besides :data:`GATHER_MODES`: each ternary kernel's fp32
+#: latent weights gathered explicitly, once, inside the same ``shard_map`` (what FSDP's
+#: weight gather moves, without XLA's freedom to gather activations instead).
+BASELINE_MODE = "latent"
 
 
 # -- packing codes into bytes, on the device ------------------------------------------------
@@ -176,12 +182,9 @@ def _layout(mesh: Mesh, spec, shape, axis, gather_axes, what: str) -> _Layout | 
             f"gathered axes {tuple(gather_axes)}; gathering codes supports one split dimension "
             "per weight: shard it on one dimension only, or use sharding.gather='weights'")
     dim = gathered[0]
+    # all the axes splitting that dimension: with others beside the gathered ones (the CNNs'
+    # output channels over ("fsdp", "tensor")) the whole dimension is gathered
     names = entries[dim]
-    if not set(names) <= set(gather_axes):
-        raise ValueError(
-            f"{what}: spec {spec} splits dimension {dim} over {names}, which mixes gathered "
-            f"axes {tuple(gather_axes)} with others; give the gathered axes a dimension of their "
-            "own, or use sharding.gather='weights'")
     parts = math.prod(mesh.shape[n] for n in names)
     if shape[dim] % parts:
         raise ValueError(f"{what}: dimension {dim} of shape {tuple(shape)} is not divisible by "
@@ -256,6 +259,13 @@ def _forward(w, threshold_scale, layout: _Layout, thresholds, axis, method, fold
     dtype = w.dtype
 
     def local(w_shard, scale_factor):
+        if mode == BASELINE_MODE:  # the fp32 shards gathered, then the quantizer on them
+            whole = jax.lax.all_gather(w_shard, layout.names, axis=layout.dim, tiled=True,
+                                       to="invarying")
+            rest = tuple(n for n in layout.stats_axes if n not in layout.names)
+            levels, scales = _local_codes(whole, scale_factor, layout._replace(stats_axes=rest),
+                                          thresholds, axis, method, count)
+            return core.decode(core.TernaryCodes(levels, scales), dtype, fold=fold)
         levels, scales = _local_codes(w_shard, scale_factor, layout, thresholds, axis, method,
                                       count)
         levels = _gather_levels(levels, layout, mode, t_ex)
@@ -300,10 +310,11 @@ _gathered.defvjp(_gathered_fwd, _gathered_bwd)
 
 
 def _check_mode(mode, func: str) -> None:
-    if mode not in GATHER_MODES:
+    if mode not in GATHER_MODES and mode != BASELINE_MODE:
         raise ValueError(f"{func}: mode must be one of {GATHER_MODES} ('weights': gather the "
                          f"latent fp32 weights; 'codes': int8 codes; 'packed': codes packed "
-                         f"to 2 bits), got {mode!r}")
+                         f"to 2 bits; or the byte counts' baseline {BASELINE_MODE!r}), got "
+                         f"{mode!r}")
 
 
 def _check_gather_axes(gather_axes, mesh: Mesh, func: str) -> tuple[str, ...]:
@@ -398,6 +409,28 @@ class GatherPlan:
             specs, is_leaf=lambda x: isinstance(x, P) or x is None)[0]
         table = {path_to_str(k): (P() if v is None else v) for k, v in leaves}
         return cls(mesh, table, mode, tuple(gather_axes))
+
+    @classmethod
+    def from_stacked(cls, mesh: Mesh, specs, mode: GatherMode = "codes",
+                     gather_axes: Sequence[str] = ("fsdp",)) -> GatherPlan:
+        """The plan of a model stack's parameters (:class:`tern_jax.train.ModelStack`), from
+        their specs or ``NamedSharding``\\ s with the leading model axis, which must be
+        unsplit (the stacked models are mapped over it, one program each)."""
+        def strip(leaf):
+            spec = leaf.spec if isinstance(leaf, NamedSharding) else leaf
+            if not isinstance(spec, P):
+                raise TypeError(f"GatherPlan.from_stacked: specs must be PartitionSpecs or "
+                                f"NamedShardings, got {type(leaf).__name__}")
+            entries = tuple(spec)
+            if entries and entries[0] is not None:
+                raise ValueError(f"GatherPlan.from_stacked: the model axis is split over "
+                                 f"{entries[0]!r} ({spec}); gathering codes needs it unsplit "
+                                 "(sharding.model_axis=None)")
+            return P(*entries[1:])
+
+        is_leaf = lambda x: isinstance(x, (P, NamedSharding))  # noqa: E731
+        return cls.from_specs(mesh, jax.tree.map(strip, specs, is_leaf=is_leaf), mode,
+                              gather_axes)
 
     def spec(self, path: str) -> P:
         """The spec of the parameter at ``path`` (replicated when not listed)."""

@@ -19,19 +19,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def fsdp_spec(shape, mesh, *, model_axis: bool = True) -> P:
-    """A simple FSDP layout for tests: the first dimension after the model axis that the
-    ``fsdp`` axis divides is split over it (rank >= 2 weights only); the rest replicated."""
-    lead = 1 if model_axis else 0
-    if len(shape) - lead < 2:
-        return P()
-    n = mesh.shape["fsdp"]
-    for d in range(lead, len(shape)):
-        if shape[d] % n == 0:
-            return P(*([None] * d), "fsdp")
-    return P()
-
-
 def quantizer_cases(mesh):
     """(name, shape, spec, quantizer kwargs, stacked) of the quantizer checks."""
     tp = mesh.shape["tensor"] > 1
@@ -52,6 +39,8 @@ def quantizer_cases(mesh):
         cases += [
             ("fsdp_x_tensor", (32, 24), P("fsdp", "tensor"), {}, False),
             ("per_channel_on_tensor", (32, 24), P("fsdp", "tensor"), {"axis": -1}, False),
+            ("fsdp_and_tensor_on_one_dim", (32, 24), P(None, ("fsdp", "tensor")),
+             {"axis": -1}, False),
         ]
     return cases
 
@@ -95,7 +84,8 @@ def check_quantizer(mesh) -> dict:
     one = jax.devices()[0]
     ref = jax.jit(functools.partial(run, modes=("one_device",)))(
         *jax.device_put((weights, probes, scales), one))
-    got = jax.jit(functools.partial(run, modes=("codes", "packed")))(sharded, probes, scales)
+    got = jax.jit(functools.partial(run, modes=("codes", "packed", "latent")))(
+        sharded, probes, scales)
     out = {}
     for key_name, (value, grad) in got.items():
         name = key_name.split("/")[0]
@@ -128,24 +118,28 @@ def tiny_stack(variants, gather=None, model_axis="vmap"):
                       gather=gather)
 
 
-def train_fsdp(mesh, variants, mode, steps: int = 3, model_axis="vmap"):
-    """``steps`` FSDP steps of the tiny transformer: losses (steps, M), final params, the
+def train_fsdp(mesh, variants, mode, steps: int = 3, model_axis="vmap", batch: int = 16):
+    """``steps`` FSDP steps of the tiny transformer, its parameters and optimizer states
+    placed by the default transformer sharding rules: losses (steps, M), final params, the
     compiled step's HLO text."""
+    from tern_jax import sharding as sharding_lib
     from tern_jax.gather import GatherPlan
+    from tern_jax.train.stack import TrainState
     from tern_jax.train.step import train_step
 
     plain = tiny_stack(variants, model_axis=model_axis)
     state = plain.init()
-    shardings = jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(a.shape, mesh)), state)
-    per_model = jax.tree.map(lambda a: fsdp_spec(a.shape[1:], mesh, model_axis=False),
-                             state.params)
-    plan = GatherPlan.from_specs(mesh, per_model, mode)
+    specs = sharding_lib.state_specs(
+        state.params, state.model_state, state.opt_state, sharding_lib.TRANSFORMER_SHARDING,
+        mesh, tx=plain.tx, stacked=True, strict=False, unused="ignore")
+    shardings = TrainState(*(sharding_lib.named(mesh, s) for s in specs))
+    plan = GatherPlan.from_stacked(mesh, specs[0], mode)
     stack = tiny_stack(variants, gather=plan, model_axis=model_axis)
     state = jax.device_put(state, shardings)
     rng = np.random.default_rng(0)
     m = stack.num_models
-    batch_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
-    batches = [jax.device_put({"tokens": rng.integers(0, 256, (m, 16, 17)).astype(np.int32)},
+    batch_sharding = NamedSharding(mesh, sharding_lib.batch_spec(mesh, 1))
+    batches = [jax.device_put({"tokens": rng.integers(0, 256, (m, batch, 17)).astype(np.int32)},
                               {"tokens": batch_sharding}) for _ in range(steps)]
     step_fn = jax.jit(functools.partial(train_step, stack), out_shardings=(shardings, None))
     compiled = step_fn.lower(state, batches[0], jnp.int32(0)).compile()
@@ -156,21 +150,57 @@ def train_fsdp(mesh, variants, mode, steps: int = 3, model_axis="vmap"):
     return np.stack(losses), jax.tree.map(np.asarray, state.params), compiled.as_text()
 
 
-def check_training(mesh, variants, modes=("weights", "codes", "packed"), model_axis="vmap"):
-    """Per mode: losses, max |weight difference| to the ``weights`` run, all-gather bytes."""
-    from tern_jax.gather import all_gathers, gather_bytes_by_dtype
+def fp32_kernel_bytes(mesh, variants) -> tuple[int, set]:
+    """What gathering each ternary kernel's fp32 weights once moves to each device (received
+    bytes, FSDP's weight gathers), and the kernels' shapes (with and without the model axis)."""
+    from tern_jax import sharding as sharding_lib
+    from tern_jax.presets import TRANSFORMER_RULES
+    from tern_jax.rules import match_params
 
-    runs = {mode: train_fsdp(mesh, variants, mode, model_axis=model_axis) for mode in modes}
+    abstract = tiny_stack(variants).abstract_state().params
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), abstract)
+    specs = sharding_lib.param_specs(one, sharding_lib.TRANSFORMER_SHARDING, mesh,
+                                     strict=False, unused="ignore")
+    flat_specs = dict(zip(
+        [m.path for m in match_params(one, (), unused="ignore")[0]],
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))))
+    total, shapes = 0, set()
+    for variant in variants:
+        for m in match_params(one, TRANSFORMER_RULES[variant], unused="ignore")[0]:
+            if not m.quantized:
+                continue
+            shapes |= {tuple(m.leaf.shape), (1, *m.leaf.shape)}
+            parts = mesh.shape["fsdp"] if "fsdp" in str(flat_specs[m.path]) else 1
+            total += 4 * int(np.prod(m.leaf.shape)) * (parts - 1) // parts
+    return total, shapes
+
+
+def check_training(mesh, variants, modes=("weights", "codes", "packed"), model_axis="vmap",
+                   batch: int = 16):
+    """Per mode: losses, max |weight difference| to the ``weights`` run, and the step's
+    all-gather bytes per device (fp32 ones shaped like a ternary kernel, int8/uint8 codes,
+    others), with the fp32 bytes of gathering every ternary kernel once."""
+    from tern_jax.gather import all_gathers
+
+    baseline, shapes = fp32_kernel_bytes(mesh, variants)
+    runs = {mode: train_fsdp(mesh, variants, mode, model_axis=model_axis, batch=batch)
+            for mode in modes}
     base_losses, base_params, _ = runs[modes[0]]
     out = {}
     for mode, (losses, params, hlo) in runs.items():
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                                              base_params, params))
-        gathers = all_gathers(hlo)
+        kinds = {"fp32_kernel": 0, "codes": 0, "other": 0}
+        for g in all_gathers(hlo):
+            if g.dtype in ("s8", "u8"):
+                kinds["codes"] += g.received_bytes
+            elif g.dtype == "f32" and all(s in shapes for s in g.result_shapes):
+                kinds["fp32_kernel"] += g.received_bytes
+            else:
+                kinds["other"] += g.received_bytes
         out[mode] = {"losses": losses.tolist(), "weight_diff": max(diffs),
                      "loss_diff": float(np.max(np.abs(losses - base_losses))),
-                     "gather_bytes": gather_bytes_by_dtype(gathers),
-                     "gathers": len(gathers)}
+                     "gather_bytes": kinds, "fp32_baseline": baseline}
     return out
 
 
@@ -183,8 +213,8 @@ def print_checks() -> None:
         "devices": len(devices),
         "quantizer": check_quantizer(fsdp),
         "quantizer_tp": check_quantizer(fsdp_tp),
-        "training": check_training(fsdp, ("tern",)),
-        "training_mixed": check_training(fsdp, ("fp", "tern_pc", "tern_t2"),
+        "training": check_training(fsdp, ("tern",), batch=64),
+        "training_mixed": check_training(fsdp_tp, ("fp", "tern_pc", "tern_t2"),
                                          modes=("weights", "packed"), model_axis="unroll"),
     }
     print(json.dumps(result))
