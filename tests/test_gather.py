@@ -190,3 +190,24 @@ def test_code_gathers_move_4x_and_16x_fewer_bytes(eight_devices):
         assert gathered["fp32_kernel"] == 0, (mode, gathered)
         assert gathered["codes"] > 0, (mode, gathered)
         assert run[mode]["fp32_baseline"] >= factor * sum(gathered.values()), (mode, gathered)
+
+
+def test_sharding_config_takes_a_gather_mode_and_refuses_a_split_model_axis():
+    from tern_jax.train.config import ShardingConfig
+
+    assert ShardingConfig().gather == "weights"
+    assert ShardingConfig(fsdp=8, gather="packed").gather == "packed"
+    with pytest.raises(ValueError, match="gather"):
+        ShardingConfig(gather="bits")
+    with pytest.raises(ValueError, match="sharding.model_axis=None"):
+        ShardingConfig(fsdp=2, gather="codes", model_axis="data")
+
+
+def test_from_stacked_strips_the_model_axis_and_refuses_a_split_one(mesh):
+    from jax.sharding import NamedSharding
+
+    specs = {"a": {"kernel": NamedSharding(mesh, P(None, "fsdp")), "scale": P()}}
+    plan = GatherPlan.from_stacked(mesh, specs, "codes")
+    assert plan.spec("a/kernel") == P("fsdp") and plan.spec("a/scale") == P()
+    with pytest.raises(ValueError, match="model axis is split"):
+        GatherPlan.from_stacked(mesh, {"k": P("data", "fsdp")})

@@ -244,6 +244,16 @@ class ModelStack:
                    optim.make_threshold_warmup(config, steps_per_epoch), schedule,
                    presets=family.presets)
 
+    def with_gather(self, mesh, param_shardings, mode: str) -> ModelStack:
+        """This stack with its forward pass gathering ternary kernels as ``mode`` says
+        (``sharding.gather``): ``"weights"`` returns it as it is; ``"codes"``/``"packed"``
+        plan the gathers from the stacked parameters' shardings (``NamedSharding``\\ s or
+        ``PartitionSpec``\\ s with the leading model axis, unsplit) on ``mesh``."""
+        if mode == "weights":
+            return self
+        return dataclasses.replace(self, gather=GatherPlan.from_stacked(mesh, param_shardings,
+                                                                         mode))
+
     def restart_optimizer(self, params, model_state) -> TrainState:
         """A state from given weights with fresh optimizer states (warm starts)."""
         opt_state = jax.jit(jax.vmap(self.tx.init))(params)
