@@ -197,7 +197,7 @@ def _eval(args) -> int:
     from tern_jax.train import Trainer, restore_run
 
     restored = restore_run(args.workdir, args.epoch, verify=not args.unverified)
-    trainer = Trainer(restored.config, resolved=restored.resolved)
+    trainer = Trainer(_on_these_devices(restored.config), resolved=restored.resolved)
     state, shown = restored.state, range(len(trainer.names))
     if args.packed is not None:  # that model's weights replaced by its export's
         slot, i = _pick_model(restored, args.model, args.workdir)
@@ -211,6 +211,23 @@ def _eval(args) -> int:
               f"{loss} {result['test_loss'][i]:.4f}  zeros "
               f"{100 * result['zero_fraction'][i]:.1f}%")
     return 0
+
+
+def _on_these_devices(config):
+    """``config``, or with its default sharding (data parallel) where its mesh needs
+    another number of devices than this machine has (a run trained on more devices)."""
+    import dataclasses
+
+    import jax
+
+    from tern_jax.sharding import mesh_shape
+    from tern_jax.train import ShardingConfig
+
+    try:
+        mesh_shape(config.sharding, jax.device_count())
+    except ValueError:
+        return dataclasses.replace(config, sharding=ShardingConfig())
+    return config
 
 
 def _load_packed(path, restored, slot) -> dict:

@@ -18,7 +18,7 @@ from tern_jax import UnusedRuleWarning
 from tern_jax import sharding as sh
 from tern_jax.models import get_model
 from tern_jax.models.transformer import Transformer, transformer_config
-from tern_jax.train import ShardingConfig, override, quickstart_config
+from tern_jax.train import ShardingConfig, Trainer, override, quickstart_config
 from tern_jax.train.config import from_json
 
 
@@ -56,6 +56,12 @@ def test_mesh_sizes_fill_the_data_axis_and_refuse_a_wrong_product():
         sh.mesh_shape(ShardingConfig(fsdp=3), 8)
     mesh = sh.make_mesh(ShardingConfig(), jax.devices()[:1])
     assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+def test_a_trainer_on_too_few_devices_stops_before_compiling():
+    config = override(quickstart_config(), {"sharding.fsdp": 8, "progress": False})
+    with pytest.raises(ValueError, match="= 8 does not divide the 1 device"):
+        Trainer(config, devices=jax.devices()[:1])
 
 
 def test_transformer_defaults_split_heads_and_hidden_over_tensor_and_d_over_fsdp(lm_params):

@@ -15,7 +15,7 @@ Each :class:`~tern_jax.data.specs.Dataset` builds its :class:`~tern_jax.train.ta
 
 All give padded evaluation batches with a mask, so one compiled eval step fits every batch.
 The placement helpers (:func:`global_batch`, :func:`global_batches`, :func:`constrain_batch`)
-put a batch on a mesh whose batch axis is named ``data``.
+put a batch on a mesh whose batch axes are named ``data`` (and ``fsdp``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from tern_jax.data.augment import epoch_permutation, random_crop_flip
 from tern_jax.data.streams import device_eval_batches, iterate_batches
 from tern_jax.data.text import check_tokens, eval_windows
+from tern_jax.sharding import batch_spec
 
 __all__ = ["DeviceImages", "DeviceText", "StreamedImages", "constrain_batch", "epoch_plan",
            "global_batch", "global_batches", "window_starts"]
@@ -61,11 +62,12 @@ def global_batches(batches, sharding, size: int = 2) -> Iterator:
 
 
 def constrain_batch(batch, mesh: Mesh, *, example_axis: int = 1):
-    """Shards a batch's ``example_axis`` over the mesh's ``data`` axis (inside jit; 1 device:
-    no-op). The default 1 skips the leading model axis of a batch every model sees."""
+    """Shards a batch's ``example_axis`` over the mesh's batch axes, ``data`` x ``fsdp``
+    (:func:`tern_jax.sharding.batch_axes`; inside jit; 1 device: no-op). The default 1 skips
+    the leading model axis of a batch every model sees."""
     if mesh.size == 1:
         return batch
-    spec = P(*[None] * example_axis, "data")
+    spec = batch_spec(mesh, example_axis)
     return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, spec))
 
 
@@ -161,7 +163,7 @@ class StreamedImages:
         stream = self._train(epoch)
         try:
             host = ({"image": x, "label": y} for x, y in stream)
-            yield from global_batches(host, NamedSharding(self.mesh, P("data")))
+            yield from global_batches(host, NamedSharding(self.mesh, batch_spec(self.mesh)))
         finally:
             _close(stream)
 
@@ -170,7 +172,7 @@ class StreamedImages:
         try:
             for images, labels, mask in stream:
                 yield global_batch(({"image": images, "label": labels}, mask),
-                                   NamedSharding(self.mesh, P("data")))
+                                   NamedSharding(self.mesh, batch_spec(self.mesh)))
         finally:
             _close(stream)
 

@@ -5,10 +5,13 @@ steps of :mod:`tern_jax.train.step` epoch by epoch, evaluates, logs metrics and 
 checkpoints into the run folder. Recipes with several stages are composed on top of it
 (:mod:`tern_jax.train.stages`); this loop knows nothing of them.
 
-Data parallelism is JAX's SPMD: the batch axis is sharded over a 1-D device mesh (all
-devices), parameters are replicated and XLA inserts the gradient all-reduce; BatchNorm
-statistics are over the global batch, so losses equal a one-device run's within float
-tolerance.
+Parallelism is JAX's SPMD over a ``data`` x ``fsdp`` x ``tensor`` mesh (``config.sharding``,
+:mod:`tern_jax.sharding`): the batch is split over ``data`` x ``fsdp``; the parameters,
+BatchNorm statistics and optimizer states lie where the sharding rules put them (by default
+everything is replicated over a ``data`` axis of every device: plain data parallelism), the
+jitted steps keep them there, and XLA inserts the collectives (the gradient all-reduce,
+FSDP's gathers). BatchNorm statistics are over the global batch, so losses equal a one-device
+run's within float tolerance.
 
 A run is resumed only as itself: :func:`check_same_run` refuses a config that would change
 the epochs already run. SIGTERM (a scheduler's preemption notice) stops every process at the
@@ -21,6 +24,7 @@ may change sits with the loop whose run it protects.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -28,9 +32,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tern_jax import sharding as sharding_lib
 from tern_jax.data.inputs import constrain_batch
 from tern_jax.train import distributed, lock, warm_start
 from tern_jax.train import metrics as metrics_lib
@@ -46,10 +51,13 @@ __all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_
 
 #: Fields a resumed run may change: they leave the epochs already run and their records as
 #: they were (the progress bar; how often to save and how many to keep; the evaluation
-#: batch, which only pads the test set differently; the path of the same data). ``epochs``:
-#: see :func:`check_same_run`.
+#: batch, which only pads the test set differently; the path of the same data; the mesh and
+#: the sharding rules, which move the same arrays to other devices: a checkpoint is restored
+#: onto the new mesh). ``epochs``: see :func:`check_same_run`.
 SAFE_TO_CHANGE = frozenset({"progress", "checkpointing.every", "checkpointing.keep",
-                            "data.eval_batch_size", "data.data_dir"})
+                            "data.eval_batch_size", "data.data_dir", "sharding.data",
+                            "sharding.fsdp", "sharding.tensor", "sharding.rules",
+                            "sharding.model_axis"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,14 +85,17 @@ class Trainer:
     def __init__(self, config: Config, inputs: Inputs | None = None, *,
                  devices=None, resolved: Resolved | None = None):
         devices = devices if devices is not None else jax.devices()
+        self.mesh = sharding_lib.make_mesh(config.sharding, devices)
         batch_size = config.data.batch_size
-        if batch_size % len(devices):
-            raise ValueError(
-                f"data.batch_size {batch_size} is not divisible by the {len(devices)} "
-                f"devices; use a multiple of {len(devices)}")
+        axes = sharding_lib.batch_axes(self.mesh, config.sharding.model_axis)
+        shards = math.prod(self.mesh.shape[a] for a in axes)
+        if batch_size % shards:
+            over = ("" if shards == len(devices)
+                    else f" the batch is split over ({' x '.join(axes)})")
+            raise ValueError(f"data.batch_size {batch_size} is not divisible by the {shards} "
+                             f"devices{over}; use a multiple of {shards}")
         self.config = config
         self.resolved = resolved if resolved is not None else resolve(config)
-        self.mesh = Mesh(np.array(devices), ("data",))
         task = self.resolved.task(config)
         self.inputs = inputs if inputs is not None else self.resolved.dataset.inputs(
             config, task, self.mesh)
@@ -97,22 +108,70 @@ class Trainer:
         _check_outputs(task, config)
         self.schedule = self.stack.schedule
         self.replicated = NamedSharding(self.mesh, P())
-        stack = self.stack
+        self.state_sharding = self._state_sharding()
         self.train_step = jax.jit(self._streamed_step, donate_argnums=0)
         self.step_at = jax.jit(self._step_at, donate_argnums=0)
         self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)
-        self.eval_step = step_lib.jitted(step_lib.eval_step, stack)
-        self.zero_fractions = step_lib.jitted(step_lib.zero_fractions, stack)
+        self.eval_step = jax.jit(self._replicated(step_lib.eval_step))
+        self.zero_fractions = jax.jit(self._replicated(step_lib.zero_fractions))
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.stack.slots]
 
+    def _state_sharding(self) -> TrainState:
+        """Where each leaf of the state lies: by the config's sharding rules (or the model
+        family's), the model axis unsplit or over ``sharding.model_axis``."""
+        sharding = self.config.sharding
+        given = sharding.rules is not None
+        rules = sharding.rules if given else (self.resolved.family.sharding or ())
+        abstract = self.stack.abstract_state()
+        specs = sharding_lib.state_specs(
+            abstract.params, abstract.model_state, abstract.opt_state, rules, self.mesh,
+            tx=self.stack.tx, model_axis=sharding.model_axis, stacked=True, strict=given,
+            unused="warn" if given else "ignore")
+        return TrainState(*(sharding_lib.named(self.mesh, s) for s in specs))
+
+    def _constrain(self, state: TrainState) -> TrainState:
+        """``state`` kept on :attr:`state_sharding` inside a jitted step (1 device: as is)."""
+        if self.mesh.size == 1:
+            return state
+        return jax.lax.with_sharding_constraint(state, self.state_sharding)
+
+    def _constrain_batch(self, batch):
+        """A training batch ``(M, B, ...)`` with its model axis over ``sharding.model_axis``
+        (the inputs split only its examples)."""
+        model_axis = self.config.sharding.model_axis
+        if model_axis is None or self.mesh.size == 1:
+            return batch
+        spec = sharding_lib.batch_spec(self.mesh, 1, model_axis)
+        return jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, spec))
+
+    def _train_step(self, state, batch, step):
+        state, metrics = step_lib.train_step(self.stack, self._constrain(state),
+                                             self._constrain_batch(batch), step)
+        return self._constrain(state), self._replicate(metrics)
+
+    def _replicate(self, values):
+        """Per-model results replicated, so every process reads them whole."""
+        if self.mesh.size == 1:
+            return values
+        return jax.lax.with_sharding_constraint(values, self.replicated)
+
+    def _replicated(self, fn):
+        """``fn(stack, state, ...)`` on the state as placed, its results replicated."""
+        stack = self.stack
+
+        def run(state, *args):
+            return self._replicate(fn(stack, self._constrain(state), *args))
+
+        return run
+
     # -- the jitted functions (each a step.train_step on a batch from the inputs) -----------
     def _step_at(self, state, arrays, idx, keys, step):
         """One step on the device-resident batch of indices ``idx`` (M, B), keys (M,)."""
         batch = self.inputs.batch_at(arrays, idx, keys)
-        return step_lib.train_step(self.stack, state, batch, step)
+        return self._train_step(state, batch, step)
 
     def _run_chunk(self, state, arrays, idx, keys, steps):
         """``idx.shape[0]`` steps as one ``lax.scan``; idx (K, M, B), keys (K, M), steps (K,)."""
@@ -126,20 +185,26 @@ class Trainer:
         m = self.stack.num_models
         batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape), batch)
         batch = constrain_batch(batch, self.mesh)
-        return step_lib.train_step(self.stack, state, batch, step)
+        return self._train_step(state, batch, step)
 
     # -- state --------------------------------------------------------------------------------
     def place(self, state: TrainState) -> TrainState:
-        """``state`` replicated over the mesh, as the compiled steps expect it."""
-        return jax.device_put(state, self.replicated)
+        """``state`` on the mesh as the compiled steps expect it (:attr:`state_sharding`:
+        replicated, or sharded by the rules)."""
+        return jax.device_put(state, self.state_sharding)
 
     def init_state(self) -> TrainState:
-        return self.place(self.stack.init())
+        """Fresh models, each leaf created where it lies (a sharded leaf is never whole on
+        one device; the random draws do not depend on the sharding)."""
+        if self.mesh.size == 1:
+            return self.place(self.stack.init())
+        init = jax.jit(self.stack._init, out_shardings=self.state_sharding)
+        return init(jnp.asarray(self.stack.seeds))
 
     def abstract_state(self) -> TrainState:
         abstract = self.stack.abstract_state()
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                           sharding=self.replicated), abstract)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, self.state_sharding)
 
     # -- epochs -------------------------------------------------------------------------------
     def chunks(self):

@@ -31,6 +31,7 @@ import jax
 from tern_jax import fs
 from tern_jax.integrity import (
     IntegrityError,
+    array_digest,
     check_files,
     check_shapes,
     file_records,
@@ -70,6 +71,37 @@ class UnverifiedCheckpointWarning(UserWarning):
 def _as_dict(state) -> dict:
     return {"params": state.params, "model_state": state.model_state,
             "opt_state": state.opt_state}
+
+
+def _digests(tree, wanted: bool) -> dict | None:
+    """:func:`~tern_jax.integrity.tree_digests` of ``tree`` (``None`` where not ``wanted``).
+
+    An array sharded over several processes (FSDP across hosts) is gathered leaf by leaf
+    first: a collective, so every process calls this when any leaf is such an array.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if all(getattr(leaf, "is_fully_addressable", True) for _, leaf in leaves):
+        return tree_digests(tree) if wanted else None
+    from jax.experimental import multihost_utils
+
+    out = {}
+    for path, leaf in leaves:
+        if not getattr(leaf, "is_fully_addressable", True):
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        if wanted:
+            out[jax.tree_util.keystr(path)] = array_digest(leaf)
+    return out if wanted else None
+
+
+def _default_sharding():
+    """Where a restored array lies when the template says nowhere: the first device (one
+    process), or replicated over every device (several: each process can read it whole)."""
+    if jax.process_count() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), PartitionSpec())
 
 
 class RunFolder:
@@ -203,7 +235,7 @@ class RunFolder:
 
         tree = _as_dict(state)
         main = jax.process_index() == 0  # several processes: one writes the shared files
-        digests = tree_digests(tree) if main else None
+        digests = _digests(tree, main)
         manager.save(epoch, args=ocp.args.StandardSave(tree))  # every process takes part
         manager.wait_until_finished()
         step_dir = self.checkpoint_dir / str(epoch)
@@ -277,7 +309,7 @@ class RunFolder:
                           UnverifiedCheckpointWarning, stacklevel=3)
             return restored
         expected = record["sha256"]
-        got = tree_digests(restored)
+        got = _digests(restored, True)
         bad = sorted(k for k in expected if got.get(k) != expected[k])
         if bad or set(got) != set(expected):
             names = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
@@ -290,7 +322,9 @@ class RunFolder:
         """``(epoch, state)`` from the newest intact checkpoint (or exactly ``epoch``).
 
         ``template`` is a state (or ``jax.eval_shape`` of one) giving structure, shapes and
-        dtypes; arrays come back replicated on ``sharding`` if the template leaves carry one.
+        dtypes; arrays come back on the ``sharding`` its leaves carry (another mesh than the
+        one the checkpoint was saved on: orbax reshards), else on the first device (several
+        processes: replicated over every device).
         A damaged newest checkpoint (a file changed or missing, ``integrity.json`` included)
         falls back to the previous intact one with a :class:`DamagedCheckpointWarning`;
         raises :class:`CheckpointDamaged` when none is. ``verify=False`` skips the integrity
@@ -304,9 +338,12 @@ class RunFolder:
         if epoch is not None and epoch not in self.checkpoints():
             raise FileNotFoundError(f"{self.path} has no checkpoint of epoch {epoch}; it has "
                                     f"{self.checkpoints() or 'none'}")
+        default = None
+        if any(getattr(leaf, "sharding", None) is None for leaf in jax.tree.leaves(template)):
+            default = _default_sharding()  # not the saved mesh's: it may have other devices
         abstract = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                              sharding=getattr(leaf, "sharding", None)),
+            lambda leaf: jax.ShapeDtypeStruct(
+                leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None) or default),
             _as_dict(template))
         damage = []
         for candidate in reversed(candidates):
