@@ -205,6 +205,55 @@ def check_training(mesh, variants, modes=("weights", "codes", "packed"), model_a
     return out
 
 
+def check_trainer(steps: int = 2) -> dict:
+    """The trainer itself (``sharding.gather`` in the config) on a 2 x 4 FSDP mesh: a
+    one-layer tiny transformer (``model.kwargs``), variant ``tern``, ``steps`` steps per mode;
+    losses, weights against ``weights``, the compiled step's all-gather bytes."""
+    import tempfile
+    from pathlib import Path
+
+    from helpers.runs import lm_config
+    from tern_jax.gather import all_gathers
+    from tern_jax.train import Trainer
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4, 1), ("data", "fsdp", "tensor"))
+    baseline, shapes = fp32_kernel_bytes(mesh, ("tern",))
+    text = Path(tempfile.mkdtemp()) / "text.txt"
+    text.write_text("".join(f"line {i}: {i * i % 97} ternary codes\n" for i in range(2000)))
+    out, base = {}, None
+    for mode in ("weights", "codes", "packed"):
+        config = lm_config(text, {"model.variants": ("tern",), "model.kwargs": {"num_layers": 1},
+                                  "data.batch_size": 64, "sharding.fsdp": 4,
+                                  "sharding.data": 2, "sharding.gather": mode})
+        trainer = Trainer(config)
+        state = trainer.init_state()
+        idx, keys = trainer.inputs.epoch_plan(0)
+        arrays = trainer.inputs.arrays
+        compiled = trainer.step_at.lower(state, arrays, idx[0], keys[0],
+                                         jnp.int32(0)).compile()
+        losses = []
+        for s in range(steps):
+            state, metrics = compiled(state, arrays, idx[s], keys[s], jnp.int32(s))
+            losses.append(np.asarray(metrics["loss"]))
+        params = jax.device_get(state.params)
+        kinds = {"fp32_kernel": 0, "codes": 0, "other": 0}
+        for g in all_gathers(compiled.as_text()):
+            kind = "codes" if g.dtype in ("s8", "u8") else (
+                "fp32_kernel" if g.dtype == "f32" and all(x in shapes for x in g.result_shapes)
+                else "other")
+            kinds[kind] += g.received_bytes
+        losses = np.stack(losses)
+        if base is None:
+            base = (losses, params)
+        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                             base[1], params))
+        out[mode] = {"losses": losses.tolist(), "weight_diff": max(diffs),
+                     "loss_diff": float(np.max(np.abs(losses - base[0]))),
+                     "gather_bytes": kinds, "fp32_baseline": baseline,
+                     "planned": trainer.stack.gather is not None}
+    return out
+
+
 def print_checks() -> None:
     """Prints, as JSON, every check of this module on the 8 devices."""
     devices = np.array(jax.devices())
@@ -214,7 +263,7 @@ def print_checks() -> None:
         "devices": len(devices),
         "quantizer": check_quantizer(fsdp),
         "quantizer_tp": check_quantizer(fsdp_tp),
-        "training": check_training(fsdp, ("tern",), batch=64),
+        "training": check_trainer(),
         "training_mixed": check_training(fsdp_tp, ("fp", "tern_pc", "tern_t2"),
                                          modes=("weights", "packed"), model_axis="unroll"),
     }
