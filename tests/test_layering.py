@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).parent.parent / "tern_jax"
 FLOORS = {"core": 1, "packing": 1, "_args": 1, "_imports": 1, "fs": 1, "fields": 1,
           "rules": 2, "summary": 2, "checkpoint": 2, "layers": 2, "nnx_utils": 2,
           "presets": 2, "integrity": 2, "activations": 2, "models": 3,
-          "sharding": 2, "data": 3, "train": 4, "export": 4, "export_vocab": 4, "export_hf": 4,
-          "cli": 5, "__main__": 5, "report": 4}
+          "sharding": 2, "data": 3, "gather": 3, "train": 4, "export": 4, "export_vocab": 4,
+          "export_hf": 4, "cli": 5, "__main__": 5, "report": 4}
 
 
 def _part(module: str) -> str:

@@ -193,4 +193,5 @@ def test_the_config_section_takes_set_values_and_round_trips():
     with pytest.raises(TypeError, match=r"sharding.rules must be \(pattern, spec\) pairs"):
         ShardingConfig(rules=(".*",))
     assert dataclasses.asdict(ShardingConfig()) == {
-        "data": 0, "fsdp": 1, "tensor": 1, "rules": None, "model_axis": None}
+        "data": 0, "fsdp": 1, "tensor": 1, "rules": None, "model_axis": None,
+        "gather": "weights"}

@@ -273,6 +273,11 @@ class ShardingConfig(_Section):
         :data:`tern_jax.sharding.CNN_SHARDING`).
       model_axis: the mesh axis the stacked models (variants x seeds) are split over; None:
         every device holds every model.
+      gather: what the forward pass gathers of a ternary kernel split over ``fsdp``:
+        ``"weights"``, its fp32 latent weights (XLA's gather); ``"codes"``, its int8 codes
+        (4x fewer bytes); ``"packed"``, its codes packed 4 to a byte (16x fewer; 2 to a byte
+        for ``t_ex > 1``). The same training either way: the codes are the whole tensor's
+        (:mod:`tern_jax.gather`). Full-precision parameters and variants gather weights.
 
     The product ``data x fsdp x tensor`` is the device count (every process's together).
     """
@@ -282,9 +287,16 @@ class ShardingConfig(_Section):
     tensor: Annotated[int, _AT_LEAST_1] = 1
     rules: tuple[tuple[str, tuple[SpecEntry, ...] | None], ...] | None = None
     model_axis: MeshAxis | None = None
+    gather: Literal["weights", "codes", "packed"] = "weights"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.gather != "weights" and self.model_axis is not None:
+            raise ValueError(
+                f"sharding.gather={self.gather!r} gathers codes inside one model's program, "
+                f"which does not support models split over sharding.model_axis="
+                f"{self.model_axis!r}; use sharding.model_axis=None, or sharding.gather="
+                "'weights'")
         if self.rules is not None:
             from tern_jax.sharding import check_rules
 

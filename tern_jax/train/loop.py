@@ -53,11 +53,12 @@ __all__ = ["SAFE_TO_CHANGE", "Preempted", "TrainingDiverged", "Trainer", "check_
 #: they were (the progress bar; how often to save and how many to keep; the evaluation
 #: batch, which only pads the test set differently; the path of the same data; the mesh and
 #: the sharding rules, which move the same arrays to other devices: a checkpoint is restored
-#: onto the new mesh). ``epochs``: see :func:`check_same_run`.
+#: onto the new mesh; what FSDP gathers, which leaves the results as they are).
+#: ``epochs``: see :func:`check_same_run`.
 SAFE_TO_CHANGE = frozenset({"progress", "checkpointing.every", "checkpointing.keep",
                             "data.eval_batch_size", "data.data_dir", "sharding.data",
                             "sharding.fsdp", "sharding.tensor", "sharding.rules",
-                            "sharding.model_axis"})
+                            "sharding.model_axis", "sharding.gather"})
 #: Paths a resumed run may change when what they name stays the same: the tokenizer (its
 #: hash is held against the run folder's copy, :meth:`RunFolder.check_tokenizer`).
 SAME_CONTENT = frozenset({"data.tokenizer"})
@@ -112,6 +113,9 @@ class Trainer:
         self.schedule = self.stack.schedule
         self.replicated = NamedSharding(self.mesh, P())
         self.state_sharding = self._state_sharding()
+        # sharding.gather: ternary kernels split over fsdp gathered as codes (tern_jax.gather)
+        self.stack = self.stack.with_gather(self.mesh, self.state_sharding.params,
+                                            config.sharding.gather)
         self.train_step = jax.jit(self._streamed_step, donate_argnums=0)
         self.step_at = jax.jit(self._step_at, donate_argnums=0)
         self.run_chunk = jax.jit(self._run_chunk, donate_argnums=0)

@@ -22,6 +22,7 @@ from flax import struct
 
 from tern_jax.activations import quantized_activations, uses_activations
 from tern_jax.fields import check_fields
+from tern_jax.gather import GatherPlan, quantize_params_gathered
 from tern_jax.layers import vmapped_branches
 from tern_jax.presets import FULL_PRECISION, is_full_precision_rules
 from tern_jax.rules import Rule, match_params, quantize_params
@@ -45,9 +46,17 @@ class TrainState:
     opt_state: Any
 
 
-def _apply_rules(params, rules, threshold_scale=None, stacked=False, scanned=None):
+def _apply_rules(params, rules, threshold_scale=None, stacked=False, scanned=None,
+                 gather=None):
     if is_full_precision_rules(rules):  # nothing to ternarize: the params as they are
         return params
+    if gather is not None and gather.mode != "weights":  # FSDP: gather codes, not weights
+        if scanned is not None:
+            raise ValueError("sharding.gather='codes'/'packed' does not take a model with "
+                             "scan_layers=True yet; use sharding.gather='weights' or "
+                             "model.kwargs.scan_layers=false")
+        return quantize_params_gathered(params, rules, gather, threshold_scale=threshold_scale,
+                                        stacked=stacked)
     return quantize_params(params, rules, unused="ignore", threshold_scale=threshold_scale,
                            stacked=stacked, scanned=scanned)
 
@@ -83,6 +92,9 @@ class ModelStack:
         per branch (:func:`tern_jax.layers.vmapped_branches`); the same function.
       presets: the variants' rule sets (the model family's,
         :attr:`tern_jax.train.families.ModelFamily.presets`); default: the CNN presets.
+      gather: a :class:`tern_jax.gather.GatherPlan` (its mode ``"codes"`` or ``"packed"``):
+        the forward pass gathers the ternary kernels split over FSDP as codes instead of
+        fp32 weights (the same function); ``None``: XLA gathers the weights.
     """
 
     task: Task
@@ -95,6 +107,7 @@ class ModelStack:
     schedule: Any = None
     branches: Literal["folded", "vmapped"] = "folded"
     presets: dict | None = None
+    gather: GatherPlan | None = None
 
     def __post_init__(self):
         check_fields(self, ("model_axis", "branches"))
@@ -171,7 +184,8 @@ class ModelStack:
         """Params as the forward pass of variant number ``variant`` (traced) sees them."""
         stacked = self.branches == "vmapped"
         return self.per_variant(
-            lambda rules, p: _apply_rules(p, rules, threshold_scale, stacked, self.scanned),
+            lambda rules, p: _apply_rules(p, rules, threshold_scale, stacked, self.scanned,
+                                          self.gather),
             variant, params)
 
     def apply(self, params, model_state, batch, variant, *, train, threshold_scale=None):
@@ -179,7 +193,7 @@ class ModelStack:
         if any(uses_activations(r) for r in self.rule_sets):  # 8-bit inputs: per variant
             def forward(rules, params):
                 q = _apply_rules(params, rules, threshold_scale, self.branches == "vmapped",
-                                 self.scanned)
+                                 self.scanned, self.gather)
                 with quantized_activations(rules):
                     return self._apply_quantized(q, model_state, batch, train)
             return self.per_variant(forward, variant, params)
@@ -242,6 +256,16 @@ class ModelStack:
                    config.stages.distill_weight, config.stages.distill_temperature,
                    optim.make_threshold_warmup(config, steps_per_epoch), schedule,
                    presets=family.presets)
+
+    def with_gather(self, mesh, param_shardings, mode: str) -> ModelStack:
+        """This stack with its forward pass gathering ternary kernels as ``mode`` says
+        (``sharding.gather``): ``"weights"`` returns it as it is; ``"codes"``/``"packed"``
+        plan the gathers from the stacked parameters' shardings (``NamedSharding``\\ s or
+        ``PartitionSpec``\\ s with the leading model axis, unsplit) on ``mesh``."""
+        if mode == "weights":
+            return self
+        return dataclasses.replace(self, gather=GatherPlan.from_stacked(mesh, param_shardings,
+                                                                         mode))
 
     def restart_optimizer(self, params, model_state) -> TrainState:
         """A state from given weights with fresh optimizer states (warm starts)."""
