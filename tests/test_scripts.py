@@ -28,6 +28,8 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
 
 #: What tests each script (a new script must get a smoke test here).
 SCRIPTS = {
+    "benchmarks/export_parity.py": "test_export_parity_compares_the_hf_export_with_tern_jax",
+    "benchmarks/gather_bytes.py": "test_gather_bytes_counts_code_gathers_against_fp32",
     "benchmarks/gguf_parity.py": "test_the_gguf_benchmarks_take_their_flags",
     "benchmarks/gguf_speed.py": "test_the_gguf_benchmarks_take_their_flags",
     "benchmarks/input_pipeline.py": "test_input_pipeline_times_every_pipeline",
@@ -451,3 +453,24 @@ def test_the_gpu_scripts_train_both_rows(stubbed, tmp_path):
         assert (tmp_path / "out" / part / "results.json").is_file()
         assert (tmp_path / "out" / part / "run.tar").is_file()
         assert (tmp_path / "out" / part / "device.txt").is_file()
+
+
+def test_gather_bytes_counts_code_gathers_against_fp32():
+    """A one-block model on 8 simulated devices: the table, with both targets met."""
+    done = _python("benchmarks/gather_bytes.py", "--d-model", "32", "--layers", "1",
+                   "--heads", "2", "--seq-len", "16", "--batch", "8", "--variant", "tern")
+    assert "codes" in done.stdout and "packed" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_export_parity_compares_the_hf_export_with_tern_jax(tmp_path):
+    """Tiny sizes (transformers only: llama.cpp is not installed here)."""
+    for package in ("tokenizers", "torch", "transformers", "safetensors"):
+        pytest.importorskip(package)
+    out = tmp_path / "parity.json"
+    _python("benchmarks/export_parity.py", "--corpus_bytes", "60000", "--vocab", "300",
+            "--steps", "3", "--windows", "2", "--prompts", "2", "--prompt_len", "4",
+            "--greedy_steps", "3", "--lines", "8", "--out", out,
+            env=dict(ENV, TORCH_COMPILE_DISABLE="1"))
+    figures = json.loads(out.read_text())
+    assert figures["corpus"]["train_bytes"] > 0, figures
