@@ -14,9 +14,9 @@ training fp and ternary side by side) is read through :mod:`tern_jax.report`. It
   payload; fp: 16 bits a weight), the bytes of text a token covers, the training FLOPs per
   token (6 x the parameters a token passes through, attention scores apart) with the share
   the head takes, and the run's wall time;
-* ``summary.json``: the table's figures; and each arm's ``config.json``, ``metrics.jsonl``
-  and ``results.json``, no checkpoints (nor the tokenizers and token files, which the study
-  script makes again from the standard library).
+* ``summary.json``: the table's figures; and each arm's ``config.json``, ``metrics.jsonl``,
+  ``results.json`` and the ``tokenizer.json`` a BPE run keeps, no checkpoints (nor the token
+  files, which the study script makes again from the standard library).
 
 Only the public API is used (the stored sizes as the recipe study's collector measures them).
 """

@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
+from tern_jax.data.tokens import TOKENIZER_FILE
 from tern_jax.presets import FULL_PRECISION
 from tern_jax.train.metrics import read
 from tern_jax.train.run_folder import RUN_FILES, STAGES, RunFolder
@@ -183,11 +184,12 @@ def load_runs(root) -> list[Run]:
 
 def copy_run_files(run: Run, target) -> None:
     """Copies the run's files (and each stage's, into ``target/STAGE``) to ``target``: its
-    config, metrics and results, never its checkpoints."""
+    config, metrics and results, the copy of its tokenizer a BPE run keeps (so the config
+    loads where it is copied), never its checkpoints."""
     for source in (run.path, *(s.path for s in run.stages if s.name)):
         folder = Path(target) / source.relative_to(run.path)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, TOKENIZER_FILE):
             if (source / name).exists():  # a two-stage run keeps its metrics in the stages
                 shutil.copy(source / name, folder / name)
 
