@@ -77,50 +77,10 @@ def _mesh_sizes(strategy: str, n: int) -> dict:
             "fsdp_tp": {"data": 1, "fsdp": n // TENSOR, "tensor": TENSOR}}[strategy]
 
 
-#: Megatron's split over ``tensor``, ``d_model`` over ``fsdp``: used only where the library
-#: has no tern_jax.sharding (its TRANSFORMER_SHARDING is the same layout).
-_FALLBACK_RULES = (
-    (r"(.*/)?embed/embedding", ("tensor", "fsdp")),
-    (r"(.*/)?attn/(query|key|value)/kernel", ("fsdp", "tensor", None)),
-    (r"(.*/)?attn/out/kernel", ("tensor", None, "fsdp")),
-    (r"(.*/)?mlp/(up|gate)/kernel", ("fsdp", "tensor")),
-    (r"(.*/)?mlp/down/kernel", ("tensor", "fsdp")),
-    (r"(.*/)?head/kernel", ("fsdp", "tensor")),
-)
-
-
-def _fallback_specs(stack, abstract, mesh):
-    import re
-
-    import jax
-    import optax
-    from jax.sharding import PartitionSpec as P
-
-    from tern_jax.rules import path_to_str
-
-    def spec(path, leaf):
-        for pattern, rule in _FALLBACK_RULES:
-            if re.fullmatch(pattern, path_to_str(path)):
-                lead = (None,) * (leaf.ndim - len(rule))  # model axis, layer axis
-                dims = [a if a is None or leaf.shape[len(lead) + i] % mesh.shape[a] == 0
-                        else None for i, a in enumerate(rule)]
-                return P(*lead, *dims)
-        return P()
-
-    p_specs = jax.tree_util.tree_map_with_path(spec, abstract.params)
-    s_specs = jax.tree.map(lambda _: P(), abstract.model_state)
-    o_specs = optax.tree_map_params(stack.tx, lambda _, s: s, abstract.opt_state, p_specs,
-                                    transform_non_params=lambda _: P(),
-                                    is_leaf=lambda x: isinstance(x, P))
-    return p_specs, s_specs, o_specs
-
-
 def _specs(stack, abstract, mesh):
     """Specs of the state by the library's rules (tern_jax.sharding), and where they came from."""
-    try:
-        from tern_jax import sharding
-    except ImportError:  # a library without it: the same layout, written here
-        return _fallback_specs(stack, abstract, mesh), "this script's rules (no tern_jax.sharding)"
+    from tern_jax import sharding
+
     specs = sharding.state_specs(abstract.params, abstract.model_state, abstract.opt_state,
                                  sharding.TRANSFORMER_SHARDING, mesh, tx=stack.tx,
                                  stacked=True, strict=False, unused="ignore")
